@@ -1,0 +1,47 @@
+"""Shared fixtures. The network is blocked for every test: only loopback addresses may be reached."""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED = ROOT.parent / "shared"
+SHARED_DATA = SHARED / "data"
+FIXTURES = SHARED / "alpaca" / "fixtures"
+sys.path.insert(0, str(ROOT))
+
+_real_connect = socket.socket.connect
+
+
+def _is_loopback(address) -> bool:
+    if isinstance(address, tuple) and address:
+        host = address[0]
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+    return True  # unix sockets
+
+
+@pytest.fixture(autouse=True)
+def _block_network(monkeypatch):
+    def guarded_connect(self, address):
+        if not _is_loopback(address):
+            raise RuntimeError(f"tests may not reach the network ({address!r})")
+        return _real_connect(self, address)
+
+    monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+def require_shared_data(name: str) -> Path:
+    """Path of a file in ../shared/data, or skip the test with a reason when it is absent."""
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"real data file {path} is not present")
+    return path

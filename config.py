@@ -1,0 +1,276 @@
+"""Settings: from `.env`, then the environment (which wins), then command-line options (which win over both).
+
+Every variable is declared once in VARIABLES with its type, default, allowed range and whether it is a secret.
+A bad value ends the command with exit code 2 and one line naming the variable. Secrets are kept out of every
+output: `redact()` masks them in any text before it is printed or logged, and `Config.public()` hides them.
+
+Runtime settings (auto-close, thresholds, skip-buy mode, halt) are different: an operator changes them while the
+agent runs, so they live in the journal (see RUNTIME_SETTINGS and db.py), not here.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Var:
+    name: str
+    kind: str  # str, int, float, bool, choice, path, list
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    secret: bool = False
+
+
+def _v(name, kind, default, help, **kw) -> Var:  # noqa: A002 - short table rows read better
+    return Var(name, kind, default, help, **kw)
+
+
+VARIABLES: tuple[Var, ...] = (
+    # where things live
+    _v("MOMENTUM_DB", "path", "data/trades.db", "journal file (SQLite)"),
+    _v("SIM_BROKER_DB", "path", "", "sim broker state file (default: sim_broker.db beside the journal)"),
+    _v("UNIVERSE_FILE", "path", "data/universe.json", "cap-tiered universe"),
+    _v("LOG_DIR", "path", "logs", "JSON-lines logs and the daily trade audit CSVs"),
+    _v("LOG_LEVEL", "choice", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
+    _v("CACHE_DIR", "path", "data/cache", "parsed market-data cache"),
+    # ports
+    _v("DATA_SOURCE", "str", "sim", "market data: sim, csv:PATH or alpaca"),
+    _v("MARKET_DATA", "path", "", "SPY/VIX daily CSV (default: spy_vix_daily*.csv beside a csv: source)"),
+    _v("BROKER", "choice", "sim", "broker", choices=("sim", "alpaca")),
+    _v("DECIDER", "choice", "rules", "decision maker", choices=("rules",)),
+    _v("MOMENTUM_ASOF", "str", "", "simulated time (ISO; naive = America/New_York); empty = real time"),
+    # Alpaca
+    _v("ALPACA_API_KEY", "str", "", "Alpaca key id", secret=True),
+    _v("ALPACA_SECRET_KEY", "str", "", "Alpaca secret key", secret=True),
+    _v("ALPACA_PAPER", "bool", True, "paper account (false = live, which also needs LIVE_TRADING=yes)"),
+    _v("LIVE_TRADING", "choice", "no", "second switch for real money", choices=("yes", "no")),
+    _v("ALPACA_FEED", "choice", "iex", "market-data feed", choices=("iex", "sip", "delayed_sip")),
+    _v("ALPACA_TRADING_URL", "str", "", "override of the trading API host (scheme+host only)"),
+    _v("ALPACA_DATA_URL", "str", "", "override of the market-data API host (scheme+host only)"),
+    _v("ALPACA_REQUESTS_PER_MIN", "int", 180, "request budget shared by all processes", low=1, high=10000),
+    _v("ALPACA_TIMEOUT", "float", 10.0, "seconds per HTTP request", low=0.1, high=120),
+    # portfolio and risk
+    _v("POSITION_SIZING", "choice", "fixed", "fixed, atr or kelly", choices=("fixed", "atr", "kelly")),
+    _v("POSITION_SIZE_PCT", "float", 10.0, "position size, % of equity", low=0.1, high=100),
+    _v("ATR_RISK_PCT", "float", 1.0, "atr sizing: equity % risked with the stop 2 x ATR14 away", low=0.05, high=10),
+    _v("MAX_POSITIONS", "int", 6, "open positions in total", low=1, high=100),
+    _v("MAX_EXPOSURE_PCT", "float", 60.0, "invested share of equity before the regime factor", low=1, high=100),
+    _v("TRAILING_STOP_PCT", "float", 5.0, "broker trailing stop, %", low=0.5, high=50),
+    _v("HARD_STOP_PCT", "float", 8.0, "stop loss below entry, %", low=0.5, high=50),
+    _v("DAILY_LOSS_LIMIT_PCT", "float", 3.0, "circuit breaker: day loss, % of start-of-day equity", low=0.1, high=50),
+    _v("MAX_PORTFOLIO_HEAT_PCT", "float", 6.0, "sum of open risk to stops, % of equity", low=0.1, high=100),
+    _v("MAX_CORRELATION", "float", 0.7, "max 60-day return correlation with a held position", low=0, high=1),
+    _v("BUY_SCORE_MIN", "int", 12, "composite score needed to buy", low=0, high=20),
+    _v("WATCH_SCORE_MIN", "int", 8, "composite score for the watchlist", low=0, high=20),
+    _v("FILL_TIMEOUT_S", "float", 60.0, "seconds to wait for sells to fill before buying", low=0, high=600),
+    *(v for cap in ("LARGE", "MID", "SMALL") for v in (
+        _v(f"MAX_POSITIONS_{cap}", "int", 2, f"{cap.lower()} caps: max open positions", low=0, high=100),
+        _v(f"MAX_BUYS_{cap}", "int", 2, f"{cap.lower()} caps: max buys per scan", low=0, high=100),
+        _v(f"MIN_VOLUME_SURGE_{cap}", "float", 1.5 if cap == "SMALL" else 1.3,
+           f"{cap.lower()} caps: min volume surge", low=0, high=100),
+        _v(f"MIN_GAP_UP_PCT_{cap}", "float", 3.0 if cap == "SMALL" else 1.0,
+           f"{cap.lower()} caps: min gap up, %", low=0, high=100),
+        _v(f"MIN_ROC_10D_PCT_{cap}", "float", 5.0 if cap == "SMALL" else 3.0,
+           f"{cap.lower()} caps: min 10-day rate of change, %", low=-100, high=1000),
+    )),
+)
+_BY_NAME = {v.name: v for v in VARIABLES}
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _parse(var: Var, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    bad = lambda why: ConfigError(f"{var.name}: {why} (got {'<hidden>' if var.secret else repr(raw)})")  # noqa
+    if var.kind == "bool":
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise bad("expected true or false")
+    if var.kind in ("int", "float"):
+        try:
+            value = int(text) if var.kind == "int" else float(text)
+        except ValueError:
+            raise bad(f"expected {'an integer' if var.kind == 'int' else 'a number'}") from None
+        if value != value or (var.low is not None and value < var.low) or (var.high is not None and value > var.high):
+            raise bad(f"must be between {var.low:g} and {var.high:g}")
+        return value
+    if var.kind == "choice":
+        match = next((c for c in var.choices if c.lower() == text.lower()), None)
+        if match is None:
+            raise bad(f"must be one of {', '.join(var.choices)}")
+        return match
+    if var.kind == "list":
+        return tuple(part.strip() for part in text.split(",") if part.strip())
+    return text
+
+
+class Config:
+    """Validated settings. Attribute access by lower-case name: `config.max_positions`."""
+
+    def __init__(self, values: Mapping[str, Any]):
+        self._values = dict(values)
+        self._validate_cross_field()
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._values[name.upper()]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def get(self, name: str) -> Any:
+        return self._values[name]
+
+    def public(self) -> dict[str, Any]:
+        """Every effective setting with secrets hidden (for `configs` snapshots and display)."""
+        return {v.name: ("<set>" if self._values[v.name] else "") if v.secret else self._values[v.name]
+                for v in VARIABLES}
+
+    def secrets(self) -> list[str]:
+        return [str(self._values[v.name]) for v in VARIABLES if v.secret and self._values[v.name]]
+
+    @property
+    def mode(self) -> str:
+        """SIM, PAPER or LIVE. Real money needs both ALPACA_PAPER=false and LIVE_TRADING=yes."""
+        if self.broker == "sim":
+            return "SIM"
+        return "LIVE" if (not self.alpaca_paper and self.live_trading == "yes") else "PAPER"
+
+    def sim_broker_path(self) -> Path:
+        if self.sim_broker_db:
+            return Path(self.sim_broker_db)
+        return Path(self.momentum_db).parent / "sim_broker.db"
+
+    def _validate_cross_field(self) -> None:
+        source = self.data_source
+        if not (source in ("sim", "alpaca") or (source.startswith("csv:") and len(source) > 4)):
+            raise ConfigError(f"DATA_SOURCE/--data: unknown source {source!r} (use sim, csv:PATH or alpaca)")
+        if self.watch_score_min > self.buy_score_min:
+            raise ConfigError("WATCH_SCORE_MIN: must not exceed BUY_SCORE_MIN")
+
+
+def _default(var: Var) -> Any:
+    """Default paths belong to the install, not to whatever directory cron happens to start in."""
+    if var.kind == "path" and var.default:
+        return str(ROOT / var.default)
+    return var.default
+
+
+def load_config(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
+                dotenv_path: Path | None = None) -> Config:
+    """Defaults, then .env, then the environment, then non-empty `overrides` (command-line options)."""
+    from dotenv import dotenv_values
+
+    env_file = dotenv_path if dotenv_path is not None else ROOT / ".env"
+    layered: dict[str, Any] = {}
+    if env_file.exists():
+        layered.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    layered.update(os.environ if environ is None else environ)
+    layered.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    values = {var.name: _parse(var, layered[var.name]) if var.name in layered else _default(var)
+              for var in VARIABLES}
+    return Config(values)
+
+
+# --- secrets ------------------------------------------------------------------------------------------------------
+
+_active_secrets: list[str] = []
+_TOKENISH = re.compile(r"(bot)(\d{6,}:[A-Za-z0-9_-]{20,})|((?:api[_-]?key|secret|token)[\"'=: ]+)([^\s\"',&]{6,})",
+                       re.IGNORECASE)
+
+
+def register_secrets(values: list[str]) -> None:
+    """Remember the secrets in force so that redact() can mask them anywhere."""
+    for value in values:
+        if value and len(value) >= 4 and value not in _active_secrets:
+            _active_secrets.append(value)
+
+
+def redact(text: str) -> str:
+    """Mask known secret values and anything that looks like a key or bot token."""
+    for secret in sorted(_active_secrets, key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return _TOKENISH.sub(lambda m: (m.group(1) + "***") if m.group(1) else (m.group(3) + "***"), text)
+
+
+# --- runtime settings (stored in the journal) ---------------------------------------------------------------------
+
+def _on_off(raw: str) -> str:
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return "on"
+    if value in _FALSE:
+        return "off"
+    raise ValueError("expected on or off")
+
+
+def _threshold(raw: str) -> str:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError("expected a whole number") from None
+    if not 3 <= value <= 10:
+        raise ValueError("must be between 3 and 10")
+    return str(value)
+
+
+@dataclass(frozen=True)
+class RuntimeSetting:
+    default: str
+    parse: Callable[[str], str]
+    help: str
+
+
+RUNTIME_SETTINGS: dict[str, RuntimeSetting] = {
+    "autoclose": RuntimeSetting("on", _on_off, "close positions whose reversal score reaches the threshold"),
+    "autoclose_threshold": RuntimeSetting("5", _threshold, "reversal score (3-10) that triggers auto-close"),
+    "alerts": RuntimeSetting("on", _on_off, "send alerts to the configured channels"),
+    "skip_buys": RuntimeSetting("on", _on_off, "skip-buy mode: no new buys while every holding is healthy"),
+    "halt": RuntimeSetting("off", _on_off, "stop buying (set by `halt`, cleared by `resume`)"),
+    "options_trading": RuntimeSetting("off", _on_off, "execute STRAT signals as options (off: alerts only)"),
+}
+
+
+def parse_runtime_setting(key: str, raw: str) -> str:
+    """The normalised stored value, or ConfigError naming the key."""
+    setting = RUNTIME_SETTINGS.get(key)
+    if setting is None:
+        raise ConfigError(f"set: unknown setting {key!r} (known: {', '.join(RUNTIME_SETTINGS)})")
+    try:
+        return setting.parse(raw)
+    except ValueError as why:
+        raise ConfigError(f"set {key}: {why} (got {raw!r})") from None
+
+
+# --- .env.example -------------------------------------------------------------------------------------------------
+
+_SECTIONS = {"MOMENTUM_DB": "Files", "DATA_SOURCE": "Ports",
+             "ALPACA_API_KEY": "Alpaca (paper by default; live needs ALPACA_PAPER=false AND LIVE_TRADING=yes)",
+             "POSITION_SIZING": "Portfolio and risk", "MAX_POSITIONS_LARGE": "Per-cap limits and scanner thresholds"}
+
+
+def env_example() -> str:
+    """The text of .env.example, generated from VARIABLES so the two cannot drift apart (a test compares them)."""
+    lines = ["# Momentum Agent settings. Copy to .env and edit; the environment overrides .env, and command-line",
+             "# options override both. Every variable is optional: with none set, everything runs on the embedded",
+             "# simulated market and broker. Secrets (keys, tokens) are never printed or logged."]
+    for var in VARIABLES:
+        if var.name in _SECTIONS:
+            lines += ["", f"# --- {_SECTIONS[var.name]} ---"]
+        allowed = f" [{' | '.join(var.choices)}]" if var.choices else (
+            f" [{var.low:g}..{var.high:g}]" if var.low is not None else "")
+        default = ("true" if var.default else "false") if isinstance(var.default, bool) else var.default
+        lines.append(f"# {var.help}{allowed}{' (secret)' if var.secret else ''}")
+        lines.append(f"# {var.name}={default}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,117 @@
+"""The rules decider (SPEC section 6): which positions to close and which candidates to buy, watch or skip.
+
+A pure function over plain data, so the same inputs always give the same decision. The risk gates of the executor
+still apply after it: the decider proposes, the gates dispose.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+HEALTHY_REVERSAL_SCORE = 3  # below this a position is healthy (skip-buy mode counts these)
+WATCHLIST_SIZE = 5
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How many buys this scan may propose, before the executor's gates check them again."""
+
+    free_slots: int  # max positions in total minus open positions
+    free_cap_slots: int  # the cap's max positions minus its open positions
+    max_buys: int  # the cap's max buys per scan
+    buy_score_min: int = 12
+    watch_score_min: int = 8
+    autoclose: bool = True
+    autoclose_threshold: int = 5
+    skip_buys: bool = True
+    halted: bool = False
+    regime_blocks_buys: bool = False
+
+
+@dataclass
+class Decision:
+    closes: list[tuple[str, str]] = field(default_factory=list)  # (symbol, reason)
+    holds: list[str] = field(default_factory=list)
+    buys: list[str] = field(default_factory=list)
+    watch: list[str] = field(default_factory=list)
+    candidate_decisions: dict[str, tuple[str, str]] = field(default_factory=dict)  # symbol -> (decision, reason)
+    skip_mode: bool = False
+
+
+def decide_positions(positions: list[dict], limits: Limits) -> tuple[list[tuple[str, str]], list[str]]:
+    """CLOSE on a reversal score at the auto-close threshold or a broken thesis; HOLD otherwise.
+
+    Each position dict has symbol, reversal_score, and (when known) roc_10d, price and sma20.
+    """
+    closes, holds = [], []
+    for pos in positions:
+        score = pos.get("reversal_score")
+        thesis_broken = (pos.get("roc_10d") is not None and pos.get("sma20") is not None
+                         and pos["roc_10d"] < 0 and pos["price"] < pos["sma20"])
+        if limits.autoclose and score is not None and score >= limits.autoclose_threshold:
+            closes.append((pos["symbol"], f"reversal score {score} >= {limits.autoclose_threshold}"))
+        elif thesis_broken:
+            closes.append((pos["symbol"], "thesis broken: roc_10d < 0 and price < SMA20"))
+        else:
+            holds.append(pos["symbol"])
+    return closes, holds
+
+
+def in_skip_mode(positions: list[dict], limits: Limits) -> bool:
+    """Positions exist and every one is healthy: let winners run instead of adding risk."""
+    return (limits.skip_buys and bool(positions)
+            and all((p.get("reversal_score") or 0) < HEALTHY_REVERSAL_SCORE for p in positions))
+
+
+def _buy_block_reason(limits: Limits, skip_mode: bool) -> str | None:
+    if limits.halted:
+        return "trading halted"
+    if limits.regime_blocks_buys:
+        return "regime CRASH: no buys"
+    if skip_mode:
+        return "skip mode: every holding is healthy"
+    return None
+
+
+def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limits: Limits) -> Decision:
+    """Decide on positions and on every stage-1 candidate (scanner rows with stage1 True).
+
+    BUY needs score >= buy_score_min and a passed stage 2 (momentum breakout plus the cap's ROC minimum), ranked
+    by score, then volume surge, then symbol; WATCH takes scores from watch_score_min up and strong setups left
+    without a slot; everything else is SKIP with the reason.
+    """
+    decision = Decision()
+    decision.closes, decision.holds = decide_positions(positions, limits)
+    decision.skip_mode = in_skip_mode(positions, limits)
+    block = _buy_block_reason(limits, decision.skip_mode)
+    slots = max(0, min(limits.free_slots, limits.free_cap_slots, limits.max_buys))
+    ranked = candidates[candidates["stage1"]].sort_values(
+        ["score", "volume_surge"], ascending=[False, False], kind="mergesort")
+    for symbol, row in ranked.iterrows():
+        decision.candidate_decisions[symbol] = _decide_one(symbol, row, held, block, slots - len(decision.buys),
+                                                           limits)
+        if decision.candidate_decisions[symbol][0] == "BUY":
+            decision.buys.append(symbol)
+    watch = [s for s, (d, _) in decision.candidate_decisions.items() if d == "WATCH"]
+    decision.watch = watch[:WATCHLIST_SIZE]
+    for symbol in watch[WATCHLIST_SIZE:]:
+        decision.candidate_decisions[symbol] = ("SKIP", "watchlist full")
+    return decision
+
+
+def _decide_one(symbol: str, row: pd.Series, held: set[str], block: str | None, slots_left: int,
+                limits: Limits) -> tuple[str, str]:
+    score = int(row["score"])
+    if symbol in held:
+        return "SKIP", "already held"
+    strong = score >= limits.buy_score_min and bool(row["stage2"])
+    if strong and block is None and slots_left > 0:
+        return "BUY", f"score {score}, momentum breakout"
+    if strong:
+        return "WATCH", f"score {score} but {block or 'no free slot'}"
+    if score >= limits.watch_score_min:
+        return "WATCH", f"score {score}"
+    if not row["stage2"]:
+        return "SKIP", f"score {score}; stage 2 not passed"
+    return "SKIP", f"score {score} below {limits.watch_score_min}"

@@ -1,0 +1,190 @@
+"""Momentum Agent command line. Each command parses options, builds a Runtime, calls one function, prints."""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from config import load_config, redact
+from errors import EXIT_FAILURE, MomentumError
+
+log = logging.getLogger("momentum")
+GLOBAL_OPTIONS = {"db": "MOMENTUM_DB", "data": "DATA_SOURCE", "market": "MARKET_DATA", "broker": "BROKER",
+                  "asof": "MOMENTUM_ASOF", "universe": "UNIVERSE_FILE"}
+
+
+class AgentGroup(click.Group):
+    """Maps the product's errors to one line on stderr and the documented exit code."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MomentumError as err:
+            message = redact(str(err))
+            stream_err = err.exit_code != 0
+            click.echo(message if not stream_err else f"error: {message}", err=stream_err)
+            _finish_run(ctx, "skipped" if err.exit_code in (0, 75) else "failed", err.exit_code, message)
+            sys.exit(err.exit_code)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as err:  # the last line of defence: log the traceback, show one line
+            log.exception("unexpected failure")
+            message = redact(f"{type(err).__name__}: {err}")
+            click.echo(f"error: unexpected failure ({message}); details in the log", err=True)
+            _finish_run(ctx, "failed", EXIT_FAILURE, message)
+            sys.exit(EXIT_FAILURE)
+
+
+def _finish_run(ctx: click.Context, status: str, code: int, detail: str | None = None) -> None:
+    rt = ctx.obj if isinstance(ctx.obj, object) else None
+    if rt is not None and "journal" in getattr(rt, "__dict__", {}):
+        try:
+            rt.journal.finish_run(status, code, detail)
+        except Exception:  # noqa: BLE001 - recording the run must never hide the original error
+            log.warning("could not record the end of the run", exc_info=True)
+
+
+@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", help="Journal file [MOMENTUM_DB, default data/trades.db].")
+@click.option("--data", help="Market data: sim, csv:PATH or alpaca [DATA_SOURCE, default sim].")
+@click.option("--market", help="SPY/VIX daily CSV [MARKET_DATA].")
+@click.option("--broker", help="Broker: sim or alpaca [BROKER, default sim].")
+@click.option("--asof", help="Simulated time, ISO; naive = America/New_York [MOMENTUM_ASOF].")
+@click.option("--universe", help="Universe JSON [UNIVERSE_FILE, default data/universe.json].")
+@click.option("-v", "--verbose", is_flag=True, help="Also log to stderr.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, **options: str | None) -> None:
+    """Momentum Agent: an autonomous momentum-trading agent for US equities.
+
+    Every command works offline on the embedded simulated market and broker with no configuration.
+    Exit codes: 0 done, 1 unexpected failure, 2 bad input or configuration, 3 broker or data source
+    unreachable, 75 another scan holds the lock.
+    """
+    from logsetup import configure_logging
+    from runtime import Runtime
+
+    overrides = {GLOBAL_OPTIONS[k]: v for k, v in options.items() if v is not None}
+    config = load_config(overrides)
+    configure_logging(Path(config.log_dir), config.log_level, verbose=verbose)
+    ctx.obj = Runtime(config, ctx.invoked_subcommand or "")
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _runtime(ctx: click.Context):
+    rt = ctx.obj
+    rt.journal.start_run(ctx.command_path)
+    return rt
+
+
+def _done(rt) -> None:
+    rt.journal.finish_run("done", 0)
+
+
+@cli.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Mode, clock, market hours, account, positions, halt state and monitoring statistics."""
+    import ops
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt))
+    click.echo(ops.status_text(ops.status(rt)))
+    _done(rt)
+
+
+@cli.command()
+@click.pass_context
+def positions(ctx: click.Context) -> None:
+    """Open positions at the broker with their journal trade and stop."""
+    import ops
+    import render
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt))
+    rows = ops.positions(rt)
+    click.echo(render.table(rows, ops.POSITION_COLUMNS) if rows else "no open positions")
+    _done(rt)
+
+
+@cli.command()
+@click.option("--open", "open_only", is_flag=True, help="Only orders not in a final state.")
+@click.pass_context
+def orders(ctx: click.Context, open_only: bool) -> None:
+    """Orders recorded in the journal, newest first."""
+    import ops
+    import render
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt))
+    rows = ops.orders(rt, open_only)
+    click.echo(render.table(rows, ops.ORDER_COLUMNS) if rows else "no orders")
+    _done(rt)
+
+
+@cli.command()
+@click.pass_context
+def settings(ctx: click.Context) -> None:
+    """Runtime settings stored in the journal."""
+    from config import RUNTIME_SETTINGS
+
+    import render
+
+    rt = _runtime(ctx)
+    values = rt.journal.settings()
+    rows = [{"key": k, "value": values[k], "meaning": spec.help} for k, spec in RUNTIME_SETTINGS.items()]
+    click.echo(render.table(rows, ["key", "value", "meaning"]))
+    _done(rt)
+
+
+@cli.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def set_setting(ctx: click.Context, key: str, value: str) -> None:
+    """Change a runtime setting, e.g. `set autoclose_threshold 6`."""
+    rt = _runtime(ctx)
+    stored = rt.journal.set_setting(key, value, by="cli")
+    rt.journal.event("info", "setting", f"setting {key} = {stored}", source="cli")
+    click.echo(f"{key} = {stored}")
+    _done(rt)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def errors(ctx: click.Context, as_json: bool) -> None:
+    """The last 10 distinct errors recorded in the journal."""
+    import render
+
+    rt = _runtime(ctx)
+    rows = rt.journal.recent_errors(10)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(render.table(rows, ["last_seen", "level", "count", "source", "message"]) if rows
+                   else "no errors recorded")
+    _done(rt)
+
+
+@cli.command()
+@click.pass_context
+def reconcile(ctx: click.Context) -> None:
+    """Bring the journal in line with the broker: orders, fills, positions and stops."""
+    import ops
+    import reconciler
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt))
+    report = reconciler.reconcile(rt)
+    click.echo(reconciler.report_text(report))
+    _done(rt)
+
+
+if __name__ == "__main__":
+    cli(prog_name="main.py")

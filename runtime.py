@@ -1,0 +1,103 @@
+"""Wires one command's parts together from the configuration: clock, journal, market data, broker, universe.
+
+Parts are built on first use, so `settings` never opens a data file and `status` never parses a universe it does
+not need. main.py creates one Runtime per command and closes it at the end.
+"""
+from __future__ import annotations
+
+import logging
+from functools import cached_property
+from pathlib import Path
+
+from clock import Calendar, Clock, calendar, parse_asof
+from config import Config, register_secrets
+from db import Journal, open_journal
+from errors import ConfigError
+from models import Broker, MarketData
+
+log = logging.getLogger(__name__)
+
+
+class Runtime:
+    def __init__(self, config: Config, command: str = ""):
+        self.config = config
+        self.command = command
+        register_secrets(config.secrets())
+        self.clock = Clock(parse_asof(config.momentum_asof) if config.momentum_asof else None)
+
+    @property
+    def mode(self) -> str:
+        return self.config.mode
+
+    @cached_property
+    def calendar(self) -> Calendar:
+        return calendar()
+
+    @cached_property
+    def journal(self) -> Journal:
+        return open_journal(self.config.momentum_db, self.clock)
+
+    @cached_property
+    def universe(self):
+        from universe import load_universe
+
+        return load_universe(Path(self.config.universe_file))
+
+    def _universe_symbols(self) -> list[str]:
+        try:
+            return self.universe.symbols("all")
+        except ConfigError:
+            if self.config.data_source == "sim":
+                raise
+            return []
+
+    @cached_property
+    def market(self) -> MarketData:
+        source = self.config.data_source
+        if source == "alpaca":
+            from alpaca_adapter import AlpacaMarket
+
+            key, secret = self._alpaca_keys("--data alpaca")
+            return AlpacaMarket(key, secret, feed=self.config.alpaca_feed,
+                                url_override=self.config.alpaca_data_url or None, budget=self._budget(),
+                                timeout=self.config.alpaca_timeout, now=self.clock.now)
+        from market import open_market
+
+        return open_market(source, market_path=self.config.market_data or None,
+                           universe_symbols=self._universe_symbols() if source == "sim" else None,
+                           cache_dir=Path(self.config.cache_dir))
+
+    @cached_property
+    def broker(self) -> Broker:
+        if self.config.broker == "alpaca":
+            from alpaca_adapter import AlpacaBroker
+
+            key, secret = self._alpaca_keys("--broker alpaca")
+            return AlpacaBroker(key, secret, paper=self.mode != "LIVE",
+                                url_override=self.config.alpaca_trading_url or None, budget=self._budget(),
+                                timeout=self.config.alpaca_timeout)
+        from sim_broker import SimBroker
+
+        return SimBroker(self.config.sim_broker_path(), self.market, self.clock, cap_of=self.cap_of)
+
+    def cap_of(self, symbol: str) -> str:
+        try:
+            return self.universe.cap_of(symbol) or "small"
+        except ConfigError:
+            return "small"
+
+    def _alpaca_keys(self, what: str) -> tuple[str, str]:
+        key, secret = self.config.alpaca_api_key, self.config.alpaca_secret_key
+        if not key or not secret:
+            raise ConfigError(f"ALPACA_API_KEY and ALPACA_SECRET_KEY must be set for {what}")
+        return key, secret
+
+    def _budget(self):
+        from ratelimit import RequestBudget
+
+        path = Path(self.config.momentum_db).parent / "alpaca_budget.db"
+        return RequestBudget(path, per_minute=self.config.alpaca_requests_per_min)
+
+    def close(self) -> None:
+        if "journal" in self.__dict__:
+            self.journal.db.conn.close()

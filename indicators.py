@@ -1,0 +1,150 @@
+"""Technical indicators on 2-D float arrays (rows = sessions, oldest first; columns = symbols).
+
+Every function takes and returns arrays of the same shape and works on all symbols at once: the only Python loop
+is over rows (sessions), each step is one numpy operation across every symbol.
+
+Missing values (NaN) are allowed anywhere, typically at the start of a column for a symbol listed late:
+- `sma` averages the values present in its window and is NaN when fewer than `min_count` are present.
+- `roc` looks exactly n rows back and is NaN when either end is missing.
+- The recursive indicators (`ema`, `wilder_rsi`, `wilder_atr`, `macd_histogram`) skip a missing row: the smoothing
+  state carries over the gap, the output at that row is NaN, and a price change or true range is measured from the
+  last close that was present. For a column without gaps this is the textbook definition; with gaps it equals the
+  textbook definition applied to the column's present values only.
+
+Seeding convention (Wilder, and the EMA alike): the first output is the simple mean of the first n inputs
+(price changes for RSI, true ranges for ATR, values for the EMA); after that Wilder uses
+avg = (prev * (n - 1) + x) / n and the EMA uses avg = prev + 2 / (n + 1) * (x - prev). RSI and ATR need a previous
+close, so with no gaps their first value is at row n (the (n+1)-th bar), as in TA-Lib.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+Update = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _as_2d(values: np.ndarray) -> np.ndarray:
+    array = np.asarray(values, dtype=float)
+    return array[:, None] if array.ndim == 1 else array
+
+
+def _shaped_like(result: np.ndarray, original: np.ndarray) -> np.ndarray:
+    return result[:, 0] if np.ndim(original) == 1 else result
+
+
+def forward_fill(values: np.ndarray) -> np.ndarray:
+    """Each cell replaced by the last finite value at or above it in its column (NaN before the first one)."""
+    array = _as_2d(values)
+    rows = np.arange(array.shape[0])[:, None]
+    last_present_row = np.maximum.accumulate(np.where(np.isfinite(array), rows, 0), axis=0)
+    filled = np.take_along_axis(array, last_present_row, axis=0)
+    return _shaped_like(filled, values)
+
+
+def previous_present(values: np.ndarray) -> np.ndarray:
+    """The last finite value strictly above each cell in its column (NaN when there is none)."""
+    filled = _as_2d(forward_fill(values))
+    previous = np.full_like(filled, np.nan)
+    previous[1:] = filled[:-1]
+    return _shaped_like(previous, values)
+
+
+def sma(values: np.ndarray, n: int, min_count: int | None = None) -> np.ndarray:
+    """Simple moving average of the last n rows, ignoring missing values.
+
+    NaN where the window holds fewer than `min_count` present values (default n: a full window is required).
+    """
+    array = _as_2d(values)
+    required = n if min_count is None else min_count
+    present = np.isfinite(array)
+    zero_row = np.zeros((1, array.shape[1]))
+    running_sum = np.concatenate([zero_row, np.cumsum(np.where(present, array, 0.0), axis=0)])
+    running_count = np.concatenate([zero_row, np.cumsum(present, axis=0)])
+    window_start = np.maximum(np.arange(1, array.shape[0] + 1) - n, 0)
+    window_sum = running_sum[1:] - running_sum[window_start]
+    window_count = running_count[1:] - running_count[window_start]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(window_count >= max(required, 1), window_sum / window_count, np.nan)
+    return _shaped_like(mean, values)
+
+
+def _seeded_smoothing(inputs: np.ndarray, n: int, update: Update) -> np.ndarray:
+    """Mean of the first n present inputs per column, then `update(prev, x)` on each later present input."""
+    rows, columns = inputs.shape
+    output = np.full((rows, columns), np.nan)
+    seen = np.zeros(columns, dtype=int)
+    seed_sum = np.zeros(columns)
+    state = np.full(columns, np.nan)
+    for row in range(rows):
+        x = inputs[row]
+        present = np.isfinite(x)
+        seen += present
+        seeding = present & (seen <= n)
+        seed_sum += np.where(seeding, x, 0.0)
+        running = present & (seen > n)
+        state = np.where(running, update(state, x), state)
+        state = np.where(present & (seen == n), seed_sum / n, state)
+        output[row] = np.where(present & (seen >= n), state, np.nan)
+    return output
+
+
+def _wilder(inputs: np.ndarray, n: int) -> np.ndarray:
+    return _seeded_smoothing(inputs, n, lambda prev, x: (prev * (n - 1) + x) / n)
+
+
+def ema(values: np.ndarray, n: int) -> np.ndarray:
+    """Exponential moving average, alpha = 2 / (n + 1), seeded with the simple mean of the first n values."""
+    alpha = 2.0 / (n + 1.0)
+    smoothed = _seeded_smoothing(_as_2d(values), n, lambda prev, x: prev + alpha * (x - prev))
+    return _shaped_like(smoothed, values)
+
+
+def _close_changes(close: np.ndarray) -> np.ndarray:
+    """Change from the last present close; NaN on rows without a close or without an earlier one."""
+    return close - previous_present(close)
+
+
+def wilder_rsi(close: np.ndarray, n: int = 14) -> np.ndarray:
+    """Wilder's RSI (0..100). With no losses in the average it is 100; with neither gains nor losses, 50."""
+    closes = _as_2d(close)
+    changes = _close_changes(closes)
+    average_gain = _wilder(np.where(np.isnan(changes), np.nan, np.maximum(changes, 0.0)), n)
+    average_loss = _wilder(np.where(np.isnan(changes), np.nan, np.maximum(-changes, 0.0)), n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rsi = 100.0 - 100.0 / (1.0 + average_gain / average_loss)
+    rsi = np.where(average_loss == 0.0, np.where(average_gain > 0.0, 100.0, 50.0), rsi)
+    rsi = np.where(np.isnan(average_gain) | np.isnan(average_loss), np.nan, rsi)
+    return _shaped_like(rsi, close)
+
+
+def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """max(high - low, |high - prev close|, |low - prev close|); NaN where a field or the previous close is missing."""
+    highs, lows, closes = _as_2d(high), _as_2d(low), _as_2d(close)
+    previous_close = previous_present(closes)
+    ranges = np.maximum.reduce([highs - lows, np.abs(highs - previous_close), np.abs(lows - previous_close)])
+    missing = ~(np.isfinite(highs) & np.isfinite(lows) & np.isfinite(closes) & np.isfinite(previous_close))
+    return _shaped_like(np.where(missing, np.nan, ranges), close)
+
+
+def wilder_atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int = 14) -> np.ndarray:
+    """Wilder's average true range, seeded with the mean of the first n true ranges."""
+    return _shaped_like(_wilder(_as_2d(true_range(high, low, close)), n), close)
+
+
+def roc(close: np.ndarray, n: int) -> np.ndarray:
+    """Rate of change as a fraction: close / close n rows earlier - 1 (NaN for the first n rows)."""
+    closes = _as_2d(close)
+    change = np.full_like(closes, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        change[n:] = closes[n:] / closes[:-n] - 1.0
+    return _shaped_like(change, close)
+
+
+def macd_histogram(close: np.ndarray, fast: int = 12, slow: int = 26, signal: int = 9) -> np.ndarray:
+    """MACD line (EMA fast - EMA slow) minus its signal line (EMA of the MACD line)."""
+    closes = _as_2d(close)
+    macd_line = ema(closes, fast) - ema(closes, slow)
+    histogram = macd_line - ema(macd_line, signal)
+    return _shaped_like(histogram, close)

@@ -1,0 +1,113 @@
+"""The 0-13 reversal score of held positions (SPEC section 8), vectorised across symbols.
+
+Today's bar is the snapshot: "close" means the current price, today's high and low are the high and low so far,
+and the volume is time-normalised by the intraday profile before it is compared with the 20-day average. SMAs,
+RSI14 and the MACD histogram are computed over the daily history plus today's price as the latest value (the same
+convention as the scanner); yesterday is the last completed session of the history. A signal whose inputs are
+missing (too little history, a missing bar) is False, so broken data never raises a score by itself; a symbol
+without a valid price today scores 0 and carries a skip_reason.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+
+import indicators
+from models import Panel, Snapshot
+from scanner import (above, align_history, at_least, at_most, average_volume, below, intraday_strength, last_value,
+                     normalised_volume, ratio, window_min_count, with_today)
+
+REVERSAL_WEIGHTS: dict[str, int] = {
+    "below_sma5": 1,
+    "below_sma10": 1,
+    "below_sma20": 2,
+    "lower_high_lower_low": 1,
+    "close_bottom_quartile": 1,
+    "bearish_engulfing": 1,
+    "rsi_below_45": 1,
+    "macd_turned_negative": 1,
+    "down_day_high_volume": 2,
+    "gap_down": 1,
+    "off_peak": 1,
+}
+MAX_REVERSAL_SCORE = sum(REVERSAL_WEIGHTS.values())  # 13
+HIGH_VOLUME_MULTIPLE = 1.5
+GAP_DOWN_FACTOR = 0.98
+OFF_PEAK_FACTOR = 0.97
+RSI_WEAK = 45.0
+BOTTOM_QUARTILE = 0.25
+
+
+def _peaks(highest_close_since_entry: Mapping[str, float] | np.ndarray | list, symbols: list[str]) -> np.ndarray:
+    """Highest close since entry per snapshot symbol (NaN for a symbol the mapping does not name)."""
+    if isinstance(highest_close_since_entry, Mapping):
+        return np.array([highest_close_since_entry.get(symbol, np.nan) for symbol in symbols], dtype=float)
+    return np.asarray(highest_close_since_entry, dtype=float)
+
+
+def _trend_signals(bars: Panel, price: np.ndarray) -> dict[str, np.ndarray]:
+    close = with_today(bars.close, price)
+    moving_average = {n: indicators.sma(close[-n:], n, window_min_count(n))[-1] for n in (5, 10, 20)}
+    histogram = indicators.macd_histogram(close)
+    previous_two = histogram[-3:-1] if histogram.shape[0] >= 3 else np.full((2, len(price)), np.nan)
+    with np.errstate(invalid="ignore"):
+        turned = (histogram[-1] < 0) & (previous_two >= 0).any(axis=0)
+    return {
+        "below_sma5": below(price, moving_average[5]),
+        "below_sma10": below(price, moving_average[10]),
+        "below_sma20": below(price, moving_average[20]),
+        "rsi_below_45": below(last_value(indicators.wilder_rsi(close, 14), len(price)), RSI_WEAK),
+        "macd_turned_negative": turned,
+    }
+
+
+def _candle_signals(bars: Panel, snap: Snapshot) -> dict[str, np.ndarray]:
+    price, open_ = np.asarray(snap.price, dtype=float), np.asarray(snap.open, dtype=float)
+    high, low = np.asarray(snap.high, dtype=float), np.asarray(snap.low, dtype=float)
+    n_symbols = len(price)
+    yesterday = {name: last_value(getattr(bars, name), n_symbols) for name in ("open", "high", "low", "close")}
+    yesterday_up = above(yesterday["close"], yesterday["open"])
+    return {
+        "lower_high_lower_low": below(high, yesterday["high"]) & below(low, yesterday["low"]),
+        "close_bottom_quartile": at_most(intraday_strength(price, high, low), BOTTOM_QUARTILE),
+        "bearish_engulfing": (yesterday_up & below(price, open_) & at_least(open_, yesterday["close"])
+                              & at_most(price, yesterday["open"])),
+    }
+
+
+def _session_signals(bars: Panel, snap: Snapshot, peaks: np.ndarray) -> dict[str, np.ndarray]:
+    price, open_ = np.asarray(snap.price, dtype=float), np.asarray(snap.open, dtype=float)
+    prev_close = np.asarray(snap.prev_close, dtype=float)
+    volume_ratio = ratio(normalised_volume(snap), average_volume(bars))
+    return {
+        "down_day_high_volume": below(price, prev_close) & at_least(volume_ratio, HIGH_VOLUME_MULTIPLE),
+        "gap_down": at_most(open_, prev_close * GAP_DOWN_FACTOR),
+        "off_peak": at_most(price, peaks * OFF_PEAK_FACTOR),
+    }
+
+
+def reversal_scores(history: Panel, snap: Snapshot,
+                    highest_close_since_entry: Mapping[str, float] | np.ndarray | list) -> pd.DataFrame:
+    """Reversal signals and score for every snapshot symbol (the held positions), indexed by symbol.
+
+    highest_close_since_entry: per symbol, a mapping or an array in snapshot order.
+    Columns: one bool per signal of REVERSAL_WEIGHTS (below_sma5 .. off_peak), score (0-13, the sum of the weights
+    of the triggered signals), signals (list of triggered names, JSON-ready), skip_reason (None, or why no signal
+    could be evaluated).
+    """
+    bars = align_history(history, snap)
+    price = np.asarray(snap.price, dtype=float)
+    with np.errstate(invalid="ignore"):
+        usable = price > 0
+    triggered = {**_trend_signals(bars, price), **_candle_signals(bars, snap),
+                 **_session_signals(bars, snap, _peaks(highest_close_since_entry, list(snap.symbols)))}
+    names = list(REVERSAL_WEIGHTS)
+    flags = np.column_stack([triggered[name] & usable for name in names]) if len(price) else np.zeros((0, len(names)),
+                                                                                                     dtype=bool)
+    frame = pd.DataFrame(flags, columns=names, index=pd.Index(snap.symbols, name="symbol"))
+    frame["score"] = (flags * np.array([REVERSAL_WEIGHTS[name] for name in names])).sum(axis=1).astype(int)
+    frame["signals"] = [[name for name, on in zip(names, row) if on] for row in flags]
+    frame["skip_reason"] = pd.Series(np.where(usable, None, "no valid price today"), index=frame.index, dtype=object)
+    return frame

@@ -186,5 +186,25 @@ def reconcile(ctx: click.Context) -> None:
     _done(rt)
 
 
+@cli.command()
+@click.option("--type", "scan_type", type=click.Choice(["open", "midday", "close"]), default="midday",
+              show_default=True, help="Which of the day's three scans.")
+@click.option("--cap", type=click.Choice(["large", "mid", "small", "all"]), default="all", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Compute and record everything, send no order, ignore market hours.")
+@click.option("--max-buys", type=click.IntRange(0, 100), help="Cap the buys of this scan.")
+@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.pass_context
+def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: int | None, force: bool) -> None:
+    """Scan the universe, decide, execute and record (the autonomous loop)."""
+    import agent
+    import ops
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+    results = agent.run_scan(rt, scan_type, cap, dry_run=dry_run, max_buys=max_buys, force=force)
+    click.echo(agent.summary_text(results))
+    _done(rt)
+
+
 if __name__ == "__main__":
     cli(prog_name="main.py")

@@ -24,6 +24,16 @@ OPEN_STATUSES = frozenset(
 FINAL_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced", "stopped", "suspended"})
 
 
+def _take_columns(values: np.ndarray, have: Sequence[str], want: Sequence[str]) -> np.ndarray:
+    """Columns of a 2-D array reordered to `want`; a symbol not in `have` gives a NaN column."""
+    position = {symbol: i for i, symbol in enumerate(have)}
+    index = np.array([position.get(symbol, -1) for symbol in want], dtype=int)
+    out = values[:, np.maximum(index, 0)] if len(index) else np.empty((values.shape[0], 0))
+    out = out.astype(float, copy=True)
+    out[:, index < 0] = np.nan
+    return out
+
+
 @dataclass(frozen=True)
 class Panel:
     """Daily bars for many symbols on a common ascending date axis."""
@@ -38,6 +48,11 @@ class Panel:
 
     def column(self, symbol: str) -> int:
         return self.symbols.index(symbol)
+
+    def select(self, symbols: Sequence[str]) -> "Panel":
+        """The same dates for a subset of symbols (unknown symbols become all-NaN columns)."""
+        return Panel(self.dates, list(symbols), *(_take_columns(getattr(self, name), self.symbols, symbols)
+                                                  for name in BAR_FIELDS))
 
     def frame(self, symbol: str) -> pd.DataFrame:
         """One symbol's bars as a DataFrame indexed by date (for reports and tests, not hot paths)."""
@@ -68,6 +83,12 @@ class Snapshot:
 
     def index(self, symbol: str) -> int:
         return self.symbols.index(symbol)
+
+    def select(self, symbols: Sequence[str]) -> "Snapshot":
+        """The same session for a subset of symbols (unknown symbols get NaN)."""
+        arrays = {name: _take_columns(getattr(self, name)[None, :], self.symbols, symbols)[0]
+                  for name in ("open", "high", "low", "price", "volume", "prev_close", "bid", "ask")}
+        return Snapshot(self.session, self.fraction, list(symbols), **arrays)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,350 @@
+"""The scan loop (SPEC section 5): reconcile, score positions, scan, decide, execute, record, report.
+
+One call of `run_scan` is one cron entry: it takes the scan lock, then runs each requested cap in turn. Every step
+is timed and the timings land on the `scans` row. A dry run computes and records everything and sends no order.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+import decider
+import pathmodel
+import reconciler
+import reversal
+import scanner
+from clock import Session
+from errors import ConfigError, DataError
+from locks import scan_lock
+from models import Panel, Snapshot
+
+log = logging.getLogger(__name__)
+CAPS = ("large", "mid", "small")
+HISTORY_SESSIONS = 120  # a fixed depth keeps Wilder RSI/ATR identical from scan to scan
+SCAN_TYPES = ("open", "midday", "close")
+
+
+@dataclass
+class CapScan:
+    scan_id: int
+    cap: str
+    session: date
+    fraction: float
+    context: dict[str, Any]
+    frame: pd.DataFrame  # scanner rows for the cap's universe
+    decision: decider.Decision
+    positions: list[dict]
+    skipped: dict[str, str]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+class Timer:
+    def __init__(self):
+        self.timings: dict[str, float] = {}
+
+    def step(self, name: str):
+        timer = self
+
+        class _Step:
+            def __enter__(self):
+                self.started = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.timings[name] = round(time.perf_counter() - self.started, 4)
+                log.info("scan step", extra={"step": name, "seconds": timer.timings[name]})
+
+        return _Step()
+
+
+def cap_rules(config, cap: str) -> scanner.CapRules:
+    upper = cap.upper()
+    return scanner.CapRules(min_volume_surge=config.get(f"MIN_VOLUME_SURGE_{upper}"),
+                            min_gap_up=config.get(f"MIN_GAP_UP_PCT_{upper}") / 100.0,
+                            min_roc_10d=config.get(f"MIN_ROC_10D_PCT_{upper}") / 100.0)
+
+
+def open_trades(journal) -> list[dict]:
+    return journal.query("SELECT * FROM trades WHERE status IN ('open', 'unprotected', 'external') ORDER BY id")
+
+
+def load_market(rt, symbols: list[str], session: Session, fraction: float) -> tuple[Panel, Snapshot]:
+    cal = rt.calendar
+    start = cal.sessions_back(session.day, HISTORY_SESSIONS)
+    history = rt.market.bars(symbols, start, cal.previous_session(session.day))
+    snap = rt.market.snapshot(symbols, session.day, fraction)
+    return history, snap
+
+
+def market_context(rt, session: Session, fraction: float, snap: Snapshot) -> dict[str, Any]:
+    """SPY, trend, VIX (seen through the same intraday path as every bar) and breadth."""
+    cal = rt.calendar
+    start = cal.sessions_back(session.day, 60)
+    try:
+        series = rt.market.market_series(start, session.day)
+    except DataError as err:
+        log.warning("no market series: %s", err)
+        series = pd.DataFrame()
+    day = pd.Timestamp(session.day)
+    before = series[series.index < day] if len(series) else series
+    today = series.loc[day] if len(series) and day in series.index else None
+    spy_price = vix = np.nan
+    if today is not None:
+        spy_price = float(pathmodel.price_at(today["spy_open"], today["spy_high"], today["spy_low"],
+                                             today["spy_close"], fraction))
+        vix_open = today["vix_open"] if np.isfinite(today["vix_open"]) else today["vix_close"]
+        vix = float(pathmodel.price_at(vix_open, today["vix_high"], today["vix_low"], today["vix_close"], fraction))
+    if not np.isfinite(spy_price) and len(before):
+        spy_price = float(before["spy_close"].iloc[-1])
+    if not np.isfinite(vix) and len(before) and "vix_close" in before:
+        vix = float(before["vix_close"].dropna().iloc[-1]) if before["vix_close"].notna().any() else np.nan
+    if not np.isfinite(spy_price):
+        return {"spy_price": None, "trend": None, "vix": None, "breadth": None, "spy_change_pct": None}
+    change = np.asarray(snap.price) / np.asarray(snap.prev_close) - 1.0
+    return scanner.market_context(before, spy_price, vix, change)
+
+
+def peak_closes(history: Panel, snap: Snapshot, trades: list[dict]) -> dict[str, float]:
+    """Highest close since entry for each held symbol (journal peak, history closes, and today's price)."""
+    peaks: dict[str, float] = {}
+    for trade in trades:
+        symbol = trade["symbol"]
+        values = [v for v in (trade["peak_price"], trade["entry_price"]) if v]
+        if symbol in history.symbols and trade["entry_time"]:
+            entry_day = np.datetime64(trade["entry_time"][:10], "D")
+            closes = history.close[history.dates >= entry_day, history.column(symbol)]
+            values += [float(c) for c in closes if np.isfinite(c)]
+        if symbol in snap.symbols and np.isfinite(snap.price[snap.index(symbol)]):
+            values.append(float(snap.price[snap.index(symbol)]))
+        peaks[symbol] = max(values) if values else np.nan
+    return peaks
+
+
+def position_views(trades: list[dict], frame: pd.DataFrame, rev: pd.DataFrame) -> list[dict]:
+    views = []
+    for trade in trades:
+        symbol = trade["symbol"]
+        row = frame.loc[symbol] if symbol in frame.index else None
+        views.append({
+            "trade_id": trade["id"], "symbol": symbol, "cap": trade["cap"],
+            "reversal_score": int(rev.loc[symbol, "score"]) if symbol in rev.index else None,
+            "signals": list(rev.loc[symbol, "signals"]) if symbol in rev.index else [],
+            "price": _num(row["price"]) if row is not None else None,
+            "roc_10d": _num(row["roc_10d"]) if row is not None else None,
+            "sma20": _num(row["sma20"]) if row is not None else None,
+            "entry_price": trade["entry_price"],
+        })
+    return views
+
+
+def _num(value) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def limits_for(rt, cap: str, trades: list[dict], max_buys: int | None) -> decider.Limits:
+    config, settings = rt.config, rt.journal.settings()
+    cap_open = sum(1 for t in trades if t["cap"] == cap)
+    cap_max_buys = config.get(f"MAX_BUYS_{cap.upper()}")
+    return decider.Limits(
+        free_slots=config.max_positions - len(trades),
+        free_cap_slots=config.get(f"MAX_POSITIONS_{cap.upper()}") - cap_open,
+        max_buys=min(cap_max_buys, max_buys) if max_buys is not None else cap_max_buys,
+        buy_score_min=config.buy_score_min, watch_score_min=config.watch_score_min,
+        autoclose=settings["autoclose"] == "on", autoclose_threshold=int(settings["autoclose_threshold"]),
+        skip_buys=settings["skip_buys"] == "on", halted=settings["halt"] == "on")
+
+
+# --- recording ----------------------------------------------------------------------------------------------------
+
+CANDIDATE_FLOATS = ("price", "prev_close", "change_pct", "rvol", "volume_surge", "gap_up", "roc_10d", "sma20",
+                    "sma50", "intraday_strength", "rsi_14", "atr_14")
+CANDIDATE_FLAGS = ("stage1", "stage2", "follow_through", "breakout_5d", "sma_aligned", "momentum_breakout")
+
+
+def start_scan_row(rt, scan_type: str, cap: str, session: Session, fraction: float, dry_run: bool) -> int:
+    journal = rt.journal
+    with journal.atomic():
+        return journal.db.table("scans").insert({
+            "run_id": journal.run_id, "type": scan_type, "cap": cap, "asof": journal.now(),
+            "session": str(session.day), "fraction": round(fraction, 6), "started_at": journal.now(),
+            "dry_run": int(dry_run), "status": "running", "decider": rt.config.decider}).last_pk
+
+
+def candidate_rows(result: CapScan, asof: str) -> list[dict]:
+    rows = []
+    for symbol, (choice, reason) in result.decision.candidate_decisions.items():
+        signal = result.frame.loc[symbol]
+        row = {"scan_id": result.scan_id, "symbol": symbol, "cap": result.cap, "session": str(result.session),
+               "asof": asof, "score": int(signal["score"]), "decision": choice, "reason": reason}
+        row.update({name: _num(signal[name]) for name in CANDIDATE_FLOATS})
+        row.update({name: int(bool(signal[name])) for name in CANDIDATE_FLAGS})
+        rows.append(row)
+    return rows
+
+
+def record_cap_scan(rt, result: CapScan, status: str) -> None:
+    """Candidates, position checks, watchlist and the finished scans row, in one transaction."""
+    journal = rt.journal
+    now = journal.now()
+    decision, context = result.decision, result.context
+    counts = {"universe_count": len(result.frame), "stage1_count": int(result.frame["stage1"].sum()),
+              "stage2_count": int(result.frame["stage2"].sum()), "buy_count": len(decision.buys),
+              "watch_count": len(decision.watch), "skipped_count": len(result.skipped)}
+    closes = dict(decision.closes)
+    with journal.atomic():
+        journal.db.table("candidates").insert_all(candidate_rows(result, now))
+        journal.db.table("position_checks").insert_all([{
+            "trade_id": p["trade_id"], "symbol": p["symbol"], "checked_at": now, "price": p["price"],
+            "pnl_pct": (p["price"] / p["entry_price"] - 1) * 100 if p["price"] and p["entry_price"] else None,
+            "reversal_score": p["reversal_score"], "signals": json.dumps(p["signals"]), "urgent": 0,
+            "action": f"scan:{'CLOSE' if p['symbol'] in closes else 'HOLD'}", "run_id": journal.run_id}
+            for p in result.positions])
+        for symbol in decision.watch:
+            journal.db.execute(
+                "INSERT INTO watchlist (symbol, cap, score, scan_id, added_at, updated_at, reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(symbol) DO UPDATE SET score = excluded.score, "
+                "scan_id = excluded.scan_id, updated_at = excluded.updated_at, reason = excluded.reason",
+                [symbol, result.cap, int(result.frame.loc[symbol, "score"]), result.scan_id, now, now,
+                 decision.candidate_decisions[symbol][1]])
+        journal.db.execute("DELETE FROM watchlist WHERE symbol NOT IN (SELECT symbol FROM watchlist "
+                           "ORDER BY updated_at DESC, score DESC LIMIT ?)", [decider.WATCHLIST_SIZE])
+        journal.db.table("scans").update(result.scan_id, {
+            **counts, "finished_at": now, "status": status, "timings": json.dumps(result.timings),
+            "skipped": json.dumps(result.skipped), "spy_price": context.get("spy_price"),
+            "spy_change_pct": context.get("spy_change_pct"), "spy_trend": context.get("trend"),
+            "vix": context.get("vix"), "breadth": context.get("breadth"), "regime": context.get("regime"),
+            "exposure_factor": context.get("exposure_factor"), "skip_mode": int(decision.skip_mode),
+            "summary": summary_line(result)})
+
+
+def summary_line(result: CapScan) -> str:
+    decision = result.decision
+    parts = [f"{result.cap}: {int(result.frame['stage1'].sum())} candidates, "
+             f"{int(result.frame['stage2'].sum())} passed stage 2",
+             f"BUY {', '.join(decision.buys) or '-'}", f"WATCH {', '.join(decision.watch) or '-'}"]
+    if decision.closes:
+        parts.append("CLOSE " + ", ".join(symbol for symbol, _ in decision.closes))
+    if decision.skip_mode:
+        parts.append("SKIP MODE")
+    if result.skipped:
+        parts.append(f"{len(result.skipped)} symbols skipped for bad data")
+    return "; ".join(parts)
+
+
+# --- the loop -----------------------------------------------------------------------------------------------------
+
+def scan_cap(rt, scan_type: str, cap: str, dry_run: bool, max_buys: int | None) -> CapScan:
+    timer = Timer()
+    session, fraction = rt.calendar.current_or_last_session(rt.clock.now())
+    scan_id = start_scan_row(rt, scan_type, cap, session, fraction, dry_run)
+    try:
+        return _scan_cap(rt, timer, scan_id, cap, session, fraction, dry_run, max_buys)
+    except Exception as err:
+        rt.journal.db.table("scans").update(scan_id, {"status": "failed", "error": str(err)[:500],
+                                                      "finished_at": rt.journal.now()})
+        raise
+
+
+def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fraction: float, dry_run: bool,
+              max_buys: int | None) -> CapScan:
+    trades = open_trades(rt.journal)
+    universe = rt.universe.symbols(cap)
+    held = [t["symbol"] for t in trades]
+    symbols = list(dict.fromkeys(universe + held))
+    with timer.step("market_data"):
+        history, snap = load_market(rt, symbols, session, fraction)
+    with timer.step("scanner"):
+        frame = scanner.scan(history, snap, cap_rules(rt.config, cap))
+    with timer.step("reversal"):
+        held_snap = snap.select(held)
+        rev = reversal.reversal_scores(history.select(held), held_snap, peak_closes(history, held_snap, trades))
+        positions = position_views(trades, frame, rev)
+    with timer.step("context"):
+        context = market_context(rt, session, fraction, snap.select(universe))
+        context.update(regime=None, exposure_factor=1.0)
+    with timer.step("decide"):
+        universe_frame = frame.loc[universe]
+        limits = limits_for(rt, cap, trades, max_buys)
+        decision = decider.decide(universe_frame, positions, set(held), limits)
+    skipped = {s: r for s, r in universe_frame["skip_reason"].items() if r is not None}
+    result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped)
+    result.timings = timer.timings
+    with timer.step("record"):
+        record_cap_scan(rt, result, "dry_run" if dry_run else "done")
+    rt.journal.event("info", "scan_summary", summary_line(result), source="scan",
+                     detail={"scan_id": scan_id, "buys": decision.buys, "closes": decision.closes})
+    return result
+
+
+def run_scan(rt, scan_type: str, cap: str, *, dry_run: bool, max_buys: int | None = None,
+             force: bool = False) -> list[CapScan]:
+    """The whole scan command: lock, reconcile, then each requested cap in turn."""
+    from ops import require_market_open
+
+    if scan_type not in SCAN_TYPES:
+        raise ConfigError(f"--type: unknown scan type {scan_type!r} (use open, midday or close)")
+    if not dry_run:
+        require_market_open(rt, force=force, what="scan")
+        raise ConfigError("scan: order execution is not available in this version; run with --dry-run")
+    caps = CAPS if cap == "all" else (cap,)
+    with scan_lock(rt.journal.path):
+        reconciler.reconcile(rt)
+        return [scan_cap(rt, scan_type, one_cap, dry_run, max_buys) for one_cap in caps]
+
+
+# --- output -------------------------------------------------------------------------------------------------------
+
+SUMMARY_COLUMNS = ["symbol", "price", "chg%", "rvol", "roc10%", "gap%", "rsi", "score", "decision", "reason"]
+
+
+def summary_text(results: list[CapScan], limit: int = 15) -> str:
+    blocks = []
+    for result in results:
+        ctx = result.context
+        header = (f"[{result.cap}] session {result.session} at {result.fraction:.0%} of the day | "
+                  f"SPY {_fmt(ctx.get('spy_price'), '.2f')} ({_fmt_pct(ctx.get('spy_change_pct'))}) "
+                  f"trend {ctx.get('trend') or '-'} | VIX {_fmt(ctx.get('vix'), '.1f')} | "
+                  f"breadth {_fmt_pct(ctx.get('breadth'), signed=False)}")
+        lines = [header, summary_line(result)]
+        rows = [_summary_row(result, symbol) for symbol in result.decision.candidate_decisions][:limit]
+        if rows:
+            from render import table
+
+            lines.append(table(rows, SUMMARY_COLUMNS))
+        for symbol, reason in result.decision.closes:
+            lines.append(f"CLOSE {symbol}: {reason}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _summary_row(result: CapScan, symbol: str) -> dict:
+    row = result.frame.loc[symbol]
+    choice, reason = result.decision.candidate_decisions[symbol]
+    return {"symbol": symbol, "price": _num(row["price"]), "chg%": _pct_value(row["change_pct"]),
+            "rvol": _num(row["rvol"]), "roc10%": _pct_value(row["roc_10d"]), "gap%": _pct_value(row["gap_up"]),
+            "rsi": _num(row["rsi_14"]), "score": int(row["score"]), "decision": choice, "reason": reason}
+
+
+def _pct_value(value) -> float | None:
+    number = _num(value)
+    return None if number is None else round(number * 100, 2)
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None or not np.isfinite(value) else format(value, spec)
+
+
+def _fmt_pct(value, signed: bool = True) -> str:
+    if value is None or not np.isfinite(value):
+        return "-"
+    return f"{value * 100:+.2f}%" if signed else f"{value * 100:.0f}%"

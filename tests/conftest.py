@@ -13,6 +13,7 @@ SHARED = ROOT.parent / "shared"
 SHARED_DATA = SHARED / "data"
 FIXTURES = SHARED / "alpaca" / "fixtures"
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
 
 _real_connect = socket.socket.connect
 
@@ -45,3 +46,6 @@ def require_shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data file {path} is not present")
     return path
+
+
+from fake_alpaca import FakeAlpaca, fake_alpaca  # noqa: E402,F401 - the fake Alpaca server fixture for every test

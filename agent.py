@@ -237,7 +237,8 @@ def summary_line(result: CapScan) -> str:
     if decision.skip_mode:
         parts.append("SKIP MODE")
     if result.skipped:
-        parts.append(f"{len(result.skipped)} symbols skipped for bad data")
+        count = len(result.skipped)
+        parts.append(f"{count} symbol{'s' if count != 1 else ''} skipped for bad data")
     return "; ".join(parts)
 
 
@@ -284,6 +285,15 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
     rt.journal.event("info", "scan_summary", summary_line(result), source="scan",
                      detail={"scan_id": scan_id, "buys": decision.buys, "closes": decision.closes})
     return result
+
+
+def scan_type_for(moment) -> str:
+    """The scan a run at this time of day stands for: open before 11:00, midday before 14:30, close after."""
+    from clock import NY
+
+    local = moment.astimezone(NY)
+    minutes = local.hour * 60 + local.minute
+    return "open" if minutes < 11 * 60 else ("midday" if minutes < 14 * 60 + 30 else "close")
 
 
 def run_scan(rt, scan_type: str, cap: str, *, dry_run: bool, max_buys: int | None = None,

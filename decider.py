@@ -110,6 +110,8 @@ def _decide_one(symbol: str, row: pd.Series, held: set[str], block: str | None, 
         return "BUY", f"score {score}, momentum breakout"
     if strong:
         return "WATCH", f"score {score} but {block or 'no free slot'}"
+    if score >= limits.buy_score_min:
+        return "WATCH", f"score {score} but stage 2 not passed"
     if score >= limits.watch_score_min:
         return "WATCH", f"score {score}"
     if not row["stage2"]:

@@ -42,7 +42,7 @@ class AgentGroup(click.Group):
 
 
 def _finish_run(ctx: click.Context, status: str, code: int, detail: str | None = None) -> None:
-    rt = ctx.obj if isinstance(ctx.obj, object) else None
+    rt = ctx.obj
     if rt is not None and "journal" in getattr(rt, "__dict__", {}):
         try:
             rt.journal.finish_run(status, code, detail)
@@ -187,8 +187,8 @@ def reconcile(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--type", "scan_type", type=click.Choice(["open", "midday", "close"]), default="midday",
-              show_default=True, help="Which of the day's three scans.")
+@click.option("--type", "scan_type", type=click.Choice(["open", "midday", "close"]),
+              help="Which of the day's three scans [default: from the time of day].")
 @click.option("--cap", type=click.Choice(["large", "mid", "small", "all"]), default="all", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Compute and record everything, send no order, ignore market hours.")
 @click.option("--max-buys", type=click.IntRange(0, 100), help="Cap the buys of this scan.")
@@ -201,9 +201,34 @@ def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: 
 
     rt = _runtime(ctx)
     click.echo(ops.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+    scan_type = scan_type or agent.scan_type_for(rt.clock.now())
     results = agent.run_scan(rt, scan_type, cap, dry_run=dry_run, max_buys=max_buys, force=force)
     click.echo(agent.summary_text(results))
     _done(rt)
+
+
+@cli.group()
+def universe() -> None:
+    """Build the cap-tiered universe file."""
+
+
+@universe.command(name="build")
+@click.option("--from", "source", required=True, type=click.Path(dir_okay=False),
+              help="A long-format bars file (dollar-volume) or a CSV with market caps (market-cap).")
+@click.option("--by", type=click.Choice(["dollar-volume", "market-cap"]), required=True,
+              help="Terciles of median dollar volume, or >$10B / $2-10B / <$2B market cap.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write it [default: --universe].")
+@click.pass_context
+def universe_build(ctx: click.Context, source: str, by: str, out: str | None) -> None:
+    """Build data/universe.json from a bars file or a market-cap list."""
+    from universe import build_universe, write_universe
+
+    rt = ctx.obj
+    built = build_universe(source, by)
+    target = Path(out or rt.config.universe_file)
+    write_universe(built, target)
+    counts = ", ".join(f"{cap} {len(built.symbols(cap))}" for cap in ("large", "mid", "small"))
+    click.echo(f"wrote {target}: {counts}")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ def market_state(rt: Runtime) -> dict[str, Any]:
         session = cal.session(today)
         state.update(session_close=session.close, early_close=session.early_close)
     state["next_open"] = cal.next_open(now)
+    state["next_session"] = cal.session(state["next_open"].astimezone(NY).date())
     return state
 
 
@@ -78,6 +79,8 @@ def status_text(data: dict[str, Any]) -> str:
         market_line += " (early close)" if market.get("early_close") else ""
     else:
         market_line = f"CLOSED, next open {render.ny_time(market['next_open'])}"
+        if market["next_session"].early_close:
+            market_line += f" (early close {market['next_session'].close.astimezone(NY):%H:%M})"
     day_pnl = account.equity - account.last_equity
     day_pct = day_pnl / account.last_equity * 100 if account.last_equity else None
     last_scan = data["last_scan"]

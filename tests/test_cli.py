@@ -1,0 +1,202 @@
+"""The command line as a user meets it: exit codes, one-line errors, commands on the sim with no configuration."""
+from __future__ import annotations
+
+import gzip
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import ROOT, require_shared_data
+from main import cli
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """A private journal, logs and cache for each test; nothing else configured."""
+    for name in ("MOMENTUM_DB", "DATA_SOURCE", "BROKER", "MOMENTUM_ASOF", "UNIVERSE_FILE", "MARKET_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MOMENTUM_DB", str(tmp_path / "trades.db"))
+    monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
+def run(*args: str):
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
+
+
+def assert_one_line_error(result, code: int, fragment: str) -> None:
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and fragment in lines[0], lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_status_on_the_sim_with_no_configuration(env):
+    result = run("--asof", "2016-11-09T10:30", "status")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("mode: SIM (embedded simulated broker, no real orders)")
+    fields = {k: v.strip() for k, v in (line.split("  ", 1) for line in lines[1:])}
+    assert fields["market"] == "OPEN until 2016-11-09 16:00 EST"
+    assert fields["equity"] == "$100,000.00" and fields["cash"] == "$100,000.00"
+    assert fields["halted"] == "no"
+    assert fields["positions"] == "0 at the broker, 0 open in the journal (0 unprotected)"
+    assert [row[1:] for row in _rows(env, "SELECT command, status, exit_code FROM runs")] == [["done", 0]]
+
+
+def test_status_shows_closed_market_and_next_session(env):
+    result = run("--asof", "2016-11-24T12:00", "status")  # Thanksgiving
+    assert result.exit_code == 0
+    assert "CLOSED, next open 2016-11-25 09:30 EST (early close 13:00)" in result.stdout
+
+
+def _rows(env: Path, sql: str) -> list[list]:
+    import sqlite3
+
+    with sqlite3.connect(env / "trades.db") as conn:
+        return [list(row) for row in conn.execute(sql)]
+
+
+def test_settings_and_set(env):
+    assert run("set", "autoclose_threshold", "7").stdout.strip() == "autoclose_threshold = 7"
+    assert run("set", "autoclose", "off").exit_code == 0
+    listing = {line.split()[0]: line.split()[1] for line in run("settings").stdout.splitlines()[2:]}
+    assert listing["autoclose_threshold"] == "7" and listing["autoclose"] == "off"
+    assert_one_line_error(run("set", "autoclose_threshold", "seven"), 2, "set autoclose_threshold: expected a whole")
+    assert_one_line_error(run("set", "autoclose_threshold", "2"), 2, "must be between 3 and 10")
+    assert_one_line_error(run("set", "volume", "11"), 2, "unknown setting 'volume'")
+
+
+def test_errors_lists_distinct_recent_errors(env):
+    assert run("errors").stdout.strip() == "no errors recorded"
+    assert_one_line_error(run("--data", "csv:/nowhere/bars.csv", "--asof", "2016-11-09T10:30", "scan", "--dry-run"),
+                          2, "/nowhere/bars.csv")
+    assert run("errors").exit_code == 0
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--data", "yahoo", "status"], "unknown source 'yahoo'"),
+    (["--broker", "ibkr", "status"], "BROKER: must be one of sim, alpaca"),
+    (["--asof", "next tuesday", "status"], "--asof: cannot parse 'next tuesday'"),
+    (["--asof", "1999-01-04T10:00", "status"], "outside the NYSE calendar"),
+])
+def test_bad_global_options_exit_2_with_one_line(env, args, fragment):
+    assert_one_line_error(run(*args), 2, fragment)
+
+
+def test_bad_environment_value_names_the_variable(env, monkeypatch):
+    monkeypatch.setenv("MAX_POSITIONS", "lots")
+    assert_one_line_error(run("status"), 2, "MAX_POSITIONS: expected an integer")
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("{not json", "malformed JSON"),
+    ('{"symbols": {"large": ["AAPL"], "huge": ["MSFT"]}}', "huge"),
+    ('{"symbols": {"large": ["AAPL"], "mid": ["AAPL"]}}', "duplicate symbol 'AAPL'"),
+    ('{"symbols": {"large": ["aapl"]}}', "aapl"),
+])
+def test_malformed_universe_exits_2(env, content, fragment):
+    path = env / "universe.json"
+    path.write_text(content)
+    result = run("--universe", str(path), "--asof", "2016-11-09T10:30", "scan", "--cap", "small", "--dry-run")
+    assert_one_line_error(result, 2, fragment)
+
+
+def test_csv_with_missing_columns_exits_2(env):
+    path = env / "bars.csv.gz"
+    with gzip.open(path, "wt") as handle:
+        handle.write("date,symbol,open,high,close\n2016-11-08,AAPL,1,2,1.5\n")
+    result = run("--data", f"csv:{path}", "--asof", "2016-11-09T10:30", "scan", "--cap", "small", "--dry-run")
+    assert_one_line_error(result, 2, "low")
+
+
+def test_an_earlier_asof_is_refused_by_the_sim_broker(env):
+    assert run("--asof", "2016-11-10T11:00", "status").exit_code == 0
+    assert_one_line_error(run("--asof", "2016-11-09T11:00", "status"), 2, "earlier than the broker's last processed")
+
+
+def test_corrupt_journal_exits_2(env):
+    (env / "trades.db").write_bytes(b"garbage" * 1000)
+    assert_one_line_error(run("status"), 2, "not a SQLite database")
+
+
+def test_trading_scan_outside_hours_is_skipped_without_force(env):
+    result = run("--asof", "2016-11-12T11:00", "scan", "--cap", "small")
+    assert result.exit_code == 0
+    assert "market closed" in result.stdout and "--force" in result.stdout
+
+
+def test_dry_run_scan_records_the_scan_and_every_candidate(env):
+    result = run("--asof", "2016-11-09T12:30", "scan", "--cap", "small", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "DRY RUN" in result.stdout.splitlines()[0]
+    scans = _rows(env, "SELECT type, cap, dry_run, status, stage1_count, buy_count FROM scans")
+    assert scans[0][:4] == ["midday", "small", 1, "dry_run"]
+    candidates = _rows(env, "SELECT symbol, decision, score, stage1 FROM candidates")
+    assert len(candidates) == scans[0][4] > 0
+    assert sum(1 for c in candidates if c[1] == "BUY") == scans[0][5] <= 2
+    assert all(c[3] == 1 for c in candidates)
+    assert _rows(env, "SELECT COUNT(*) FROM orders") == [[0]]
+
+
+def test_a_second_scan_exits_75_while_the_lock_is_held(env):
+    from locks import scan_lock
+
+    with scan_lock(env / "trades.db"):
+        result = run("--asof", "2016-11-09T12:30", "scan", "--cap", "small", "--dry-run")
+    assert_one_line_error(result, 75, "another scan is running")
+
+
+def test_help_lists_the_commands():
+    result = CliRunner().invoke(cli, ["--help"])
+    for command in ("status", "positions", "orders", "settings", "set", "errors", "reconcile", "scan", "universe"):
+        assert f"  {command}" in result.stdout
+
+
+def test_process_exit_codes_and_single_line_from_a_real_process(env):
+    """The same contract from a real process: exit code and stderr, no traceback."""
+    proc = subprocess.run([sys.executable, str(ROOT / "main.py"), "--asof", "not-a-time", "status"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: --asof: cannot parse 'not-a-time' (use e.g. "
+                                                "2016-11-09T10:30 or 2016-11-09)"]
+
+
+def test_universe_build_from_the_real_bars_file(env):
+    source = require_shared_data("sp500_daily_2013_2018.csv.gz")
+    out = env / "universe.json"
+    result = run("universe", "build", "--from", str(source), "--by", "dollar-volume", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    caps = json.loads(out.read_text())["symbols"]
+    assert sorted(caps) == ["large", "mid", "small"]
+    assert abs(len(caps["large"]) - len(caps["small"])) <= 1 and len(caps["large"]) > 150
+
+
+def test_status_and_positions_against_alpaca_paper(env, fake_alpaca, monkeypatch):
+    """The alpaca broker port wired from configuration, talking to the local fake Alpaca server."""
+    monkeypatch.setenv("ALPACA_API_KEY", "PKTESTKEY0123456789")
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "secretkey0123456789abcdef")
+    monkeypatch.setenv("ALPACA_TRADING_URL", fake_alpaca.url)
+    fake_alpaca.load_fixture_positions()
+    result = run("--broker", "alpaca", "status")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0] == "mode: PAPER (Alpaca paper account, no real money)"
+    assert "PKTESTKEY0123456789" not in result.output and "secretkey0123456789abcdef" not in result.output
+    positions = run("--broker", "alpaca", "positions")
+    assert positions.exit_code == 0
+    broker_symbols = {p["symbol"] for p in json.loads((ROOT.parent / "shared/alpaca/fixtures/positions.json")
+                                                      .read_text())}
+    listed = {line.split()[0] for line in positions.stdout.splitlines()[3:]}
+    assert listed == broker_symbols
+
+
+def test_alpaca_without_keys_is_a_config_error(env, monkeypatch):
+    monkeypatch.delenv("ALPACA_API_KEY", raising=False)
+    monkeypatch.delenv("ALPACA_SECRET_KEY", raising=False)
+    assert_one_line_error(run("--broker", "alpaca", "status"), 2, "ALPACA_API_KEY and ALPACA_SECRET_KEY must be set")

@@ -1,0 +1,37 @@
+"""The benchmark suite: every figure the project promises, in one table.
+
+Run as `python bench/run_all.py`. Figures are wall-clock on this machine; compare them with the targets, not
+with each other across machines.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_commands  # noqa: E402
+import bench_scanner  # noqa: E402
+
+TARGETS = {
+    "status (fresh journal)": "-",
+    "status (warm)": "-",
+    "dry-run scan, 505 real stocks, cold cache": "< 3 s",
+    "dry-run scan, 505 real stocks, warm cache": "< 3 s",
+}
+
+
+def main() -> None:
+    rows = [(row["name"], f"{row['seconds']:.3f} s", TARGETS.get(row["name"], "-")) for row in bench_commands.run()]
+    for result in bench_scanner.run():
+        rows.append((f"scanner alone, {result['symbols']:,} synthetic symbols",
+                     f"{result['seconds']:.3f} s ({result['us_per_symbol']:.1f} us/symbol)",
+                     "< 5 s at 5,000; flat per symbol"))
+    width = max(len(name) for name, _, _ in rows)
+    print(f"{'benchmark'.ljust(width)}  {'measured':<28}  target")
+    for name, measured, target in rows:
+        print(f"{name.ljust(width)}  {measured:<28}  {target}")
+
+
+if __name__ == "__main__":
+    main()

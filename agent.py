@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 import decider
+import executor
 import pathmodel
 import reconciler
 import reversal
@@ -43,6 +44,7 @@ class CapScan:
     positions: list[dict]
     skipped: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
+    execution: Any = None  # trading.ExecutionReport on a trading scan
 
 
 class Timer:
@@ -234,6 +236,17 @@ def summary_line(result: CapScan) -> str:
              f"BUY {', '.join(decision.buys) or '-'}", f"WATCH {', '.join(decision.watch) or '-'}"]
     if decision.closes:
         parts.append("CLOSE " + ", ".join(symbol for symbol, _ in decision.closes))
+    execution = result.execution
+    if execution is not None:
+        parts.append(f"bought {', '.join(execution.bought) or '-'}")
+        if execution.pending:
+            parts.append(f"entries pending {', '.join(execution.pending)}")
+        if execution.closed:
+            parts.append(f"closed {', '.join(s for s, _ in execution.closed)}")
+        if execution.refused:
+            parts.append(f"refused {', '.join(f'{s} ({gate})' for s, gate, _ in execution.refused)}")
+        if execution.halted_now:
+            parts.append("BUYING HALTED")
     if decision.skip_mode:
         parts.append("SKIP MODE")
     if result.skipped:
@@ -249,7 +262,7 @@ def scan_cap(rt, scan_type: str, cap: str, dry_run: bool, max_buys: int | None) 
     session, fraction = rt.calendar.current_or_last_session(rt.clock.now())
     scan_id = start_scan_row(rt, scan_type, cap, session, fraction, dry_run)
     try:
-        return _scan_cap(rt, timer, scan_id, cap, session, fraction, dry_run, max_buys)
+        return _scan_cap(rt, timer, scan_id, cap, session, fraction, dry_run, max_buys, scan_type)
     except Exception as err:
         rt.journal.db.table("scans").update(scan_id, {"status": "failed", "error": str(err)[:500],
                                                       "finished_at": rt.journal.now()})
@@ -257,7 +270,7 @@ def scan_cap(rt, scan_type: str, cap: str, dry_run: bool, max_buys: int | None) 
 
 
 def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fraction: float, dry_run: bool,
-              max_buys: int | None) -> CapScan:
+              max_buys: int | None, scan_type: str) -> CapScan:
     trades = open_trades(rt.journal)
     universe = rt.universe.symbols(cap)
     held = [t["symbol"] for t in trades]
@@ -280,6 +293,11 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
     skipped = {s: r for s, r in universe_frame["skip_reason"].items() if r is not None}
     result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped)
     result.timings = timer.timings
+    if not dry_run:
+        import trading
+
+        with timer.step("execute"):
+            result.execution = trading.execute(rt, result, history, snap, scan_type)
     with timer.step("record"):
         record_cap_scan(rt, result, "dry_run" if dry_run else "done")
     rt.journal.event("info", "scan_summary", summary_line(result), source="scan",
@@ -305,11 +323,15 @@ def run_scan(rt, scan_type: str, cap: str, *, dry_run: bool, max_buys: int | Non
         raise ConfigError(f"--type: unknown scan type {scan_type!r} (use open, midday or close)")
     if not dry_run:
         require_market_open(rt, force=force, what="scan")
-        raise ConfigError("scan: order execution is not available in this version; run with --dry-run")
     caps = CAPS if cap == "all" else (cap,)
     with scan_lock(rt.journal.path):
         reconciler.reconcile(rt)
-        return [scan_cap(rt, scan_type, one_cap, dry_run, max_buys) for one_cap in caps]
+        if not dry_run:
+            executor.protect_all(rt)
+        results = [scan_cap(rt, scan_type, one_cap, dry_run, max_buys) for one_cap in caps]
+        if not dry_run:
+            executor.protect_all(rt)
+        return results
 
 
 # --- output -------------------------------------------------------------------------------------------------------

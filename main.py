@@ -207,6 +207,57 @@ def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: 
     _done(rt)
 
 
+@cli.command()
+@click.argument("symbol")
+@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.pass_context
+def close(ctx: click.Context, symbol: str, force: bool) -> None:
+    """Close one position: cancel its stops, wait for the shares, sell at market."""
+    import ops
+    import trading
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt))
+    ops.require_market_open(rt, force=force, what="close")
+    trade = trading.close_symbol(rt, symbol)
+    if trade["status"] == "closed":
+        click.echo(f"closed {trade['symbol']} x{trade['qty']} at {trade['exit_price']:.2f} "
+                   f"(P&L {trade['pnl']:+.2f}, {trade['pnl_pct']:+.2f}%)")
+    else:
+        click.echo(f"close of {trade['symbol']} sent; not filled yet (status {trade['status']}); "
+                   "reconciliation records the fill")
+    _done(rt)
+
+
+@cli.command()
+@click.option("--flatten", is_flag=True, help="Also close every position at market.")
+@click.pass_context
+def halt(ctx: click.Context, flatten: bool) -> None:
+    """Stop buying (stored in the journal); --flatten also closes everything."""
+    import ops
+    import trading
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt))
+    closed = trading.halt(rt, flatten=flatten)
+    click.echo("halted: no new buys until `resume`")
+    for trade in closed:
+        click.echo(f"  {trade['symbol']}: {trade['status']}")
+    _done(rt)
+
+
+@cli.command()
+@click.pass_context
+def resume(ctx: click.Context) -> None:
+    """Allow buying again after `halt`."""
+    import trading
+
+    rt = _runtime(ctx)
+    trading.resume(rt)
+    click.echo("resumed: buying allowed")
+    _done(rt)
+
+
 @cli.group()
 def universe() -> None:
     """Build the cap-tiered universe file."""

@@ -71,12 +71,34 @@ def apply_order_fills(rt, report) -> None:
             if order["purpose"] == "entry":
                 _entry_filled(rt, trade, order, report)
                 continue
-            reason = EXIT_REASON_BY_PURPOSE[order["purpose"]]
-            close_trade(rt, trade, price=order["filled_avg_price"], reason=reason,
-                        priority="HIGH" if reason == "trailing_stop" else None, when=order["filled_at"])
+            reason, priority = _exit_reason(journal, order)
+            update = close_trade(rt, trade, price=order["filled_avg_price"], reason=reason, priority=priority,
+                                 when=order["filled_at"])
+            _finish_exit(journal, order, update)
         report.trades_closed.append((trade["symbol"], reason, order["filled_avg_price"]))
         journal.event("info", "alert", f"{trade['symbol']} closed by {reason} at {order['filled_avg_price']}",
                       source="reconcile")
+
+
+def _exit_reason(journal, order: dict) -> tuple[str, str | None]:
+    """The reason an exit order was sent (from `exits`), or the purpose's default (a broker stop fill)."""
+    row = journal.one("SELECT e.reason, e.priority FROM exit_attempts a JOIN exits e ON e.id = a.exit_id "
+                      "WHERE a.client_order_id = ?", [order["client_order_id"]])
+    if row:
+        return row["reason"], row["priority"]
+    reason = EXIT_REASON_BY_PURPOSE[order["purpose"]]
+    return reason, "HIGH" if reason == "trailing_stop" else None
+
+
+def _finish_exit(journal, order: dict, update: dict) -> None:
+    attempt = journal.one("SELECT exit_id FROM exit_attempts WHERE client_order_id = ?", [order["client_order_id"]])
+    if attempt is None:
+        return
+    journal.db.execute("UPDATE exit_attempts SET status = 'filled', filled_qty = ? WHERE client_order_id = ?",
+                       [order["filled_qty"], order["client_order_id"]])
+    journal.db.table("exits").update(attempt["exit_id"], {
+        "state": "filled", "price": order["filled_avg_price"], "pnl": update["pnl"], "pnl_pct": update["pnl_pct"],
+        "completed_at": update["exit_time"], "updated_at": update["exit_time"]})
 
 
 def adopt_external(rt, position: Position, report) -> None:

@@ -1,0 +1,300 @@
+"""Order execution: idempotent submission, entries, closes and stop protection.
+
+Three rules keep a trader's money safe here:
+1. Every order has a deterministic client_order_id and its journal row is committed BEFORE the broker call, so a
+   process killed at any instant leaves a row that reconciliation can look up; an intent that already has a row is
+   never sent again.
+2. After an unclear outcome (timeout, 5xx, a duplicate-id rejection) the order is looked up by client_order_id
+   before anything else; the broker adapters do this inside submit().
+3. After every run each open position has exactly one working stop covering its whole quantity, or it is flagged
+   `unprotected` with a critical alert (`protect_all`).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from errors import BrokerUnavailable, InsufficientQty, OrderNotFound, OrderRejected
+from models import BUY, MARKET, SELL, TRAILING_STOP, Order, OrderRequest
+
+log = logging.getLogger(__name__)
+STOP_RETRIES = 3
+CLOSE_WAIT_S = 5.0
+POLL_S = 0.5
+FINAL = {"filled", "canceled", "expired", "rejected", "replaced", "not_sent"}
+
+
+@dataclass
+class Waiter:
+    """Polling with an injectable sleep. A simulated clock does not move while a command runs, so there is
+    nothing to wait for: the sim answers at once and one look is enough."""
+
+    simulated: bool
+    sleep: Callable[[float], None] = time.sleep
+    monotonic: Callable[[], float] = time.monotonic
+
+    def until(self, check: Callable[[], bool], timeout: float) -> bool:
+        if check():
+            return True
+        if self.simulated:
+            return False
+        deadline = self.monotonic() + timeout
+        while self.monotonic() < deadline:
+            self.sleep(POLL_S)
+            if check():
+                return True
+        return False
+
+
+def waiter_for(rt) -> Waiter:
+    return getattr(rt, "waiter", None) or Waiter(simulated=rt.clock.simulated)
+
+
+# --- client order ids ---------------------------------------------------------------------------------------------
+
+def entry_order_id(symbol: str, session: str, scan_type: str) -> str:
+    """One entry per symbol, session and scan: re-running a crashed scan regenerates the same id."""
+    return f"ma-e-{symbol}-{session.replace('-', '')}-{scan_type}"[:48]
+
+
+def next_order_id(journal, kind: str, trade_id: int) -> str:
+    """Stops and exits of a trade are numbered from the journal, so the id is the same after a crash."""
+    count = journal.one("SELECT COUNT(*) AS n FROM orders WHERE trade_id = ? AND client_order_id LIKE ?",
+                        [trade_id, f"ma-{kind}-{trade_id}-%"])["n"]
+    return f"ma-{kind}-{trade_id}-{count + 1}"
+
+
+# --- submission ---------------------------------------------------------------------------------------------------
+
+def record_intent(journal, request: OrderRequest, purpose: str, trade_id: int | None) -> None:
+    """The journal row, committed before the broker hears of the order."""
+    now = journal.now()
+    with journal.atomic():
+        journal.db.table("orders").insert({
+            "client_order_id": request.client_order_id, "trade_id": trade_id, "symbol": request.symbol,
+            "side": request.side, "type": request.type, "qty": request.qty, "time_in_force": request.time_in_force,
+            "limit_price": request.limit_price, "stop_price": request.stop_price,
+            "trail_percent": request.trail_percent, "purpose": purpose, "status": "pending_submit",
+            "created_at": now, "run_id": journal.run_id})
+
+
+def store_order(journal, order: Order) -> None:
+    journal.db.table("orders").update(order.client_order_id, {
+        "broker_order_id": order.id, "status": order.status, "filled_qty": order.filled_qty,
+        "filled_avg_price": order.filled_avg_price, "stop_price": order.stop_price,
+        "filled_at": order.filled_at.isoformat() if order.filled_at else None,
+        "submitted_at": journal.now(), "updated_at": journal.now()})
+
+
+def submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Order | None:
+    """Record, then send. Returns the broker's order, or None when the broker refused it (recorded as rejected).
+
+    BrokerUnavailable propagates with the row left `pending_submit`: the next reconciliation resolves it.
+    """
+    journal = rt.journal
+    existing = journal.one("SELECT status FROM orders WHERE client_order_id = ?", [request.client_order_id])
+    if existing is None:
+        record_intent(journal, request, purpose, trade_id)
+    elif existing["status"] not in ("pending_submit", "not_sent"):
+        return refresh(rt, request.client_order_id)  # already sent once: never a second time
+    else:
+        journal.db.table("orders").update(request.client_order_id, {"status": "pending_submit"})
+    try:
+        order = rt.broker.submit(request)
+    except OrderRejected as err:
+        journal.db.table("orders").update(request.client_order_id, {
+            "status": "rejected", "error": str(err)[:300], "updated_at": journal.now()})
+        journal.event("error", "order_rejected", f"{request.side} {request.symbol} x{request.qty} "
+                      f"({purpose}) rejected: {err}", source="executor")
+        if isinstance(err, InsufficientQty):
+            raise
+        return None
+    store_order(journal, order)
+    return order
+
+
+def refresh(rt, client_order_id: str) -> Order | None:
+    order = rt.broker.get_order_by_client_id(client_order_id)
+    if order is not None:
+        store_order(rt.journal, order)
+    return order
+
+
+def wait_filled(rt, order: Order, timeout: float) -> Order:
+    latest = {"order": order}
+
+    def done() -> bool:
+        if latest["order"].status in FINAL:
+            return True
+        latest["order"] = refresh(rt, order.client_order_id) or latest["order"]
+        return latest["order"].status in FINAL
+
+    waiter_for(rt).until(done, timeout)
+    return latest["order"]
+
+
+# --- stops --------------------------------------------------------------------------------------------------------
+
+def working_stops(rt, symbol: str) -> list[Order]:
+    return [o for o in rt.broker.orders("open", [symbol]) if o.side == SELL and o.type in ("stop", TRAILING_STOP)]
+
+
+def cancel_and_confirm(rt, orders: list[Order], timeout: float = CLOSE_WAIT_S) -> bool:
+    """Request cancellation and poll until the broker reports every order final (cancellation is asynchronous)."""
+    for order in orders:
+        try:
+            rt.broker.cancel(order.id)
+        except (OrderNotFound, OrderRejected) as err:
+            log.info("cancel of %s: %s", order.id, err)  # already final: the poll below tells which way
+    pending = {o.id for o in orders}
+
+    def all_final() -> bool:
+        for order_id in list(pending):
+            current = rt.broker.get_order(order_id)
+            if rt.journal.one("SELECT 1 FROM orders WHERE client_order_id = ?", [current.client_order_id]):
+                store_order(rt.journal, current)
+            if current.status in FINAL:
+                pending.discard(order_id)
+        return not pending
+
+    return waiter_for(rt).until(all_final, timeout)
+
+
+def place_stop(rt, trade: dict) -> Order | None:
+    """One GTC trailing stop for the whole position, after the symbol's existing stops are really canceled.
+
+    Retried STOP_RETRIES times; when it still fails the trade is flagged unprotected with a critical alert, and
+    every later run tries again (protect_all).
+    """
+    journal = rt.journal
+    existing = working_stops(rt, trade["symbol"])
+    if existing and not cancel_and_confirm(rt, existing):
+        return _unprotected(rt, trade, "existing stops did not cancel in time")
+    last_error = "unknown"
+    for _ in range(STOP_RETRIES):
+        request = OrderRequest(next_order_id(journal, "s", trade["id"]), trade["symbol"], SELL, TRAILING_STOP,
+                               int(trade["qty"]), time_in_force="gtc", trail_percent=rt.config.trailing_stop_pct)
+        try:
+            order = submit(rt, request, "stop", trade["id"])
+        except (BrokerUnavailable, InsufficientQty) as err:
+            last_error = str(err)
+            continue
+        if order is not None and order.status not in FINAL:
+            journal.db.table("trades").update(trade["id"], {
+                "stop_order_id": order.client_order_id, "status": "open" if trade["status"] != "external"
+                else "external", "trailing_stop_price": order.stop_price, "last_update": journal.now()})
+            return order
+        last_error = "stop order rejected"
+    return _unprotected(rt, trade, last_error)
+
+
+def _unprotected(rt, trade: dict, why: str) -> None:
+    journal = rt.journal
+    journal.db.table("trades").update(trade["id"], {"status": "unprotected", "last_update": journal.now()})
+    journal.event("critical", "alert", f"{trade['symbol']} is UNPROTECTED: no stop could be placed ({why}); "
+                  "the monitor retries every run", source="executor")
+    return None
+
+
+def is_protected(trade: dict, stops: list[Order]) -> bool:
+    return len(stops) == 1 and stops[0].qty == trade["qty"]
+
+
+def protect_all(rt) -> list[str]:
+    """The invariant: each open position has exactly one working stop for its whole quantity, or it is flagged."""
+    fixed = []
+    trades = rt.journal.query("SELECT * FROM trades WHERE status IN ('open', 'unprotected', 'external') "
+                              "AND asset_class = 'us_equity' ORDER BY id")
+    for trade in trades:
+        stops = working_stops(rt, trade["symbol"])
+        if is_protected(trade, stops):
+            if trade["status"] == "unprotected":
+                rt.journal.db.table("trades").update(trade["id"], {"status": "open"})
+            continue
+        place_stop(rt, trade)
+        fixed.append(trade["symbol"])
+    return fixed
+
+
+# --- entries and closes -------------------------------------------------------------------------------------------
+
+def open_position(rt, *, symbol: str, cap: str, qty: int, session: str, scan_type: str, trade_fields: dict,
+                  fill_timeout: float) -> dict | None:
+    """Market entry, wait for the fill, then the stop. Returns the trade row, or None when nothing was sent.
+
+    The trade (pending) and its entry order (pending_submit) are written in one transaction before the broker
+    call; an entry id that already exists in the journal is never sent again.
+    """
+    journal = rt.journal
+    client_order_id = entry_order_id(symbol, session, scan_type)
+    if journal.one("SELECT 1 FROM orders WHERE client_order_id = ?", [client_order_id]):
+        log.info("entry %s already recorded; not sent again", client_order_id)
+        return None
+    request = OrderRequest(client_order_id, symbol, BUY, MARKET, qty, time_in_force="day")
+    with journal.atomic():
+        trade_id = journal.db.table("trades").insert({
+            **trade_fields, "symbol": symbol, "cap": cap, "qty": qty, "original_qty": qty, "status": "pending",
+            "entry_order_id": client_order_id, "run_id": journal.run_id, "last_update": journal.now()}).last_pk
+        record_intent(journal, request, "entry", trade_id)
+    order = submit(rt, request, "entry", trade_id)
+    if order is not None and order.status not in FINAL:
+        order = wait_filled(rt, order, fill_timeout)
+    settle_fills(rt)
+    trade = journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
+    if trade["status"] == "open":
+        place_stop(rt, trade)
+        journal.event("info", "alert", f"BUY {symbol} x{trade['qty']} at {trade['entry_price']:.2f}",
+                      source="executor")
+    return journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
+
+
+def settle_fills(rt) -> None:
+    """Apply finished entry, stop and exit orders to their trades (the same code reconciliation runs)."""
+    import reconciler
+    import trades
+
+    trades.apply_order_fills(rt, reconciler.ReconcileReport())
+
+
+def _available_qty(rt, symbol: str) -> int:
+    position = next((p for p in rt.broker.positions() if p.symbol == symbol), None)
+    return position.qty_available if position else 0
+
+
+def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
+                   fill_timeout: float | None = None) -> dict:
+    """Cancel the symbol's stops, wait until the shares are available, sell what is available at market.
+
+    Returns the trade row after the attempt; the exit and its order attempt are recorded in `exits` and
+    `exit_attempts`, and the trade is closed with price, reason and P&L once the sell fills.
+    """
+    journal, symbol = rt.journal, trade["symbol"]
+    stops = working_stops(rt, symbol)
+    if stops:
+        cancel_and_confirm(rt, stops)
+    waiter_for(rt).until(lambda: _available_qty(rt, symbol) >= trade["qty"], CLOSE_WAIT_S)
+    qty = _available_qty(rt, symbol)
+    if qty <= 0:
+        journal.event("error", "alert", f"close {symbol}: no shares available at the broker", source="executor")
+        return trade
+    exit_id = _record_exit(journal, trade, reason, priority, qty)
+    request = OrderRequest(next_order_id(journal, "x", trade["id"]), symbol, SELL, MARKET, qty)
+    journal.db.table("exit_attempts").insert({
+        "exit_id": exit_id, "attempt": 1, "order_type": MARKET, "qty": qty, "status": "submitted",
+        "client_order_id": request.client_order_id, "created_at": journal.now()})
+    order = submit(rt, request, "exit", trade["id"])
+    if order is not None and order.status not in FINAL:
+        order = wait_filled(rt, order, rt.config.fill_timeout_s if fill_timeout is None else fill_timeout)
+    settle_fills(rt)
+    return journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
+
+
+def _record_exit(journal, trade: dict, reason: str, priority: str, qty: int) -> int:
+    with journal.atomic():
+        return journal.db.table("exits").insert({
+            "trade_id": trade["id"], "symbol": trade["symbol"], "reason": reason, "priority": priority,
+            "triggered": None, "qty": qty, "partial": int(qty < trade["qty"]), "strategy": "market",
+            "state": "submitted", "created_at": journal.now(), "updated_at": journal.now(),
+            "run_id": journal.run_id}).last_pk

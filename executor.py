@@ -138,7 +138,9 @@ def wait_filled(rt, order: Order, timeout: float) -> Order:
 # --- stops --------------------------------------------------------------------------------------------------------
 
 def working_stops(rt, symbol: str) -> list[Order]:
-    return [o for o in rt.broker.orders("open", [symbol]) if o.side == SELL and o.type in ("stop", TRAILING_STOP)]
+    """Sell stops that still protect the position (an order being canceled no longer counts)."""
+    return [o for o in rt.broker.orders("open", [symbol]) if o.side == SELL and o.type in ("stop", TRAILING_STOP)
+            and o.is_open and o.status != "pending_cancel"]
 
 
 def cancel_and_confirm(rt, orders: list[Order], timeout: float = CLOSE_WAIT_S) -> bool:
@@ -280,15 +282,46 @@ def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
         journal.event("error", "alert", f"close {symbol}: no shares available at the broker", source="executor")
         return trade
     exit_id = _record_exit(journal, trade, reason, priority, qty)
-    request = OrderRequest(next_order_id(journal, "x", trade["id"]), symbol, SELL, MARKET, qty)
-    journal.db.table("exit_attempts").insert({
-        "exit_id": exit_id, "attempt": 1, "order_type": MARKET, "qty": qty, "status": "submitted",
-        "client_order_id": request.client_order_id, "created_at": journal.now()})
-    order = submit(rt, request, "exit", trade["id"])
+    order = _sell_available(rt, trade, exit_id, qty)
     if order is not None and order.status not in FINAL:
         order = wait_filled(rt, order, rt.config.fill_timeout_s if fill_timeout is None else fill_timeout)
     settle_fills(rt)
     return journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
+
+
+def _sell_attempt(rt, trade: dict, exit_id: int, attempt: int, qty: int) -> Order | None:
+    journal = rt.journal
+    request = OrderRequest(next_order_id(journal, "x", trade["id"]), trade["symbol"], SELL, MARKET, qty)
+    journal.db.table("exit_attempts").insert({
+        "exit_id": exit_id, "attempt": attempt, "order_type": MARKET, "qty": qty, "status": "submitted",
+        "client_order_id": request.client_order_id, "created_at": journal.now()})
+    try:
+        return submit(rt, request, "exit", trade["id"])
+    except InsufficientQty:
+        journal.db.execute("UPDATE exit_attempts SET status = 'rejected' WHERE client_order_id = ?",
+                           [request.client_order_id])
+        raise
+
+
+def _sell_available(rt, trade: dict, exit_id: int, qty: int) -> Order | None:
+    """Sell at market; when the broker says shares are still held by an order (a stop whose cancel has not
+    completed), cancel the symbol's working stops again, wait, and sell what is available once more."""
+    symbol = trade["symbol"]
+    try:
+        return _sell_attempt(rt, trade, exit_id, 1, qty)
+    except InsufficientQty as err:
+        log.warning("close %s: %s; cancelling held orders and retrying", symbol, err)
+    cancel_and_confirm(rt, working_stops(rt, symbol))
+    waiter_for(rt).until(lambda: _available_qty(rt, symbol) >= trade["qty"], CLOSE_WAIT_S)
+    available = _available_qty(rt, symbol)
+    if available <= 0:
+        rt.journal.event("critical", "alert", f"close {symbol}: shares still held by open orders", source="executor")
+        return None
+    try:
+        return _sell_attempt(rt, trade, exit_id, 2, available)
+    except InsufficientQty as err:
+        rt.journal.event("critical", "alert", f"close {symbol} failed twice: {err}", source="executor")
+        return None
 
 
 def _record_exit(journal, trade: dict, reason: str, priority: str, qty: int) -> int:

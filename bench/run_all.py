@@ -18,6 +18,7 @@ TARGETS = {
     "status (warm)": "-",
     "dry-run scan, 505 real stocks, cold cache": "< 3 s",
     "dry-run scan, 505 real stocks, warm cache": "< 3 s",
+    "trading scan, 505 real stocks (sim broker)": "-",
 }
 
 

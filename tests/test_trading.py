@@ -120,3 +120,22 @@ def test_halt_blocks_buys_and_flatten_closes_everything(real_env):
     assert "trading halted" in scan.output
     assert cli("resume").exit_code == 0
     assert rows(real_env, "SELECT value FROM settings WHERE key = 'halt'")[0]["value"] == "off"
+
+
+def test_two_scans_started_at_once_one_runs_one_exits_75(real_env, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from realdata import process_env
+
+    procs = []
+    for n in range(2):
+        env = process_env({**real_env, "CACHE_DIR": str(tmp_path / f"cold{n}")})  # each parses inside the lock
+        procs.append(subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--asof", "2016-11-09T10:30", "scan",
+                                       "--cap", "all"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      text=True))
+    outcomes = sorted((p.wait(timeout=120), p.stderr.read().strip()) for p in procs)
+    assert [code for code, _ in outcomes] == [0, 75], outcomes
+    assert outcomes[1][1].startswith("error: another scan is running on this journal (pid ")
+    assert len(outcomes[1][1].splitlines()) == 1

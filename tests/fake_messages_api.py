@@ -1,0 +1,227 @@
+"""A local fake of the Anthropic Messages API (POST /v1/messages), for testing the LLM decider.
+
+Start it with the `fake_messages` pytest fixture (import it into a test module:
+`from fake_messages_api import fake_messages  # noqa: F401`), then call the decider with `base_url=fake.url`.
+The server is a ThreadingHTTPServer on 127.0.0.1 (port 0) in a daemon thread. Like the real API it answers 401
+authentication_error without an x-api-key header and 400 invalid_request_error without anthropic-version or with a
+body that is not JSON; any other path answers 404 not_found_error.
+
+Request log (every POST, refused ones included):
+    fake.url                 "http://127.0.0.1:<port>"
+    fake.requests            list of Received(path, headers: dict with lower-case names, body: dict | None)
+    fake.count()             number of requests received
+
+Replies are queued, first in first out; each request takes the next one. With the queue empty a request answers
+500 api_error "no reply queued", so a test never passes on an answer it did not ask for.
+    fake.reply_decision(decision: dict, *, stop_reason="end_turn", fenced=False)
+        a 200 Messages reply whose first text block is json.dumps(decision) (inside a ```json fence if fenced);
+        id, type, role, model (echoed from the request), content, stop_reason, stop_sequence, usage
+    fake.reply_text(text, *, stop_reason="end_turn")     the same wrapping around any text (prose, broken JSON)
+    fake.reply_cut_off(decision)                         the decision JSON cut in half, stop_reason "max_tokens"
+    fake.reply_error(status, *, error_type=None, message=None, retry_after=None)
+        the documented error body {"type": "error", "error": {"type", "message"}}; the type and message default
+        from the status (400 invalid_request_error, 401 authentication_error, 403 permission_error,
+        404 not_found_error, 429 rate_limit_error, 500 api_error, 529 overloaded_error); retry_after (seconds)
+        sets a retry-after header, and defaults to 10 for 429
+    fake.reply_raw(status, body, headers=None)           any body: dict/list (JSON), str (text) or None (empty)
+    fake.stall(seconds, then=None)
+        hold the next request `seconds` before answering anything, then send the reply queued as `then` (a
+        callable taking the fake, e.g. `lambda f: f.reply_decision(d)`) or, by default, a 200 "late" prose reply.
+        Stopping the server ends a stall at once.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable
+
+import pytest
+
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+               404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
+ERROR_MESSAGES = {429: "Number of request tokens has exceeded your per-minute rate limit", 500: "Internal server error",
+                  529: "Overloaded"}
+
+
+@dataclass(frozen=True)
+class Received:
+    path: str
+    headers: dict[str, str]
+    body: dict | None
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: Any
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+def _error_body(error_type: str, message: str) -> dict:
+    return {"type": "error", "error": {"type": error_type, "message": message}}
+
+
+class FakeMessagesApi:
+    """The fake server's state: the request log and the reply queue (guarded by `lock`)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests: list[Received] = []
+        self._queue: deque[_Reply | Callable[[dict | None], _Reply]] = deque()
+        self._stopping = threading.Event()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle --
+    def start(self) -> "FakeMessagesApi":
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+        server.daemon_threads = True
+        server.fake = self  # type: ignore[attr-defined]
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None, "start() the fake first"
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def count(self) -> int:
+        with self.lock:
+            return len(self.requests)
+
+    # -- queueing replies --
+    def reply_decision(self, decision: dict, *, stop_reason: str = "end_turn", fenced: bool = False) -> None:
+        text = json.dumps(decision)
+        self.reply_text(f"```json\n{text}\n```" if fenced else text, stop_reason=stop_reason)
+
+    def reply_text(self, text: str, *, stop_reason: str = "end_turn") -> None:
+        # The message is built when the request arrives, so it can echo the requested model like the real API.
+        self._push(lambda request: _Reply(200, _message(text, stop_reason, request)))
+
+    def reply_cut_off(self, decision: dict) -> None:
+        text = json.dumps(decision)
+        self.reply_text(text[:len(text) // 2], stop_reason="max_tokens")
+
+    def reply_error(self, status: int, *, error_type: str | None = None, message: str | None = None,
+                    retry_after: float | None = None) -> None:
+        error_type = error_type or ERROR_TYPES.get(status, "api_error")
+        message = message or ERROR_MESSAGES.get(status, error_type.replace("_", " "))
+        if retry_after is None and status == 429:
+            retry_after = 10
+        headers = {"retry-after": f"{retry_after:g}"} if retry_after is not None else {}
+        self._push(_Reply(status, _error_body(error_type, message), headers))
+
+    def reply_raw(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        self._push(_Reply(status, body, dict(headers or {})))
+
+    def stall(self, seconds: float, then: Callable[["FakeMessagesApi"], None] | None = None) -> None:
+        (then or (lambda fake: fake.reply_text("late answer")))(self)
+        with self.lock:
+            queued = self._queue.pop()
+        self._push(lambda request: _with_delay(_resolve(queued, request), seconds))
+
+    def _push(self, reply: _Reply | Callable[[dict | None], _Reply]) -> None:
+        with self.lock:
+            self._queue.append(reply)
+
+    # -- serving --
+    def _answer(self, path: str, headers: dict[str, str], raw: bytes) -> _Reply:
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        with self.lock:
+            self.requests.append(Received(path, headers, body))
+        if path != "/v1/messages":
+            return _Reply(404, _error_body("not_found_error", f"Not found: {path}"))
+        if not headers.get("x-api-key"):
+            return _Reply(401, _error_body("authentication_error", "x-api-key header is required"))
+        if not headers.get("anthropic-version"):
+            return _Reply(400, _error_body("invalid_request_error", "anthropic-version header is required"))
+        if not isinstance(body, dict):
+            return _Reply(400, _error_body("invalid_request_error", "request body is not valid JSON"))
+        with self.lock:
+            queued = self._queue.popleft() if self._queue else None
+        if queued is None:
+            return _Reply(500, _error_body("api_error", "no reply queued"))
+        return _resolve(queued, body)
+
+
+def _resolve(queued: _Reply | Callable[[dict | None], _Reply], request: dict | None) -> _Reply:
+    return queued(request) if callable(queued) else queued
+
+
+def _with_delay(reply: _Reply, seconds: float) -> _Reply:
+    reply.delay = seconds
+    return reply
+
+
+def _message(text: str, stop_reason: str, request: dict | None) -> dict:
+    prompt = json.dumps((request or {}).get("messages", []))
+    return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
+            "model": (request or {}).get("model", "claude-test"), "content": [{"type": "text", "text": text}],
+            "stop_reason": stop_reason, "stop_sequence": None,
+            "usage": {"input_tokens": max(1, len(prompt) // 4), "output_tokens": max(1, len(text) // 4)}}
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # keep pytest output clean
+        return
+
+    def do_POST(self) -> None:
+        fake: FakeMessagesApi = self.server.fake  # type: ignore[attr-defined]
+        raw = self.rfile.read(int(self.headers.get("content-length") or 0))
+        headers = {name.lower(): value for name, value in self.headers.items()}
+        reply = fake._answer(self.path, headers, raw)
+        if reply.delay and fake._stopping.wait(reply.delay):
+            return  # the server is stopping: drop the stalled request
+        self._send(reply)
+
+    def do_GET(self) -> None:
+        self._send(_Reply(405, _error_body("invalid_request_error", "use POST")))
+
+    def _send(self, reply: _Reply) -> None:
+        if isinstance(reply.body, (dict, list)):
+            payload, content_type = json.dumps(reply.body).encode(), "application/json"
+        elif isinstance(reply.body, str):
+            payload, content_type = reply.body.encode(), "text/plain; charset=utf-8"
+        else:
+            payload, content_type = b"", "application/json"
+        try:
+            self.send_response(reply.status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(payload)))
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            return  # the client gave up (its timeout) before the late answer
+
+
+@pytest.fixture
+def fake_messages():
+    """A running FakeMessagesApi; stopped after the test."""
+    fake = FakeMessagesApi().start()
+    try:
+        yield fake
+    finally:
+        fake.stop()

@@ -166,6 +166,44 @@ def limits_for(rt, cap: str, trades: list[dict], max_buys: int | None) -> decide
         skip_buys=settings["skip_buys"] == "on", halted=settings["halt"] == "on")
 
 
+def decide(rt, scan_id: int, frame: pd.DataFrame, positions: list[dict], held: set[str], limits: decider.Limits,
+           context: dict) -> decider.Decision:
+    """The configured decider; every decision is stored in `decisions` (the model's prompt and reply too)."""
+    journal = rt.journal
+    row = {"scan_id": scan_id, "created_at": journal.now(), "decider": rt.config.decider, "valid": 1}
+    if rt.config.decider == "llm":
+        outcome = _ask_model(rt, frame, positions, held, limits, context)
+        decision = outcome.decision
+        row.update(prompt=outcome.prompt, reply=outcome.reply, valid=int(outcome.valid),
+                   fallback_reason=outcome.fallback_reason,
+                   parsed=json.dumps(outcome.parsed) if outcome.parsed is not None else None)
+        if not outcome.valid:
+            journal.event("critical", "alert", f"decider fallback to rules: {outcome.fallback_reason}",
+                          source="decider")
+    else:
+        decision = decider.decide(frame, positions, held, limits)
+    row.setdefault("parsed", json.dumps({"buys": decision.buys, "closes": decision.closes, "watch": decision.watch,
+                                         "skip_mode": decision.skip_mode}))
+    journal.db.table("decisions").insert(row)
+    return decision
+
+
+def _ask_model(rt, frame, positions, held, limits, context):
+    import llm_decider
+
+    journal, config = rt.journal, rt.config
+    account = rt.broker.account()
+    patterns = journal.query("SELECT symbol, exit_reason, reversal_signals, entry_signals, pnl_pct FROM poor_signals "
+                             "ORDER BY id DESC LIMIT 20")
+    watchlist = [r["symbol"] for r in journal.query("SELECT symbol FROM watchlist ORDER BY score DESC")]
+    model_context = {"account": {"equity": account.equity, "cash": account.cash}, "market": context,
+                     "watchlist": watchlist, "limits": vars(limits)}
+    return llm_decider.decide_with_llm(frame, positions, held, limits, model_context,
+                                       api_key=config.anthropic_api_key, base_url=config.anthropic_base_url,
+                                       model=config.anthropic_model, timeout=config.llm_timeout,
+                                       poor_signal_patterns=patterns)
+
+
 # --- recording ----------------------------------------------------------------------------------------------------
 
 CANDIDATE_FLOATS = ("price", "prev_close", "change_pct", "rvol", "volume_surge", "gap_up", "roc_10d", "sma20",
@@ -289,7 +327,7 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
     with timer.step("decide"):
         universe_frame = frame.loc[universe]
         limits = limits_for(rt, cap, trades, max_buys)
-        decision = decider.decide(universe_frame, positions, set(held), limits)
+        decision = decide(rt, scan_id, universe_frame, positions, set(held), limits, context)
     skipped = {s: r for s, r in universe_frame["skip_reason"].items() if r is not None}
     result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped)
     result.timings = timer.timings

@@ -48,7 +48,7 @@ VARIABLES: tuple[Var, ...] = (
     _v("DATA_SOURCE", "str", "sim", "market data: sim, csv:PATH or alpaca"),
     _v("MARKET_DATA", "path", "", "SPY/VIX daily CSV (default: spy_vix_daily*.csv beside a csv: source)"),
     _v("BROKER", "choice", "sim", "broker", choices=("sim", "alpaca")),
-    _v("DECIDER", "choice", "rules", "decision maker", choices=("rules",)),
+    _v("DECIDER", "choice", "rules", "decision maker", choices=("rules", "llm")),
     _v("MOMENTUM_ASOF", "str", "", "simulated time (ISO; naive = America/New_York); empty = real time"),
     # Alpaca
     _v("ALPACA_API_KEY", "str", "", "Alpaca key id", secret=True),
@@ -60,6 +60,11 @@ VARIABLES: tuple[Var, ...] = (
     _v("ALPACA_DATA_URL", "str", "", "override of the market-data API host (scheme+host only)"),
     _v("ALPACA_REQUESTS_PER_MIN", "int", 180, "request budget shared by all processes", low=1, high=10000),
     _v("ALPACA_TIMEOUT", "float", 10.0, "seconds per HTTP request", low=0.1, high=120),
+    # model API (llm decider)
+    _v("ANTHROPIC_API_KEY", "str", "", "Messages API key (DECIDER=llm)", secret=True),
+    _v("ANTHROPIC_BASE_URL", "str", "https://api.anthropic.com", "Messages API base URL"),
+    _v("ANTHROPIC_MODEL", "str", "claude-sonnet-4-5", "model name"),
+    _v("LLM_TIMEOUT", "float", 30.0, "seconds for the one decider call per scan", low=1, high=300),
     # portfolio and risk
     _v("POSITION_SIZING", "choice", "fixed", "fixed, atr or kelly", choices=("fixed", "atr", "kelly")),
     _v("POSITION_SIZE_PCT", "float", 10.0, "position size, % of equity", low=0.1, high=100),
@@ -156,6 +161,8 @@ class Config:
         source = self.data_source
         if not (source in ("sim", "alpaca") or (source.startswith("csv:") and len(source) > 4)):
             raise ConfigError(f"DATA_SOURCE/--data: unknown source {source!r} (use sim, csv:PATH or alpaca)")
+        if self.decider == "llm" and not self.anthropic_api_key:
+            raise ConfigError("ANTHROPIC_API_KEY: must be set when DECIDER=llm")
         if self.watch_score_min > self.buy_score_min:
             raise ConfigError("WATCH_SCORE_MIN: must not exceed BUY_SCORE_MIN")
 
@@ -257,6 +264,7 @@ def parse_runtime_setting(key: str, raw: str) -> str:
 
 _SECTIONS = {"MOMENTUM_DB": "Files", "DATA_SOURCE": "Ports",
              "ALPACA_API_KEY": "Alpaca (paper by default; live needs ALPACA_PAPER=false AND LIVE_TRADING=yes)",
+             "ANTHROPIC_API_KEY": "Model API for DECIDER=llm (one call per scan; falls back to the rules decider)",
              "POSITION_SIZING": "Portfolio and risk", "MAX_POSITIONS_LARGE": "Per-cap limits and scanner thresholds"}
 
 

@@ -65,6 +65,14 @@ VARIABLES: tuple[Var, ...] = (
     _v("ANTHROPIC_BASE_URL", "str", "https://api.anthropic.com", "Messages API base URL"),
     _v("ANTHROPIC_MODEL", "str", "claude-sonnet-4-5", "model name"),
     _v("LLM_TIMEOUT", "float", 30.0, "seconds for the one decider call per scan", low=1, high=300),
+    # alerts
+    _v("ALERT_CHANNELS", "list", "log", "comma list of log, telegram, discord (log is always on)"),
+    _v("TELEGRAM_BOT_TOKEN", "str", "", "Telegram bot token", secret=True),
+    _v("TELEGRAM_CHAT_ID", "str", "", "chat that receives alerts"),
+    _v("TELEGRAM_ALLOWED_USERS", "list", "", "comma list of Telegram user ids allowed to command the bot"),
+    _v("TELEGRAM_BASE_URL", "str", "https://api.telegram.org", "Telegram Bot API base URL"),
+    _v("DISCORD_WEBHOOK_URL", "str", "", "Discord webhook URL", secret=True),
+    _v("ALERT_TIMEOUT", "float", 5.0, "seconds an alert channel may take per request", low=0.1, high=60),
     # portfolio and risk
     _v("POSITION_SIZING", "choice", "fixed", "fixed, atr or kelly", choices=("fixed", "atr", "kelly")),
     _v("POSITION_SIZE_PCT", "float", 10.0, "position size, % of equity", low=0.1, high=100),
@@ -161,6 +169,15 @@ class Config:
         source = self.data_source
         if not (source in ("sim", "alpaca") or (source.startswith("csv:") and len(source) > 4)):
             raise ConfigError(f"DATA_SOURCE/--data: unknown source {source!r} (use sim, csv:PATH or alpaca)")
+        unknown = [c for c in self.alert_channels if c not in ("log", "telegram", "discord")]
+        if unknown:
+            raise ConfigError(f"ALERT_CHANNELS: unknown channel {unknown[0]!r} (use log, telegram, discord)")
+        if any(not uid.lstrip("-").isdigit() for uid in self.telegram_allowed_users):
+            raise ConfigError("TELEGRAM_ALLOWED_USERS: expected a comma list of numeric user ids")
+        if "telegram" in self.alert_channels and not (self.telegram_bot_token and self.telegram_chat_id):
+            raise ConfigError("TELEGRAM_BOT_TOKEN and TELEGRAM_CHAT_ID: must be set when ALERT_CHANNELS has telegram")
+        if "discord" in self.alert_channels and not self.discord_webhook_url:
+            raise ConfigError("DISCORD_WEBHOOK_URL: must be set when ALERT_CHANNELS has discord")
         if self.decider == "llm" and not self.anthropic_api_key:
             raise ConfigError("ANTHROPIC_API_KEY: must be set when DECIDER=llm")
         if self.watch_score_min > self.buy_score_min:
@@ -187,6 +204,9 @@ def load_config(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[
     layered.update({k: v for k, v in (overrides or {}).items() if v is not None})
     values = {var.name: _parse(var, layered[var.name]) if var.name in layered else _default(var)
               for var in VARIABLES}
+    for var in VARIABLES:  # list defaults are written as text in the table
+        if var.kind == "list" and isinstance(values[var.name], str):
+            values[var.name] = _parse(var, values[var.name])
     return Config(values)
 
 
@@ -265,6 +285,7 @@ def parse_runtime_setting(key: str, raw: str) -> str:
 _SECTIONS = {"MOMENTUM_DB": "Files", "DATA_SOURCE": "Ports",
              "ALPACA_API_KEY": "Alpaca (paper by default; live needs ALPACA_PAPER=false AND LIVE_TRADING=yes)",
              "ANTHROPIC_API_KEY": "Model API for DECIDER=llm (one call per scan; falls back to the rules decider)",
+             "ALERT_CHANNELS": "Alerts (a failing channel never fails a trading run)",
              "POSITION_SIZING": "Portfolio and risk", "MAX_POSITIONS_LARGE": "Per-cap limits and scanner thresholds"}
 
 

@@ -282,5 +282,23 @@ def universe_build(ctx: click.Context, source: str, by: str, out: str | None) ->
     click.echo(f"wrote {target}: {counts}")
 
 
+def _register_command_modules() -> None:
+    """Command groups that live beside the parts they drive (reports, alerts and the bot, jobs)."""
+    import importlib
+
+    for name in ("cli_reports", "cli_alerts"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        for command in module.COMMANDS:
+            cli.add_command(command)
+
+
+_register_command_modules()
+
+
 if __name__ == "__main__":
     cli(prog_name="main.py")

@@ -181,8 +181,12 @@ def reconcile(ctx: click.Context) -> None:
 
     rt = _runtime(ctx)
     click.echo(ops.mode_line(rt))
+    import executor
+
     report = reconciler.reconcile(rt)
     click.echo(reconciler.report_text(report))
+    for symbol in executor.protect_all(rt):
+        click.echo(f"  stop placed for {symbol} (it had no single stop covering the whole position)")
     _done(rt)
 
 

@@ -64,7 +64,8 @@ def in_skip_mode(positions: list[dict], limits: Limits) -> bool:
             and all((p.get("reversal_score") or 0) < HEALTHY_REVERSAL_SCORE for p in positions))
 
 
-def _buy_block_reason(limits: Limits, skip_mode: bool) -> str | None:
+def buy_block_reason(limits: Limits, skip_mode: bool) -> str | None:
+    """Why no buy may be proposed at all this scan, or None."""
     if limits.halted:
         return "trading halted"
     if limits.regime_blocks_buys:
@@ -84,7 +85,7 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     decision = Decision()
     decision.closes, decision.holds = decide_positions(positions, limits)
     decision.skip_mode = in_skip_mode(positions, limits)
-    block = _buy_block_reason(limits, decision.skip_mode)
+    block = buy_block_reason(limits, decision.skip_mode)
     slots = max(0, min(limits.free_slots, limits.free_cap_slots, limits.max_buys))
     ranked = candidates[candidates["stage1"]].sort_values(
         ["score", "volume_surge"], ascending=[False, False], kind="mergesort")

@@ -211,7 +211,7 @@ def _plain(value: Any) -> Any:
 
 def _limits_text(limits: Limits, positions: list[dict], extra: Any) -> str:
     skip_mode = decider.in_skip_mode(positions, limits)
-    block = _buy_block_reason(limits, skip_mode)
+    block = decider.buy_block_reason(limits, skip_mode)
     lines = [
         f"- free position slots: {limits.free_slots} (this cap: {limits.free_cap_slots}); "
         f"max buys this scan: {limits.max_buys}",
@@ -243,7 +243,7 @@ def _poor_signals_text(patterns: list[dict] | None) -> str:
 
 
 def _reply_instructions(limits: Limits, positions: list[dict]) -> str:
-    buy_cap = 0 if _buy_block_reason(limits, decider.in_skip_mode(positions, limits)) else _buy_slots(limits)
+    buy_cap = 0 if decider.buy_block_reason(limits, decider.in_skip_mode(positions, limits)) else _buy_slots(limits)
     return (
         "Reply with ONE JSON object and nothing else: no prose before or after it (a ```json fence around it is "
         "allowed). Schema:\n"
@@ -266,16 +266,6 @@ def _reply_instructions(limits: Limits, positions: list[dict]) -> str:
 
 def _buy_slots(limits: Limits) -> int:
     return max(0, min(limits.free_slots, limits.free_cap_slots, limits.max_buys))
-
-
-def _buy_block_reason(limits: Limits, skip_mode: bool) -> str | None:
-    if limits.halted:
-        return "trading halted"
-    if limits.regime_blocks_buys:
-        return "regime CRASH: no buys"
-    if skip_mode:
-        return "skip mode: every holding is healthy"
-    return None
 
 
 def _watchlist_symbols(context: dict) -> set[str]:
@@ -514,7 +504,7 @@ def reply_to_decision(parsed: dict, stage1: pd.DataFrame, positions: list[dict],
 
 def _apply_buy_limits(decision: Decision, proposed: list[str], held: set[str], limits: Limits) -> list[str]:
     """Keep the model's buys in its order up to the free slots; return the demoted ones (now WATCH)."""
-    block = _buy_block_reason(limits, decision.skip_mode)
+    block = decider.buy_block_reason(limits, decision.skip_mode)
     slots = _buy_slots(limits)
     demoted: list[str] = []
     for symbol in proposed:

@@ -48,4 +48,19 @@ def require_shared_data(name: str) -> Path:
     return path
 
 
+class FakeTime:
+    """Unix time that moves only when the code under test sleeps."""
+
+    def __init__(self, start: float = 1_700_000_000.0):
+        self.t = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(round(seconds, 6))
+        self.t += seconds
+
+
 from fake_alpaca import FakeAlpaca, fake_alpaca  # noqa: E402,F401 - the fake Alpaca server fixture for every test

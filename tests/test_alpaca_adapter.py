@@ -8,6 +8,8 @@ from datetime import date, datetime, timezone
 import numpy as np
 import pytest
 
+from conftest import FakeTime
+
 import pathmodel
 from alpaca_broker import AlpacaBroker
 from alpaca_market import AlpacaMarket
@@ -22,21 +24,6 @@ PREVIOUS = date(2024, 6, 13)
 DURING_SESSION = datetime(2024, 6, 14, 15, 0, tzinfo=timezone.utc)  # 11:00 New York
 AFTER_CLOSE = datetime(2024, 6, 14, 21, 0, tzinfo=timezone.utc)  # 17:00 New York
 KEY, SECRET = "AKFAKEKEY0123456789X", "SeCrEtFaKe0123456789abcdefghij"
-
-
-class FakeTime:
-    """Unix time that moves only when the code under test sleeps."""
-
-    def __init__(self, start: float = 1_700_000_000.0):
-        self.t = start
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        self.t += seconds
 
 
 @pytest.fixture

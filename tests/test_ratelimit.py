@@ -9,23 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import FakeTime
+
 from errors import Unavailable
 from ratelimit import RequestBudget
-
-
-class FakeTime:
-    """A clock that only moves when something sleeps on it."""
-
-    def __init__(self, start: float = 1_700_000_000.0):
-        self.t = start
-        self.sleeps: list[float] = []
-
-    def now(self) -> float:
-        return self.t
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        self.t += seconds
 
 
 @pytest.fixture

@@ -128,7 +128,16 @@ VIEWS = {
         FROM exits WHERE state = 'filled' GROUP BY reason, priority""",
 }
 
+# Quotes shared by the processes of one journal for a few seconds, so a monitor run and a scan that overlap do not
+# spend the broker's request budget twice on the same prices.
+MIGRATION_0002 = """
+CREATE TABLE quote_cache (
+    symbol TEXT PRIMARY KEY, session TEXT NOT NULL, fraction REAL NOT NULL, open REAL, high REAL, low REAL,
+    price REAL, volume REAL, prev_close REAL, bid REAL, ask REAL, fetched_at TEXT NOT NULL);
+"""
+
 # (name, sql) in order; names are stored in _sqlite_migrations and must never change.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", MIGRATION_0001),
+    ("0002_quote_cache", MIGRATION_0002),
 ]

@@ -1,4 +1,4 @@
-"""Regime study on the real SPY/VIX history: chooses the jump penalty and the NEUTRAL threshold, then prints the figures.
+"""Regime study on the real SPY/VIX history: chooses the jump penalty and NEUTRAL threshold, prints the figures.
 
 Run as `python bench/regime_study.py [PATH_TO_spy_vix_daily_1993_2018.csv]` (default `../shared/data/...`).
 
@@ -21,7 +21,6 @@ import time
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,14 +75,14 @@ def switches_per_year(labels: pd.Series) -> float:
 
 def bull_signal(rows: pd.DataFrame) -> pd.Series:
     """1 on days the jump model (or the fallback rule) is in its bull state, else 0; CRASH is ignored here."""
-    return rows["params"].map(lambda p: p["trend_regime"] != "TREND_BEAR").astype(float)
+    return rows["params"].map(lambda p: p["model_state"] == "bull").astype(float)
 
 
 def penalty_table(series: pd.DataFrame) -> pd.DataFrame:
     close = series["spy_close"]
     table = []
     for penalty in regime.PENALTY_GRID:
-        rows = regime.compute_regimes(series, settings=Settings(penalty=penalty, neutral_sortino_z=None))
+        rows = regime.compute_regimes(series, settings=Settings(penalty=penalty, neutral_dd_z=None))
         signal = bull_signal(rows)
         returns = strategy_returns(close, signal)
         table.append({"penalty": penalty,
@@ -98,15 +97,15 @@ def penalty_table(series: pd.DataFrame) -> pd.DataFrame:
 
 def remap(rows: pd.DataFrame, neutral: float | None) -> pd.Series:
     """The final labels of `rows` under another NEUTRAL threshold (same mapping code, same model states)."""
-    settings = Settings(penalty=regime.JUMP_PENALTY, neutral_sortino_z=neutral)
+    settings = Settings(penalty=regime.JUMP_PENALTY, neutral_dd_z=neutral)
 
     def label(row: pd.Series) -> str:
         if row["crash_override"]:
             return "CRASH"
-        z = row["features"]["z_sortino_60"]
-        bull = None if row["params"]["trend_regime"] == "TREND_NEUTRAL" and row["params"]["model"] == "fallback" \
-            else row["params"]["trend_regime"] != "TREND_BEAR"
-        return regime.trend_regime(bull, z if z is not None else math.nan, settings)
+        z = row["features"]["z_dd_log_20"]
+        state = row["params"]["model_state"]
+        return regime.trend_regime(None if state is None else state == "bull", z if z is not None else math.nan,
+                                   settings)
 
     return rows.apply(label, axis=1)
 
@@ -117,7 +116,7 @@ def neutral_table(series: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     for neutral in regime.NEUTRAL_GRID:
         labels = remap(rows, neutral)
         returns = strategy_returns(close, labels.map(FACTORS))
-        table.append({"neutral_sortino_60_z": "off" if neutral is None else neutral,
+        table.append({"neutral_dd_20_z": "off" if neutral is None else neutral,
                       "sharpe_select": sharpe(_between(returns, regime.SELECTION_PERIOD)),
                       "sharpe_2007_2018": sharpe(_between(returns, OUT_OF_SAMPLE)),
                       "switches_per_year": switches_per_year(_between(labels, EVALUATION)),
@@ -192,9 +191,10 @@ def main(path: Path) -> None:
     print("\nNEUTRAL threshold selection (allocation-factor strategy, penalty "
           f"{regime.JUMP_PENALTY:g}):")
     print(neutral.drop(columns="value").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    chosen_neutral = neutral.loc[neutral["sharpe_select"].idxmax(), "value"]
-    print(f"chosen threshold {chosen_neutral} (regime.NEUTRAL_SORTINO_Z = {regime.NEUTRAL_SORTINO_Z})")
-    if chosen_penalty != regime.JUMP_PENALTY or chosen_neutral != regime.NEUTRAL_SORTINO_Z:
+    best = neutral.loc[neutral["sharpe_select"].idxmax(), "value"]
+    chosen_neutral = None if best is None or (isinstance(best, float) and math.isnan(best)) else float(best)
+    print(f"chosen threshold {chosen_neutral} (regime.NEUTRAL_DD_Z = {regime.NEUTRAL_DD_Z})")
+    if chosen_penalty != regime.JUMP_PENALTY or chosen_neutral != regime.NEUTRAL_DD_Z:
         print("WARNING: the constants in regime.py differ from this selection; update them and re-run.")
 
     rows = regime.compute_regimes(series)

@@ -5,6 +5,7 @@ is timed and the timings land on the `scans` row. A dry run computes and records
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -19,6 +20,7 @@ import decider
 import executor
 import pathmodel
 import reconciler
+import regimes
 import reversal
 import scanner
 from clock import Session
@@ -323,10 +325,13 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
         positions = position_views(trades, frame, rev)
     with timer.step("context"):
         context = market_context(rt, session, fraction, snap.select(universe))
-        context.update(regime=None, exposure_factor=1.0)
+        current_regime = regimes.for_trading(rt, session.day)
+        context.update(regime=current_regime["regime"] if current_regime else None,
+                       exposure_factor=current_regime["factor"] if current_regime else 1.0)
     with timer.step("decide"):
         universe_frame = frame.loc[universe]
         limits = limits_for(rt, cap, trades, max_buys)
+        limits = dataclasses.replace(limits, regime_blocks_buys=context["regime"] == "CRASH")
         decision = decide(rt, scan_id, universe_frame, positions, set(held), limits, context)
     skipped = {s: r for s, r in universe_frame["skip_reason"].items() if r is not None}
     result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped)
@@ -384,7 +389,8 @@ def summary_text(results: list[CapScan], limit: int = 15) -> str:
         header = (f"[{result.cap}] session {result.session} at {result.fraction:.0%} of the day | "
                   f"SPY {_fmt(ctx.get('spy_price'), '.2f')} ({_fmt_pct(ctx.get('spy_change_pct'))}) "
                   f"trend {ctx.get('trend') or '-'} | VIX {_fmt(ctx.get('vix'), '.1f')} | "
-                  f"breadth {_fmt_pct(ctx.get('breadth'), signed=False)}")
+                  f"breadth {_fmt_pct(ctx.get('breadth'), signed=False)} | regime {ctx.get('regime') or '-'} "
+                  f"(exposure x{ctx.get('exposure_factor', 1.0):g})")
         lines = [header, summary_line(result)]
         rows = [_summary_row(result, symbol) for symbol in result.decision.candidate_decisions][:limit]
         if rows:

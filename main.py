@@ -262,6 +262,31 @@ def resume(ctx: click.Context) -> None:
     _done(rt)
 
 
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def regime(ctx: click.Context, as_json: bool) -> None:
+    """The market regime of the last completed session, its features and why."""
+    import regimes
+
+    from errors import DataError
+
+    rt = _runtime(ctx)
+    day = regimes.completed_session(rt)
+    row = regimes.regime_on(rt, day)
+    if row is None:
+        raise DataError(f"regime: no SPY history available from {rt.config.data_source}")
+    if as_json:
+        click.echo(json.dumps({k: row[k] for k in ("date", "regime", "factor", "reason", "features", "params")},
+                              indent=2, default=str))
+    else:
+        click.echo(f"{row['date']}: {row['regime']} (exposure factor {row['factor']:g})")
+        click.echo(row["reason"])
+        for name, value in row["features"].items():
+            click.echo(f"  {name:<24} {value}")
+    _done(rt)
+
+
 @cli.group()
 def universe() -> None:
     """Build the cap-tiered universe file."""

@@ -69,6 +69,7 @@ class SimMarket:
 
     name = "sim"
     first_date = SIM_EPOCH
+    market_first_date = SIM_EPOCH
 
     def __init__(self, symbols: Sequence[str] | None = None):
         self._known = list(symbols or [])
@@ -295,6 +296,11 @@ class CsvMarket:
         return list(self.symbols)
 
     # --- SPY / VIX
+
+    @property
+    def market_first_date(self) -> date:
+        """First day of the SPY/VIX series (it usually starts long before the stocks file)."""
+        return self._market_arrays()["dates"][0].astype(date)
 
     def _market_arrays(self) -> dict[str, np.ndarray]:
         if self._market is None:

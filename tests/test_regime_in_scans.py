@@ -1,0 +1,42 @@
+"""The regime in the trading loop: stored per day, the previous session's label used intraday, CRASH blocks buys,
+the allocation factor scales the exposure limit."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from realdata import cli, real_env, real_universe, shared_cache  # noqa: F401
+
+
+def rows(env, sql):
+    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql)]
+
+
+def test_regime_command_prints_and_stores_the_label(real_env):
+    result = cli("--asof", "2011-08-08T17:00", "regime")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "2011-08-08: CRASH (exposure factor 0)"
+    stored = rows(real_env, "SELECT * FROM regimes")
+    assert [(r["date"], r["regime"], r["crash_override"]) for r in stored] == [("2011-08-08", "CRASH", 1)]
+    as_json = json.loads(cli("--asof", "2011-08-08T17:00", "regime", "--json").output)
+    assert as_json["regime"] == "CRASH" and "vix_change_1d" in as_json["features"]
+
+
+def test_an_intraday_scan_uses_the_previous_sessions_label_and_crash_blocks_buys(real_env):
+    cli("set", "skip_buys", "off")
+    result = cli("--asof", "2015-08-25T12:30", "scan", "--cap", "all")  # 2015-08-24 was a CRASH day
+    assert result.exit_code == 0, result.output
+    scans = rows(real_env, "SELECT regime, exposure_factor, buy_count FROM scans")
+    assert {(s["regime"], s["exposure_factor"]) for s in scans} == {("CRASH", 0.0)}
+    assert sum(s["buy_count"] for s in scans) == 0
+    assert rows(real_env, "SELECT COUNT(*) AS n FROM orders")[0]["n"] == 0
+    assert rows(real_env, "SELECT date FROM regimes") == [{"date": "2015-08-24"}]
+    assert any("regime CRASH" in r["reason"] for r in rows(real_env, "SELECT reason FROM candidates"))
+
+
+def test_bull_regime_scan_records_factor_one(real_env):
+    cli("--asof", "2016-11-09T10:30", "scan", "--cap", "large", "--dry-run")
+    scan = rows(real_env, "SELECT regime, exposure_factor FROM scans")[0]
+    assert scan == {"regime": "TREND_BULL", "exposure_factor": 1.0}

@@ -136,8 +136,17 @@ CREATE TABLE quote_cache (
     price REAL, volume REAL, prev_close REAL, bid REAL, ask REAL, fetched_at TEXT NOT NULL);
 """
 
+# Fills are applied to trades by quantity: each order remembers how much of its fill the trade book has taken in, so
+# partial fills, partial exits and rebalance adjustments are applied exactly once however often reconciliation runs.
+MIGRATION_0003 = """
+ALTER TABLE orders ADD COLUMN applied_qty INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trades ADD COLUMN realized_pnl REAL NOT NULL DEFAULT 0;
+UPDATE orders SET applied_qty = filled_qty WHERE trade_id IN (SELECT id FROM trades WHERE status != 'pending');
+"""
+
 # (name, sql) in order; names are stored in _sqlite_migrations and must never change.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", MIGRATION_0001),
     ("0002_quote_cache", MIGRATION_0002),
+    ("0003_fill_ledger", MIGRATION_0003),
 ]

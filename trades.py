@@ -30,12 +30,13 @@ def holding_sessions(rt, entry_time: str | None, exit_time: str | None) -> int |
 
 
 def close_trade(rt, trade: dict, *, price: float | None, reason: str, priority: str | None = None,
-                when: str | None = None, status: str = "closed") -> dict[str, Any]:
-    """Mark a trade closed at `price` with P&L; returns the update applied."""
+                when: str | None = None, status: str = "closed", realized: float | None = None) -> dict[str, Any]:
+    """Mark a trade closed at `price` with P&L (the realized total when partial exits came first)."""
     when = when or rt.journal.now()
     entry = trade["entry_price"]
-    pnl = (price - entry) * trade["qty"] if price is not None and entry else None
-    pnl_pct = (price / entry - 1) * 100 if price is not None and entry else None
+    pnl = realized if realized is not None else (
+        (price - entry) * trade["qty"] if price is not None and entry else None)
+    pnl_pct = pnl / (entry * trade["qty"]) * 100 if pnl is not None and entry and trade["qty"] else None
     update = {"status": status, "exit_time": when, "exit_price": price, "exit_reason": reason,
               "exit_priority": priority, "pnl": round(pnl, 2) if pnl is not None else None,
               "pnl_pct": round(pnl_pct, 4) if pnl_pct is not None else None,
@@ -44,40 +45,67 @@ def close_trade(rt, trade: dict, *, price: float | None, reason: str, priority: 
     return update
 
 
-def _entry_filled(rt, trade: dict, order: dict, report) -> None:
-    if order["filled_qty"] > 0:
-        price = order["filled_avg_price"]
-        rt.journal.db.table("trades").update(trade["id"], {
-            "status": "open", "qty": order["filled_qty"], "original_qty": order["filled_qty"],
-            "entry_price": price, "entry_time": order["filled_at"] or rt.journal.now(), "peak_price": price,
-            "current_price": price, "last_update": rt.journal.now()})
+def _cancel_unfilled_entry(rt, trade: dict, order: dict) -> None:
+    rt.journal.db.table("trades").update(trade["id"], {"status": "canceled", "last_update": rt.journal.now()})
+    rt.journal.db.table("orders").update(order["client_order_id"], {"applied_qty": order["filled_qty"]})
+
+
+def _apply_buy(rt, trade: dict, order: dict, qty: int, report) -> None:
+    """Shares bought for a trade: an entry opens it, a later buy (rebalance) adds at the average price."""
+    price = order["filled_avg_price"]
+    if trade["status"] == "pending":
+        update = {"status": "open", "qty": qty, "original_qty": qty, "entry_price": price,
+                  "entry_time": order["filled_at"] or rt.journal.now(), "peak_price": price, "current_price": price}
         report.entries_filled.append(trade["symbol"])
     else:
-        rt.journal.db.table("trades").update(trade["id"], {"status": "canceled", "last_update": rt.journal.now()})
+        total = trade["qty"] + qty
+        update = {"qty": total, "original_qty": max(trade["original_qty"] or 0, total),
+                  "entry_price": round((trade["entry_price"] * trade["qty"] + price * qty) / total, 4)}
+    rt.journal.db.table("trades").update(trade["id"], {**update, "last_update": rt.journal.now()})
+
+
+def _apply_sell(rt, trade: dict, order: dict, qty: int, report) -> None:
+    """Shares sold from a trade: the position shrinks; when none are left the trade closes with its total P&L."""
+    price = order["filled_avg_price"]
+    realized = (trade["realized_pnl"] or 0.0) + (price - trade["entry_price"]) * qty
+    remaining = trade["qty"] - qty
+    reason, priority = _exit_reason(rt.journal, order)
+    if remaining > 0:
+        rt.journal.db.table("trades").update(trade["id"], {"qty": remaining, "realized_pnl": round(realized, 2),
+                                                           "last_update": rt.journal.now()})
+        return
+    rt.journal.db.table("trades").update(trade["id"], {"realized_pnl": round(realized, 2)})
+    closed = {**trade, "qty": trade["original_qty"] or trade["qty"]}
+    close_trade(rt, closed, price=price, reason=reason, priority=priority, when=order["filled_at"],
+                realized=realized)
+    report.trades_closed.append((trade["symbol"], reason, price))
+    rt.journal.event("info", "alert", f"{trade['symbol']} closed by {reason} at {price}", source="trades",
+                     detail={"kind": "exit", "symbol": trade["symbol"], "pnl": round(realized, 2)})
 
 
 def apply_order_fills(rt, report) -> None:
-    """Apply final entry orders to pending trades, and stop or exit fills to live trades."""
+    """Apply every fill not yet taken into the trade book, by quantity, exactly once; cancel entries that ended
+    unfilled."""
     journal = rt.journal
     rows = journal.query(
-        "SELECT o.*, t.status AS trade_status FROM orders o JOIN trades t ON t.id = o.trade_id "
-        "WHERE (o.purpose = 'entry' AND t.status = 'pending' AND o.status IN "
-        "       ('filled', 'canceled', 'expired', 'rejected', 'not_sent')) "
-        "   OR (o.purpose IN ('stop', 'exit', 'rebalance') AND o.status = 'filled' "
-        "       AND t.status IN ('open', 'unprotected', 'external')) ORDER BY o.filled_at, o.created_at")
+        "SELECT o.* FROM orders o JOIN trades t ON t.id = o.trade_id "
+        "WHERE o.filled_qty > o.applied_qty OR (o.purpose = 'entry' AND t.status = 'pending' AND o.filled_qty = 0 "
+        "AND o.status IN ('canceled', 'expired', 'rejected', 'not_sent')) ORDER BY o.filled_at, o.created_at")
     for order in rows:
-        trade = journal.one("SELECT * FROM trades WHERE id = ?", [order["trade_id"]])
         with journal.atomic():
-            if order["purpose"] == "entry":
-                _entry_filled(rt, trade, order, report)
+            trade = journal.one("SELECT * FROM trades WHERE id = ?", [order["trade_id"]])
+            qty = order["filled_qty"] - order["applied_qty"]
+            if qty <= 0:
+                _cancel_unfilled_entry(rt, trade, order)
                 continue
-            reason, priority = _exit_reason(journal, order)
-            update = close_trade(rt, trade, price=order["filled_avg_price"], reason=reason, priority=priority,
-                                 when=order["filled_at"])
-            _finish_exit(journal, order, update)
-        report.trades_closed.append((trade["symbol"], reason, order["filled_avg_price"]))
-        journal.event("info", "alert", f"{trade['symbol']} closed by {reason} at {order['filled_avg_price']}",
-                      source="reconcile")
+            if trade["status"] in ("closed", "unknown", "canceled"):
+                log.warning("fill of %s arrived for a finished trade %s", order["client_order_id"], trade["id"])
+            elif order["side"] == "buy":
+                _apply_buy(rt, trade, order, qty, report)
+            else:
+                _apply_sell(rt, trade, order, qty, report)
+            journal.db.table("orders").update(order["client_order_id"], {"applied_qty": order["filled_qty"]})
+            _finish_exit(journal, order)
 
 
 def _exit_reason(journal, order: dict) -> tuple[str, str | None]:
@@ -86,19 +114,28 @@ def _exit_reason(journal, order: dict) -> tuple[str, str | None]:
                       "WHERE a.client_order_id = ?", [order["client_order_id"]])
     if row:
         return row["reason"], row["priority"]
-    reason = EXIT_REASON_BY_PURPOSE[order["purpose"]]
+    reason = EXIT_REASON_BY_PURPOSE.get(order["purpose"], order["purpose"])
     return reason, "HIGH" if reason == "trailing_stop" else None
 
 
-def _finish_exit(journal, order: dict, update: dict) -> None:
-    attempt = journal.one("SELECT exit_id FROM exit_attempts WHERE client_order_id = ?", [order["client_order_id"]])
+def _finish_exit(journal, order: dict) -> None:
+    """Mirror an exit order's fill onto its attempt and its exit (price, quantity, P&L of that quantity)."""
+    attempt = journal.one("SELECT a.exit_id, e.qty AS exit_qty FROM exit_attempts a JOIN exits e ON e.id = a.exit_id "
+                          "WHERE a.client_order_id = ?", [order["client_order_id"]])
     if attempt is None:
         return
-    journal.db.execute("UPDATE exit_attempts SET status = 'filled', filled_qty = ? WHERE client_order_id = ?",
-                       [order["filled_qty"], order["client_order_id"]])
-    journal.db.table("exits").update(attempt["exit_id"], {
-        "state": "filled", "price": order["filled_avg_price"], "pnl": update["pnl"], "pnl_pct": update["pnl_pct"],
-        "completed_at": update["exit_time"], "updated_at": update["exit_time"]})
+    journal.db.execute("UPDATE exit_attempts SET status = ?, filled_qty = ? WHERE client_order_id = ?",
+                       [order["status"], order["filled_qty"], order["client_order_id"]])
+    filled = journal.one("SELECT COALESCE(SUM(filled_qty), 0) AS n FROM exit_attempts WHERE exit_id = ?",
+                         [attempt["exit_id"]])["n"]
+    trade = journal.one("SELECT entry_price FROM trades WHERE id = ?", [order["trade_id"]])
+    price = order["filled_avg_price"]
+    update = {"price": price, "updated_at": journal.now(),
+              "pnl": round((price - trade["entry_price"]) * filled, 2),
+              "pnl_pct": round((price / trade["entry_price"] - 1) * 100, 4)}
+    if filled >= attempt["exit_qty"]:
+        update.update(state="filled", completed_at=order["filled_at"] or journal.now())
+    journal.db.table("exits").update(attempt["exit_id"], update)
 
 
 def adopt_external(rt, position: Position, report) -> None:

@@ -177,7 +177,7 @@ def place_stop(rt, trade: dict) -> Order | None:
     last_error = "unknown"
     for _ in range(STOP_RETRIES):
         request = OrderRequest(next_order_id(journal, "s", trade["id"]), trade["symbol"], SELL, TRAILING_STOP,
-                               int(trade["qty"]), time_in_force="gtc", trail_percent=rt.config.trailing_stop_pct)
+                               stop_qty(journal, trade), time_in_force="gtc", trail_percent=rt.config.trailing_stop_pct)
         try:
             order = submit(rt, request, "stop", trade["id"])
         except (BrokerUnavailable, InsufficientQty) as err:
@@ -200,8 +200,24 @@ def _unprotected(rt, trade: dict, why: str) -> None:
     return None
 
 
-def is_protected(trade: dict, stops: list[Order]) -> bool:
-    return len(stops) == 1 and stops[0].qty == trade["qty"]
+def exit_held_qty(journal, trade: dict) -> int:
+    """Shares already offered by working exit orders: they cannot also sit under a stop (the broker refuses)."""
+    row = journal.one("SELECT COALESCE(SUM(qty - filled_qty), 0) AS n FROM orders WHERE trade_id = ? AND side = 'sell' "
+                      "AND purpose IN ('exit', 'partial') AND status NOT IN "
+                      "('filled', 'canceled', 'expired', 'rejected', 'replaced', 'not_sent')", [trade["id"]])
+    return int(row["n"])
+
+
+def stop_qty(journal, trade: dict) -> int:
+    """What the stop must cover: every share not already being sold by a working exit order."""
+    return int(trade["qty"]) - exit_held_qty(journal, trade)
+
+
+def is_protected(journal, trade: dict, stops: list[Order]) -> bool:
+    needed = stop_qty(journal, trade)
+    if needed <= 0:
+        return not stops
+    return len(stops) == 1 and stops[0].qty == needed
 
 
 def protect_all(rt) -> list[str]:
@@ -211,11 +227,14 @@ def protect_all(rt) -> list[str]:
                               "AND asset_class = 'us_equity' ORDER BY id")
     for trade in trades:
         stops = working_stops(rt, trade["symbol"])
-        if is_protected(trade, stops):
+        if is_protected(rt.journal, trade, stops):
             if trade["status"] == "unprotected":
                 rt.journal.db.table("trades").update(trade["id"], {"status": "open"})
             continue
-        place_stop(rt, trade)
+        if stop_qty(rt.journal, trade) <= 0:
+            cancel_and_confirm(rt, stops)  # every share is being sold by an exit order
+        else:
+            place_stop(rt, trade)
         fixed.append(trade["symbol"])
     return fixed
 

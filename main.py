@@ -212,6 +212,22 @@ def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: 
 
 
 @cli.command()
+@click.option("--dry-run", is_flag=True, help="Check and record, send no order, ignore market hours.")
+@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.pass_context
+def monitor(ctx: click.Context, dry_run: bool, force: bool) -> None:
+    """Check positions (each every 30 minutes, urgent ones every run) and run the exit engine."""
+    import monitor as position_monitor
+    import ops
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+    report = position_monitor.run_monitor(rt, dry_run=dry_run, force=force)
+    click.echo(position_monitor.report_text(report))
+    _done(rt)
+
+
+@cli.command()
 @click.argument("symbol")
 @click.option("--force", is_flag=True, help="Run outside regular market hours.")
 @click.pass_context

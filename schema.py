@@ -144,9 +144,19 @@ ALTER TABLE trades ADD COLUMN realized_pnl REAL NOT NULL DEFAULT 0;
 UPDATE orders SET applied_qty = filled_qty WHERE trade_id IN (SELECT id FROM trades WHERE status != 'pending');
 """
 
+# An exit is a persisted state machine (exit_plan.ExitState as JSON), advanced run by run; partial-exit tranches are
+# taken at most once per trade.
+MIGRATION_0004 = """
+ALTER TABLE exits ADD COLUMN plan TEXT;
+ALTER TABLE exits ADD COLUMN tranche INTEGER;
+ALTER TABLE trades ADD COLUMN partial_15_done INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE trades ADD COLUMN partial_25_done INTEGER NOT NULL DEFAULT 0;
+"""
+
 # (name, sql) in order; names are stored in _sqlite_migrations and must never change.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", MIGRATION_0001),
     ("0002_quote_cache", MIGRATION_0002),
     ("0003_fill_ledger", MIGRATION_0003),
+    ("0004_exit_plans", MIGRATION_0004),
 ]

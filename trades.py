@@ -37,7 +37,7 @@ def close_trade(rt, trade: dict, *, price: float | None, reason: str, priority: 
     pnl = realized if realized is not None else (
         (price - entry) * trade["qty"] if price is not None and entry else None)
     pnl_pct = pnl / (entry * trade["qty"]) * 100 if pnl is not None and entry and trade["qty"] else None
-    update = {"status": status, "exit_time": when, "exit_price": price, "exit_reason": reason,
+    update = {"status": status, "qty": trade["qty"], "exit_time": when, "exit_price": price, "exit_reason": reason,
               "exit_priority": priority, "pnl": round(pnl, 2) if pnl is not None else None,
               "pnl_pct": round(pnl_pct, 4) if pnl_pct is not None else None,
               "holding_days": holding_sessions(rt, trade["entry_time"], when), "last_update": when}
@@ -103,6 +103,8 @@ def apply_order_fills(rt, report) -> None:
             elif order["side"] == "buy":
                 _apply_buy(rt, trade, order, qty, report)
             else:
+                if order["purpose"] == "stop":
+                    record_stop_exit(journal, trade, order, qty)
                 _apply_sell(rt, trade, order, qty, report)
             journal.db.table("orders").update(order["client_order_id"], {"applied_qty": order["filled_qty"]})
             _finish_exit(journal, order)
@@ -135,7 +137,26 @@ def _finish_exit(journal, order: dict) -> None:
               "pnl_pct": round((price / trade["entry_price"] - 1) * 100, 4)}
     if filled >= attempt["exit_qty"]:
         update.update(state="filled", completed_at=order["filled_at"] or journal.now())
+        _mark_tranche(journal, attempt["exit_id"], order["trade_id"])
     journal.db.table("exits").update(attempt["exit_id"], update)
+
+
+def _mark_tranche(journal, exit_id: int, trade_id: int) -> None:
+    """A filled partial-exit tranche is never taken again, however the fill was learned."""
+    tranche = journal.one("SELECT tranche FROM exits WHERE id = ?", [exit_id])["tranche"]
+    if tranche:
+        journal.db.table("trades").update(trade_id, {"partial_15_done" if tranche == 1 else "partial_25_done": 1})
+
+
+def record_stop_exit(journal, trade: dict, order: dict, qty: int) -> None:
+    """A broker-side stop fill is an exit like any other: reason trailing_stop, HIGH, in `exits`."""
+    price = order["filled_avg_price"]
+    journal.db.table("exits").insert({
+        "trade_id": trade["id"], "symbol": trade["symbol"], "reason": "trailing_stop", "priority": "HIGH",
+        "triggered": None, "qty": qty, "partial": int(qty < trade["qty"]), "strategy": "broker_stop",
+        "state": "filled", "price": price, "pnl": round((price - trade["entry_price"]) * qty, 2),
+        "pnl_pct": round((price / trade["entry_price"] - 1) * 100, 4), "created_at": journal.now(),
+        "updated_at": journal.now(), "completed_at": order["filled_at"] or journal.now(), "run_id": journal.run_id})
 
 
 def adopt_external(rt, position: Position, report) -> None:

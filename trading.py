@@ -51,19 +51,10 @@ def _closes(rt, result, report: ExecutionReport) -> None:
         after = executor.close_position(rt, trade, reason=reason, priority="HIGH" if reason == "reversal" else "LOW")
         if after["status"] == "closed":
             report.closed.append((symbol, reason))
-            if reason == "reversal":
-                _record_poor_signal(rt, after, result)
+    if report.closed:
+        import monitor
 
-
-def _record_poor_signal(rt, trade: dict, result) -> None:
-    position = next((p for p in result.positions if p["symbol"] == trade["symbol"]), {})
-    rt.journal.db.table("poor_signals").insert({
-        "symbol": trade["symbol"], "trade_id": trade["id"], "entry_date": (trade["entry_time"] or "")[:10],
-        "exit_date": (trade["exit_time"] or "")[:10], "entry_price": trade["entry_price"],
-        "exit_price": trade["exit_price"], "pnl_pct": trade["pnl_pct"], "holding_days": trade["holding_days"],
-        "exit_reason": trade["exit_reason"], "reversal_score": position.get("reversal_score"),
-        "reversal_signals": json.dumps(position.get("signals", [])), "entry_signals": trade["entry_signals"],
-        "composite_score": trade["composite_score"]})
+        monitor.record_poor_signals(rt)
 
 
 def returns_60d(history: Panel, symbols: list[str]) -> dict[str, np.ndarray]:

@@ -141,3 +141,65 @@ def test_protect_all_replaces_a_missing_stop_and_flags_when_impossible(rt, fake_
     assert flagged["status"] == "unprotected"
     critical = rt.journal.query("SELECT message FROM events WHERE level = 'critical'")
     assert any("UNPROTECTED" in e["message"] for e in critical)
+
+
+class MovingClock:
+    """Real-time behaviour (not simulated) with a time that moves only when the code waits."""
+
+    simulated = False
+
+    def __init__(self, start):
+        self.start, self.offset = start, 0.0
+
+    def now(self):
+        from datetime import timedelta
+
+        return self.start + timedelta(seconds=self.offset)
+
+    def now_ny(self):
+        from clock import NY
+
+        return self.now().astimezone(NY)
+
+    def today(self):
+        return self.now_ny().date()
+
+
+def test_a_high_priority_limit_exit_walks_twice_then_escalates_to_market(tmp_path, fake_alpaca, monkeypatch):
+    """Limits are never filled by the fake exchange, only market orders: the aggressive exit must walk its limit
+    twice, then sell at market within the same run, recording every attempt."""
+    from datetime import datetime, timezone
+
+    import exits
+    import monitor
+
+    for name in ("MOMENTUM_ASOF", "DATA_SOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    config = load_config({"BROKER": "alpaca", "DATA_SOURCE": "alpaca", "ALPACA_API_KEY": "PKCYCLEKEY123456",
+                          "ALPACA_SECRET_KEY": "cyclesecret1234567890", "ALPACA_TRADING_URL": fake_alpaca.url,
+                          "ALPACA_DATA_URL": fake_alpaca.url, "MOMENTUM_DB": str(tmp_path / "trades.db")},
+                         environ={})
+    rt = Runtime(config, "test")
+    rt.clock = MovingClock(datetime(2024, 6, 14, 15, 0, tzinfo=timezone.utc))  # 11:00 New York, the fake's today
+    exchange = FakeExchange(fake_alpaca)
+
+    def sleep(seconds):
+        rt.clock.offset += seconds
+        exchange.sleep(seconds)
+
+    rt.waiter = executor.Waiter(simulated=False, sleep=sleep, monotonic=lambda: rt.clock.offset)
+    trade = _open(rt)
+    trigger = exits.ExitTrigger("trailing_stop", exits.HIGH, trade["qty"], False, "test backstop")
+    state = monitor.start_exit(rt, trade, trigger, [trigger])
+    assert state == "filled"
+    attempts = rt.journal.query("SELECT attempt, order_type, limit_price, status FROM exit_attempts ORDER BY attempt")
+    assert [(a["attempt"], a["order_type"], a["status"]) for a in attempts] == [
+        (1, "limit", "canceled"), (2, "limit", "canceled"), (3, "limit", "canceled"), (4, "market", "filled")]
+    limits = [a["limit_price"] for a in attempts[:3]]
+    assert limits[0] > limits[1] > limits[2]  # walked down from the bid
+    closed = rt.journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
+    assert closed["status"] == "closed" and closed["exit_reason"] == "trailing_stop"
+    exit_row = rt.journal.one("SELECT * FROM exits")
+    assert exit_row["state"] == "filled" and exit_row["attempts"] == 4
+    assert rt.clock.offset >= 30  # three 10 s limits before the market order
+    rt.close()

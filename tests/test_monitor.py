@@ -1,0 +1,148 @@
+"""Monitor scenarios on crafted price paths (csv replay with --asof steps): each exit condition as the product
+meets it, with the exit row, reason, priority, quantity, price and P&L checked."""
+from __future__ import annotations
+
+import json
+import sqlite3
+
+import pytest
+from click.testing import CliRunner
+
+import executor
+from config import load_config
+from crafted import ENTRY, flat, ramp, sessions_after, write_market
+from main import cli as command
+from runtime import Runtime
+
+SCENARIOS = {
+    "PTG": [ramp(50.0, 58.0), ramp(58.0, 63.5), flat(63.5)],          # +16%, then +27%: both tranches
+    "STP": [(50.0, 50.05, 48.40, 48.40, 1_000_000)],                   # -3.2% with a 3% hard stop
+    "FLAT": [flat(50.5)] * 14,                                         # 10+ sessions going nowhere
+    "GAP": [ramp(50.0, 55.0), (51.0, 51.2, 50.8, 51.0, 1_000_000)],   # broker stop gapped through
+    "CRB": [(50.0, 50.05, 47.75, 47.75, 1_000_000)],                   # -4.5%: a 3.4% day loss on 75% of equity
+}
+
+
+@pytest.fixture(scope="module")
+def market_env(tmp_path_factory):
+    return write_market(tmp_path_factory.mktemp("crafted"), SCENARIOS)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch, market_env):
+    values = {**market_env, "MOMENTUM_DB": str(tmp_path / "trades.db"), "LOG_DIR": str(tmp_path / "logs"),
+              "CACHE_DIR": str(tmp_path / "cache")}
+    for name in ("MOMENTUM_ASOF", "MARKET_DATA", "BROKER"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def buy(env, symbol: str, qty: int = 100) -> dict:
+    rt = Runtime(load_config({"MOMENTUM_ASOF": f"{ENTRY}T15:00"}))
+    trade = executor.open_position(rt, symbol=symbol, cap="large", qty=qty, session=str(ENTRY), scan_type="close",
+                                   trade_fields={"strategy": "momentum", "composite_score": 14}, fill_timeout=1)
+    rt.close()
+    assert trade["status"] == "open"
+    return trade
+
+
+def monitor(asof: str):
+    result = CliRunner().invoke(command, ["--asof", asof, "monitor"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def rows(env, sql, params=()):
+    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql, params)]
+
+
+def day(n: int) -> str:
+    return str(sessions_after(n)[-1])
+
+
+def test_partial_exits_happen_once_each_and_the_rest_keeps_trailing(env):
+    trade = buy(env, "PTG", qty=101)
+    monitor(f"{day(1)}T15:30")
+    monitor(f"{day(1)}T15:45")  # a check later the same day takes nothing more
+    monitor(f"{day(2)}T15:30")
+    monitor(f"{day(3)}T12:00")
+    exits = rows(env, "SELECT reason, priority, qty, partial, state, price, pnl FROM exits ORDER BY id")
+    assert [(e["reason"], e["priority"], e["qty"], e["partial"], e["state"]) for e in exits] == [
+        ("partial_exit_target", "MEDIUM", 50, 1, "filled"), ("partial_exit_target", "MEDIUM", 25, 1, "filled")]
+    for e in exits:
+        assert e["pnl"] == pytest.approx((e["price"] - trade["entry_price"]) * e["qty"], abs=0.01)
+    after = rows(env, "SELECT * FROM trades")[0]
+    assert after["status"] == "open" and after["qty"] == 26 and after["partial_15_done"] == after["partial_25_done"] == 1
+    stops = rows(env, "SELECT qty FROM orders WHERE purpose = 'stop' AND status IN ('new', 'accepted')")
+    assert stops == [{"qty": 26}]
+
+
+def test_hard_stop_wins_over_other_conditions_and_all_are_recorded(env, monkeypatch):
+    monkeypatch.setenv("HARD_STOP_PCT", "3")
+    trade = buy(env, "STP")
+    output = monitor(f"{day(1)}T15:50")
+    assert "exit started: STP stop_loss (CRITICAL)" in output
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    triggered = [t["reason"] for t in json.loads(exit_row["triggered"])]
+    assert triggered[0] == "stop_loss" and len(triggered) >= 3, triggered
+    assert exit_row["state"] == "filled" and exit_row["qty"] == 100 and exit_row["partial"] == 0
+    attempts = rows(env, "SELECT order_type, status FROM exit_attempts")
+    assert attempts == [{"order_type": "market", "status": "filled"}]
+    closed = rows(env, "SELECT * FROM trades")[0]
+    assert closed["status"] == "closed" and closed["exit_reason"] == "stop_loss" and closed["exit_priority"] == "CRITICAL"
+    assert closed["pnl"] == pytest.approx((closed["exit_price"] - trade["entry_price"]) * 100, abs=0.01)
+    assert closed["exit_price"] < 48.5
+
+
+def test_early_exit_walks_a_conservative_limit_across_runs(env):
+    buy(env, "FLAT")
+    for n in range(1, 10):
+        monitor(f"{day(n)}T10:00")
+    assert rows(env, "SELECT COUNT(*) AS n FROM exits")[0]["n"] == 0  # 9 sessions held: not yet
+    monitor(f"{day(10)}T10:00")  # 10 sessions: a conservative limit above mid that the flat price never reaches
+    monitor(f"{day(10)}T10:05")  # its 60 s are up: cancel, walk one tick, and the new limit fills
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    assert (exit_row["reason"], exit_row["priority"], exit_row["strategy"]) == ("early_exit", "LOW", "conservative")
+    attempts = rows(env, "SELECT attempt, order_type, limit_price, status FROM exit_attempts ORDER BY attempt")
+    assert [(a["attempt"], a["order_type"], a["limit_price"]) for a in attempts] == [(1, "limit", 50.51),
+                                                                                    (2, "limit", 50.5)]
+    assert [a["status"] for a in attempts] == ["canceled", "filled"]
+    closed = rows(env, "SELECT * FROM trades")[0]
+    assert closed["exit_reason"] == "early_exit" and closed["exit_price"] == 50.5
+
+
+def test_a_broker_side_trailing_stop_fill_is_recorded_as_a_trailing_stop_exit(env):
+    trade = buy(env, "GAP")
+    monitor(f"{day(1)}T15:59")
+    monitor(f"{day(2)}T10:00")
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    assert (exit_row["reason"], exit_row["priority"], exit_row["strategy"], exit_row["state"]) == (
+        "trailing_stop", "HIGH", "broker_stop", "filled")
+    assert exit_row["price"] == 51.0  # the gap through the stop fills at the open
+    assert exit_row["pnl"] == pytest.approx((51.0 - trade["entry_price"]) * 100, abs=0.01)
+    assert rows(env, "SELECT exit_reason FROM trades")[0]["exit_reason"] == "trailing_stop"
+
+
+def test_circuit_breaker_closes_everything_and_blocks_buys_until_the_next_session(env):
+    buy(env, "CRB", qty=1500)
+    output = monitor(f"{day(1)}T15:50")
+    assert "CIRCUIT BREAKER" in output
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    assert (exit_row["reason"], exit_row["priority"], exit_row["state"]) == ("circuit_breaker", "CRITICAL", "filled")
+    assert rows(env, "SELECT value FROM state WHERE key = 'circuit_breaker_session'")[0]["value"] == day(1)
+    critical = [r["message"] for r in rows(env, "SELECT message FROM events WHERE level = 'critical'")]
+    assert any(m.startswith("CIRCUIT BREAKER") for m in critical)
+
+
+def test_position_checks_every_30_minutes_unless_urgent(env):
+    buy(env, "FLAT")
+    monitor(f"{day(1)}T10:00")
+    assert "1 not due" in monitor(f"{day(1)}T10:10")
+    assert "1 checked" in monitor(f"{day(1)}T10:30")
+    checks = rows(env, "SELECT action, reversal_score, signals FROM position_checks")
+    assert len(checks) == 2 and all(c["action"] == "monitor:HOLD" for c in checks)
+    assert "reversal" in json.loads(checks[0]["signals"])

@@ -1,6 +1,7 @@
 """Whole-process timings, measured the way cron runs the agent: process start to exit.
 
 - `status` on the embedded sim with a fresh journal and sim broker (cold) and again on the same files (warm);
+- a monitor run with six open positions (all due), process start to exit;
 - the trading scan of the same data set on the sim broker (fresh journal, warm cache), orders and stops included;
 - the dry-run scan of the 505-stock real data set (../shared/data/sp500_daily_2013_2018.csv.gz) at
   2016-11-09 10:30 with a universe built from that file, cold (no parsed-data cache) and warm.
@@ -74,9 +75,28 @@ def _real_scan_rows(base: Path) -> list[dict]:
         work = base / f"trade{n}"
         shutil.copytree(warm_dir / "cache", work / "cache")
         trade_times.append(_timed(trading, work))
-    return [{"name": "dry-run scan, 505 real stocks, cold cache", "seconds": cold},
+    monitor_times = _monitor_times(base, universe, warm_dir / "cache")
+    return [{"name": "monitor, 6 open positions", "seconds": statistics.median(monitor_times)},
+            {"name": "dry-run scan, 505 real stocks, cold cache", "seconds": cold},
             {"name": "dry-run scan, 505 real stocks, warm cache", "seconds": warm},
             {"name": "trading scan, 505 real stocks (sim broker)", "seconds": statistics.median(trade_times)}]
+
+
+def _monitor_times(base: Path, universe: Path, cache: Path) -> list[float]:
+    """A journal with six open positions (two trading scans with skip-buy mode off), then one monitor run per copy:
+    every position is due, so each run checks all six."""
+    common = ["--data", f"csv:{REAL_BARS}", "--universe", str(universe)]
+    setup = base / "monitor-setup"
+    shutil.copytree(cache, setup / "cache")
+    _timed([*common, "set", "skip_buys", "off"], setup)
+    for asof in ("2016-11-09T10:30", "2016-11-10T12:30"):
+        _timed([*common, "--asof", asof, "scan", "--cap", "all"], setup)
+    times = []
+    for n in range(REPEATS):
+        work = base / f"monitor{n}"
+        shutil.copytree(setup, work)
+        times.append(_timed([*common, "--asof", "2016-11-10T13:00", "monitor"], work))
+    return times
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ TARGETS = {
     "dry-run scan, 505 real stocks, cold cache": "< 3 s",
     "dry-run scan, 505 real stocks, warm cache": "< 3 s",
     "trading scan, 505 real stocks (sim broker)": "-",
+    "monitor, 6 open positions": "< 1.5 s",
 }
 
 

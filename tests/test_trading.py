@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 from clock import Clock, parse_asof
 from market import CsvMarket
 from realdata import BARS, cli, real_env, real_universe, shared_cache  # noqa: F401
@@ -122,20 +123,29 @@ def test_halt_blocks_buys_and_flatten_closes_everything(real_env):
     assert rows(real_env, "SELECT value FROM settings WHERE key = 'halt'")[0]["value"] == "off"
 
 
-def test_two_scans_started_at_once_one_runs_one_exits_75(real_env, tmp_path):
+def test_two_scans_started_at_once_one_runs_one_exits_75(tmp_path, fake_alpaca):
+    """The first scan is held inside the lock by a slow data source (a stalled bars request at the local fake
+    Alpaca server); the second, started while the first provably holds the lock, exits 75 with one line."""
     import subprocess
     import sys
+    import time
 
     from conftest import ROOT
     from realdata import process_env
 
-    procs = []
-    for n in range(2):
-        env = process_env({**real_env, "CACHE_DIR": str(tmp_path / f"cold{n}")})  # each parses inside the lock
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "main.py"), "--asof", "2016-11-09T10:30", "scan",
-                                       "--cap", "all"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True))
-    outcomes = sorted((p.wait(timeout=120), p.stderr.read().strip()) for p in procs)
-    assert [code for code, _ in outcomes] == [0, 75], outcomes
-    assert outcomes[1][1].startswith("error: another scan is running on this journal (pid ")
-    assert len(outcomes[1][1].splitlines()) == 1
+    env = process_env({"MOMENTUM_DB": str(tmp_path / "trades.db"), "LOG_DIR": str(tmp_path / "logs"),
+                       "DATA_SOURCE": "alpaca", "ALPACA_DATA_URL": fake_alpaca.url, "ALPACA_API_KEY": "PKLOCKTEST1234",
+                       "ALPACA_SECRET_KEY": "locktestsecret123456", "ALPACA_TIMEOUT": "5"})
+    fake_alpaca.stall("/v2/stocks/bars", seconds=3.0)
+    argv = [sys.executable, str(ROOT / "main.py"), "--asof", "2024-06-14T11:00", "scan", "--cap", "small", "--dry-run"]
+    first = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while fake_alpaca.count("GET", "/v2/stocks/bars") == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first scan has taken the lock and is waiting on its data
+    second = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    first_out, first_err = first.communicate(timeout=120)
+    assert second.returncode == 75
+    assert second.stderr.strip().startswith("error: another scan is running on this journal (pid ")
+    assert len(second.stderr.strip().splitlines()) == 1
+    assert first.returncode == 0, first_err
+    assert "[small]" in first_out

@@ -111,6 +111,7 @@ class Journal:
         self.path = path
         self.clock = clock
         self.run_id = run_id
+        self.log_dir = path.parent.parent / "logs"  # the runtime sets the configured LOG_DIR
 
     def now(self) -> str:
         return iso_utc(self.clock.now())

@@ -81,11 +81,33 @@ def record_intent(journal, request: OrderRequest, purpose: str, trade_id: int | 
 
 
 def store_order(journal, order: Order) -> None:
+    previous = journal.one("SELECT status, filled_qty FROM orders WHERE client_order_id = ?", [order.client_order_id])
+    if previous is None or (previous["status"], previous["filled_qty"]) != (order.status, order.filled_qty):
+        filled_more = previous is not None and order.filled_qty > previous["filled_qty"]
+        _audit(journal, order, "fill" if filled_more or (previous is None and order.filled_qty) else "order")
     journal.db.table("orders").update(order.client_order_id, {
         "broker_order_id": order.id, "status": order.status, "filled_qty": order.filled_qty,
         "filled_avg_price": order.filled_avg_price, "stop_price": order.stop_price,
         "filled_at": order.filled_at.isoformat() if order.filled_at else None,
         "submitted_at": journal.now(), "updated_at": journal.now()})
+
+
+def _audit(journal, order: Order, event: str) -> None:
+    """Every order state the broker reports, and every fill, also goes to logs/trades_YYYY-MM-DD.csv."""
+    import exports
+
+    row = {"event": event, "client_order_id": order.client_order_id, "broker_order_id": order.id, "symbol": order.symbol,
+           "side": order.side, "type": order.type, "qty": order.qty, "status": order.status,
+           "filled_qty": order.filled_qty, "filled_avg_price": order.filled_avg_price,
+           "limit_price": order.limit_price, "stop_price": order.stop_price, "run_id": journal.run_id}
+    try:
+        exports.audit_append(audit_dir(journal), row, journal.clock.now())
+    except OSError as err:  # the journal still has the order; a full disk must not stop trading
+        log.warning("audit CSV not written: %s", err)
+
+
+def audit_dir(journal):
+    return journal.log_dir
 
 
 def submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Order | None:

@@ -35,7 +35,9 @@ class Runtime:
 
     @cached_property
     def journal(self) -> Journal:
-        return open_journal(self.config.momentum_db, self.clock)
+        journal = open_journal(self.config.momentum_db, self.clock)
+        journal.log_dir = Path(self.config.log_dir)
+        return journal
 
     @cached_property
     def universe(self):

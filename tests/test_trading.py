@@ -149,3 +149,19 @@ def test_two_scans_started_at_once_one_runs_one_exits_75(tmp_path, fake_alpaca):
     assert len(second.stderr.strip().splitlines()) == 1
     assert first.returncode == 0, first_err
     assert "[small]" in first_out
+
+
+def test_every_order_and_fill_is_appended_to_the_daily_audit_csv(real_env):
+    import csv
+
+    cli("set", "skip_buys", "off")
+    cli("--asof", "2016-11-09T10:30", "scan", "--cap", "large")
+    path = Path(real_env["LOG_DIR"]) / "trades_2016-11-09.csv"
+    with open(path, newline="") as handle:
+        audit = list(csv.DictReader(handle))
+    journal_orders = rows(real_env, "SELECT client_order_id, purpose FROM orders")
+    assert {r["client_order_id"] for r in audit} == {o["client_order_id"] for o in journal_orders}
+    fills = [r for r in audit if r["event"] == "fill"]
+    entries = [o["client_order_id"] for o in journal_orders if o["purpose"] == "entry"]
+    assert sorted(r["client_order_id"] for r in fills) == sorted(entries)
+    assert all(float(r["filled_avg_price"]) > 0 for r in fills)

@@ -1,0 +1,382 @@
+"""Nightly and periodic bookkeeping jobs (SPEC section 9): daily-snapshot, update-outcomes, update-tracking, cleanup.
+
+Every job is idempotent: it recomputes its figures from the broker, the market data and the journal, and writes a row
+only where the stored values differ, so a cron retry or a manual second run leaves the same tables. The three
+session-bound jobs do nothing on a weekend or NYSE holiday; cleanup runs on any day (cron runs it on Sunday).
+
+Run from cron as `python main.py jobs NAME` or `python jobs.py NAME`; the latter accepts the global options after
+the job name too, e.g. `python jobs.py daily-snapshot --asof 2016-11-09T16:05 --db data/trades.db`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import date, datetime, time as clock_time, timedelta
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from clock import NY, iso_utc
+from errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+JOB_NAMES = ("daily-snapshot", "update-outcomes", "update-tracking", "cleanup")
+NOT_A_TRADING_DAY = "not a trading day: nothing to do"
+OUTCOME_HORIZONS = (1, 3, 5, 10)
+OUTCOME_WINDOW = 10
+# A candidate whose 10-session outcome stays unknown (missing bars) is retried this many sessions, then left alone.
+OUTCOME_RETRY_SESSIONS = 20
+RETENTION_DAYS = 90
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+LIVE_TRADE_STATUSES = ("open", "unprotected", "external")
+
+
+@dataclass
+class JobResult:
+    name: str
+    status: str  # done | skipped
+    message: str
+    counts: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def text(self) -> str:
+        details = ", ".join(f"{key} {value}" for key, value in self.counts.items())
+        return f"{self.name}: {self.message}" + (f" ({details})" if details else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "message": self.message, "counts": self.counts,
+                "seconds": round(self.seconds, 3)}
+
+
+# --- shared helpers ------------------------------------------------------------------------------------------------
+
+def day_bounds_utc(day: date) -> tuple[str, str]:
+    """ISO UTC bounds [start, end) of a New York calendar day, comparable with stored timestamps."""
+    start = datetime.combine(day, clock_time(0, 0), tzinfo=NY)
+    end = datetime.combine(day + timedelta(days=1), clock_time(0, 0), tzinfo=NY)
+    return iso_utc(start), iso_utc(end)
+
+
+def last_completed_session(rt) -> date:
+    """The latest session whose regular close has passed: its daily bar is final."""
+    today = rt.clock.today()
+    if rt.calendar.is_session(today) and rt.clock.now() >= rt.calendar.session(today).close:
+        return today
+    return rt.calendar.previous_session(today)
+
+
+def _changed(old: dict, new: dict, tolerance: float = 1e-9) -> bool:
+    for key, value in new.items():
+        before = old.get(key)
+        if isinstance(value, float) and isinstance(before, (int, float)):
+            if abs(value - before) > tolerance:
+                return True
+        elif value != before:
+            return True
+    return False
+
+
+def _finite(value: float) -> float | None:
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
+# --- daily-snapshot ------------------------------------------------------------------------------------------------
+
+def _spy_today(rt, today: date) -> tuple[float | None, float | None]:
+    """SPY close today and its change from the previous session's close, percent."""
+    previous = rt.calendar.previous_session(today)
+    series = rt.market.market_series(previous, today)
+    closes = {idx.date(): value for idx, value in series["spy_close"].items()}
+    close, before = _finite(closes.get(today)), _finite(closes.get(previous))
+    change = (close / before - 1) * 100 if close is not None and before else None
+    return close, change
+
+
+def _trades_opened_closed(rt, today: date) -> tuple[int, int]:
+    start, end = day_bounds_utc(today)
+    opened = rt.journal.one(
+        "SELECT COUNT(*) AS n FROM trades WHERE entry_time >= ? AND entry_time < ? "
+        "AND status NOT IN ('pending', 'canceled')", [start, end])["n"]
+    closed = rt.journal.one(
+        "SELECT COUNT(*) AS n FROM trades WHERE exit_time >= ? AND exit_time < ? AND status IN ('closed', 'unknown')",
+        [start, end])["n"]
+    return opened, closed
+
+
+def snapshot_row(rt, today: date) -> dict[str, Any]:
+    """Today's daily_performance row from the broker, the journal and the SPY series."""
+    account = rt.broker.account()
+    exposure = round(sum(p.market_value for p in rt.broker.positions()), 2)
+    journal = rt.journal
+    previous = journal.one("SELECT equity FROM daily_performance WHERE date < ? ORDER BY date DESC LIMIT 1",
+                           [today.isoformat()])
+    first = journal.one("SELECT date, equity, spy_close FROM daily_performance ORDER BY date LIMIT 1")
+    if first is not None and first["date"] > today.isoformat():
+        first = None  # a snapshot dated after today cannot be the baseline of today
+    base_equity = previous["equity"] if previous else account.last_equity
+    day_pnl = round(account.equity - base_equity, 2)
+    spy_close, spy_change = _spy_today(rt, today)
+    opened, closed = _trades_opened_closed(rt, today)
+    first_equity = first["equity"] if first else account.equity
+    first_spy = first["spy_close"] if first else spy_close
+    return {
+        "date": today.isoformat(), "equity": account.equity, "cash": account.cash, "exposure": exposure,
+        "exposure_pct": exposure / account.equity * 100 if account.equity else None,
+        "day_pnl": day_pnl, "day_pnl_pct": day_pnl / base_equity * 100 if base_equity else None,
+        "trades_opened": opened, "trades_closed": closed, "spy_close": spy_close, "spy_change_pct": spy_change,
+        "cum_return_pct": (account.equity / first_equity - 1) * 100 if first_equity else None,
+        "spy_cum_return_pct": (spy_close / first_spy - 1) * 100 if spy_close and first_spy else None,
+    }
+
+
+def daily_snapshot(rt) -> JobResult:
+    today = rt.clock.today()
+    row = snapshot_row(rt, today)
+    table = rt.journal.db.table("daily_performance")
+    stored = rt.journal.one("SELECT * FROM daily_performance WHERE date = ?", [row["date"]])
+    if stored is None or _changed(stored, row):
+        with rt.journal.atomic():
+            table.upsert({**row, "created_at": rt.journal.now()}, pk="date")
+    message = (f"{row['date']} equity {row['equity']:,.2f}, day P&L {row['day_pnl']:+,.2f}, "
+               f"cumulative {row['cum_return_pct']:+.2f}%")
+    if row["spy_cum_return_pct"] is not None:
+        message += f" vs SPY {row['spy_cum_return_pct']:+.2f}%"
+    return JobResult("daily-snapshot", "done", message,
+                     {"opened": row["trades_opened"], "closed": row["trades_closed"]})
+
+
+# --- update-outcomes -----------------------------------------------------------------------------------------------
+
+def _pending_candidates(rt, last_session: date) -> list[dict]:
+    oldest_retry = rt.calendar.sessions_back(last_session, OUTCOME_RETRY_SESSIONS).isoformat()
+    return rt.journal.query(
+        "SELECT id, symbol, session, price, price_1d, price_3d, price_5d, price_10d, max_gain_10d, "
+        "max_drawdown_10d, outcome_updated_at FROM candidates WHERE price_10d IS NULL AND price > 0 AND session < ? "
+        "AND (outcome_updated_at IS NULL OR session >= ?) ORDER BY id",
+        [last_session.isoformat(), oldest_retry])
+
+
+def candidate_outcomes(close: np.ndarray, high: np.ndarray, low: np.ndarray, row: np.ndarray, col: np.ndarray,
+                       price: np.ndarray, last_row: int) -> dict[str, np.ndarray]:
+    """Outcome columns for candidates at panel rows `row` (their session) and columns `col`, all at once.
+
+    Row offsets past `last_row` (sessions not completed yet) are unknown: NaN prices, and the max gain / drawdown
+    cover only the sessions known so far (NaN when none is).
+    """
+    offsets = np.arange(1, OUTCOME_WINDOW + 1)
+    rows = row[:, None] + offsets[None, :]
+    known = rows <= last_row
+    safe_rows = np.minimum(rows, last_row)
+    cols = np.broadcast_to(col[:, None], rows.shape)
+    closes = np.where(known, close[safe_rows, cols], np.nan)
+    highs = np.where(known, high[safe_rows, cols], np.nan)
+    lows = np.where(known, low[safe_rows, cols], np.nan)
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a row with nothing known yet is all-NaN, as intended
+        out = {f"price_{k}d": closes[:, k - 1] for k in OUTCOME_HORIZONS}
+        out["max_gain_10d"] = np.nanmax(highs, axis=1) / price - 1
+        out["max_drawdown_10d"] = np.nanmin(lows, axis=1) / price - 1
+    return out
+
+
+def _outcome_updates(rt, pending: list[dict], last_session: date) -> list[tuple[int, dict]]:
+    first_session = date.fromisoformat(min(c["session"] for c in pending))
+    symbols = sorted({c["symbol"] for c in pending})
+    panel = rt.market.bars(symbols, first_session, last_session)
+    days = panel.dates.astype("datetime64[D]")
+    if len(days) == 0:
+        return []
+    sessions = np.array([np.datetime64(c["session"], "D") for c in pending])
+    row = np.searchsorted(days, sessions)
+    on_axis = (row < len(days)) & (days[np.minimum(row, len(days) - 1)] == sessions)
+    col = np.array([panel.symbols.index(c["symbol"]) for c in pending])
+    price = np.array([c["price"] for c in pending], dtype=float)
+    last_row = int(np.searchsorted(days, np.datetime64(last_session, "D"), side="right")) - 1
+    values = candidate_outcomes(panel.close, panel.high, panel.low, row, col, price, last_row)
+    updates = []
+    for i, candidate in enumerate(pending):
+        # without a bar on the candidate's own session nothing can be measured yet; the row is still stamped, so
+        # the retry window (OUTCOME_RETRY_SESSIONS) bounds how long it is looked at
+        new = {name: _finite(array[i]) if on_axis[i] else None for name, array in values.items()}
+        if candidate["outcome_updated_at"] is None or _changed(candidate, new):
+            updates.append((candidate["id"], new))
+    return updates
+
+
+def update_outcomes(rt) -> JobResult:
+    last_session = last_completed_session(rt)
+    pending = _pending_candidates(rt, last_session)
+    if not pending:
+        return JobResult("update-outcomes", "done", "no candidate outcomes to update", {"candidates": 0})
+    updates = _outcome_updates(rt, pending, last_session)
+    now = rt.journal.now()
+    with rt.journal.atomic():
+        for candidate_id, values in updates:
+            rt.journal.db.table("candidates").update(candidate_id, {**values, "outcome_updated_at": now})
+    complete = sum(1 for _, values in updates if values["price_10d"] is not None)
+    return JobResult("update-outcomes", "done", f"outcomes up to {last_session}",
+                     {"checked": len(pending), "updated": len(updates), "completed": complete})
+
+
+# --- update-tracking -----------------------------------------------------------------------------------------------
+
+def tracking_update(trade: dict, price: float) -> dict[str, Any]:
+    """Unrealised P&L, peak and the best / worst excursion since entry (percent) of one open trade at `price`."""
+    entry, qty = trade["entry_price"], trade["qty"]
+    pnl_pct = (price / entry - 1) * 100
+    return {
+        "current_price": price, "unrealized_pnl": round((price - entry) * qty, 2),
+        "unrealized_pnl_pct": round(pnl_pct, 4),
+        "peak_price": max(trade["peak_price"] or entry, price),
+        "max_gain_pct": round(max(trade["max_gain_pct"] or 0.0, pnl_pct), 4),
+        "max_drawdown_pct": round(min(trade["max_drawdown_pct"] or 0.0, pnl_pct), 4),
+    }
+
+
+def update_tracking(rt) -> JobResult:
+    placeholders = ",".join("?" * len(LIVE_TRADE_STATUSES))
+    trades = rt.journal.query(
+        f"SELECT id, symbol, qty, entry_price, current_price, unrealized_pnl, unrealized_pnl_pct, peak_price, "
+        f"max_gain_pct, max_drawdown_pct FROM trades WHERE status IN ({placeholders}) AND entry_price > 0",
+        list(LIVE_TRADE_STATUSES))
+    prices = {p.symbol: p.current_price for p in rt.broker.positions()} if trades else {}
+    now = rt.journal.now()
+    updated, missing = 0, []
+    with rt.journal.atomic():
+        for trade in trades:
+            price = prices.get(trade["symbol"])
+            if price is None:
+                missing.append(trade["symbol"])  # reconciliation decides what happened to it
+                continue
+            values = tracking_update(trade, price)
+            if _changed(trade, values):
+                rt.journal.db.table("trades").update(trade["id"], {**values, "last_update": now})
+                updated += 1
+    counts: dict[str, Any] = {"open": len(trades), "updated": updated}
+    if missing:
+        counts["without position"] = ",".join(missing)
+    return JobResult("update-tracking", "done", f"{len(trades)} open trade(s) tracked", counts)
+
+
+# --- cleanup -------------------------------------------------------------------------------------------------------
+
+def _delete_old_rows(rt, cutoff: date) -> dict[str, int]:
+    cutoff_utc = day_bounds_utc(cutoff)[0]
+    with rt.journal.atomic():
+        candidates = rt.journal.db.execute("DELETE FROM candidates WHERE session < ?", [cutoff.isoformat()]).rowcount
+        checks = rt.journal.db.execute("DELETE FROM position_checks WHERE checked_at < ?", [cutoff_utc]).rowcount
+    return {"candidates deleted": candidates, "position checks deleted": checks}
+
+
+def _optimise(rt) -> int:
+    """Refresh the planner's statistics and give deleted pages back to the file system; 1 when vacuumed.
+
+    VACUUM needs the journal to itself; if another command holds it beyond the busy timeout, the deletes already
+    committed stand and the vacuum waits for next week rather than failing the job.
+    """
+    conn = rt.journal.db.conn
+    conn.commit()  # VACUUM refuses to run inside a transaction
+    conn.execute("PRAGMA optimize")
+    try:
+        conn.execute("VACUUM")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.OperationalError as err:
+        log.warning("journal vacuum skipped: %s", err)
+        return 0
+    return 1
+
+
+def rotate_logs(log_dir: Path, today: date) -> dict[str, int]:
+    """Delete audit CSVs older than the retention, and roll momentum.jsonl over to .1 when it grows too big."""
+    cutoff = today - timedelta(days=RETENTION_DAYS)
+    deleted = 0
+    for path in sorted(Path(log_dir).glob("trades_*.csv")):
+        try:
+            day = date.fromisoformat(path.stem.removeprefix("trades_"))
+        except ValueError:
+            continue  # not one of ours
+        if day < cutoff:
+            path.unlink()
+            deleted += 1
+    main_log = Path(log_dir) / "momentum.jsonl"
+    rotated = 0
+    if main_log.exists() and main_log.stat().st_size > LOG_ROTATE_BYTES:
+        os.replace(main_log, main_log.with_name(main_log.name + ".1"))
+        _reopen_log_handlers(main_log)
+        rotated = 1
+    return {"audit files deleted": deleted, "logs rotated": rotated}
+
+
+def _reopen_log_handlers(path: Path) -> None:
+    """A closed FileHandler reopens its file on the next record, so this process writes to the new file too."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename) == path.resolve():
+            handler.close()
+
+
+def cleanup(rt) -> JobResult:
+    today = rt.clock.today()
+    cutoff = today - timedelta(days=RETENTION_DAYS)
+    counts = _delete_old_rows(rt, cutoff)
+    counts["vacuumed"] = _optimise(rt)
+    counts.update(rotate_logs(Path(rt.config.log_dir), today))
+    return JobResult("cleanup", "done", f"kept everything from {cutoff} on; trades, orders and exits kept forever",
+                     counts)
+
+
+# --- entry points --------------------------------------------------------------------------------------------------
+
+JOBS: dict[str, tuple[Callable[[Any], JobResult], bool]] = {
+    # name: (function, runs only on a trading day)
+    "daily-snapshot": (daily_snapshot, True),
+    "update-outcomes": (update_outcomes, True),
+    "update-tracking": (update_tracking, True),
+    "cleanup": (cleanup, False),
+}
+
+
+def run_job(rt, name: str) -> JobResult:
+    """Run one job by name; a session-bound job on a weekend or holiday returns a 'skipped' result."""
+    if name not in JOBS:
+        raise ConfigError(f"unknown job {name!r} (one of {', '.join(JOB_NAMES)})")
+    function, session_bound = JOBS[name]
+    started = time.perf_counter()
+    if session_bound and not rt.calendar.is_session(rt.clock.today()):
+        result = JobResult(name, "skipped", NOT_A_TRADING_DAY)
+    else:
+        result = function(rt)
+    result.seconds = time.perf_counter() - started
+    log.info("job finished", extra={"job": name, "status": result.status, "counts": result.counts,
+                                    "seconds": round(result.seconds, 3)})
+    return result
+
+
+_GLOBAL_WITH_VALUE = ("--db", "--data", "--market", "--broker", "--asof", "--universe")
+
+
+def cli_arguments(argv: list[str]) -> list[str]:
+    """`NAME [options]` as main.py's `[global options] jobs NAME [options]`: global options move to the front."""
+    front: list[str] = []
+    rest: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token in _GLOBAL_WITH_VALUE:
+            front += [token, next(tokens, "")]
+        elif token.split("=", 1)[0] in _GLOBAL_WITH_VALUE or token in ("-v", "--verbose"):
+            front.append(token)
+        else:
+            rest.append(token)
+    return [*front, "jobs", *rest]
+
+
+if __name__ == "__main__":
+    from main import cli
+
+    cli(cli_arguments(sys.argv[1:]), prog_name="jobs.py")

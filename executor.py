@@ -306,9 +306,20 @@ def _available_qty(rt, symbol: str) -> int:
     return position.qty_available if position else 0
 
 
+def add_shares(rt, trade: dict, qty: int, *, fill_timeout: float) -> dict:
+    """Buy more of a held position (a rebalance adjustment); the fill ledger raises the trade's quantity."""
+    request = OrderRequest(next_order_id(rt.journal, "a", trade["id"]), trade["symbol"], BUY, MARKET, qty)
+    order = submit(rt, request, "rebalance", trade["id"])
+    if order is not None and order.status not in FINAL:
+        wait_filled(rt, order, fill_timeout)
+    settle_fills(rt)
+    return rt.journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
+
+
 def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
-                   fill_timeout: float | None = None) -> dict:
-    """Cancel the symbol's stops, wait until the shares are available, sell what is available at market.
+                   fill_timeout: float | None = None, qty: int | None = None) -> dict:
+    """Cancel the symbol's stops, wait until the shares are available, sell what is available at market (or only
+    `qty` of it: a partial sale, after which protect_all re-places the stop for the rest).
 
     Returns the trade row after the attempt; the exit and its order attempt are recorded in `exits` and
     `exit_attempts`, and the trade is closed with price, reason and P&L once the sell fills.
@@ -318,7 +329,7 @@ def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
     if stops:
         cancel_and_confirm(rt, stops)
     waiter_for(rt).until(lambda: _available_qty(rt, symbol) >= trade["qty"], CLOSE_WAIT_S)
-    qty = _available_qty(rt, symbol)
+    qty = min(_available_qty(rt, symbol), qty or trade["qty"])
     if qty <= 0:
         journal.event("error", "alert", f"close {symbol}: no shares available at the broker", source="executor")
         return trade

@@ -46,8 +46,18 @@ def _finish_run(ctx: click.Context, status: str, code: int, detail: str | None =
     if rt is not None and "journal" in getattr(rt, "__dict__", {}):
         try:
             rt.journal.finish_run(status, code, detail)
+            deliver_alerts(rt)
         except Exception:  # noqa: BLE001 - recording the run must never hide the original error
             log.warning("could not record the end of the run", exc_info=True)
+
+
+def deliver_alerts(rt) -> None:
+    """Send the alerts this command recorded (the outbox); a failing channel is recorded, never raised."""
+    import alerts
+
+    report = alerts.dispatch(rt.journal, rt.config)
+    if report.errors:
+        log.warning("alert delivery: %s", report.summary())
 
 
 @click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -84,6 +94,7 @@ def _runtime(ctx: click.Context):
 
 def _done(rt) -> None:
     rt.journal.finish_run("done", 0)
+    deliver_alerts(rt)
 
 
 @cli.command()

@@ -44,6 +44,8 @@ VARIABLES: tuple[Var, ...] = (
     _v("LOG_DIR", "path", "logs", "JSON-lines logs and the daily trade audit CSVs"),
     _v("LOG_LEVEL", "choice", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     _v("CACHE_DIR", "path", "data/cache", "parsed market-data cache"),
+    _v("CONSTITUENTS_FILE", "path", "", "GICS sectors for `rebalance --universe SECTOR` (default: "
+       "sp500_constituents_sectors.csv beside a csv: source)"),
     # ports
     _v("DATA_SOURCE", "str", "sim", "market data: sim, csv:PATH or alpaca"),
     _v("MARKET_DATA", "path", "", "SPY/VIX daily CSV (default: spy_vix_daily*.csv beside a csv: source)"),

@@ -314,6 +314,29 @@ def regime(ctx: click.Context, as_json: bool) -> None:
     _done(rt)
 
 
+@cli.command(name="rebalance")
+@click.option("--universe", "universe_name", required=True,
+              help="A universe.json key (large, mid, small, all) or a GICS sector, e.g. 'Information Technology'.")
+@click.option("--top-n", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the order table, send nothing.")
+@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.option("--first-session-only", is_flag=True, help="Do nothing unless today is the month's first session "
+              "(for cron).")
+@click.pass_context
+def rebalance_command(ctx: click.Context, universe_name: str, top_n: int, dry_run: bool, force: bool,
+                      first_session_only: bool) -> None:
+    """The 52-week-high momentum rebalance: top N at equal weight x the regime's allocation."""
+    import ops
+    import rebalance
+
+    rt = _runtime(ctx)
+    click.echo(ops.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+    plan = rebalance.run_rebalance(rt, universe_name, top_n, dry_run=dry_run, force=force,
+                                   first_session_only=first_session_only)
+    click.echo(rebalance.plan_text(plan, top_n) if plan else "rebalance: not the month's first session; nothing to do")
+    _done(rt)
+
+
 @cli.group()
 def universe() -> None:
     """Build the cap-tiered universe file."""

@@ -63,4 +63,8 @@ class FakeTime:
         self.t += seconds
 
 
-from fake_alpaca import FakeAlpaca, fake_alpaca  # noqa: E402,F401 - the fake Alpaca server fixture for every test
+# Fixtures of the local fake services and of the real-data journals, available to every test module.
+from fake_alpaca import fake_alpaca  # noqa: E402,F401
+from fake_chat_servers import fake_discord, fake_telegram  # noqa: E402,F401
+from fake_messages_api import fake_messages  # noqa: E402,F401
+from realdata import real_env, real_universe, shared_cache  # noqa: E402,F401

@@ -11,7 +11,7 @@ import alerts
 from clock import Clock, parse_asof
 from config import load_config
 from db import open_journal
-from fake_chat_servers import DISCORD_WEBHOOK_PATH, closed_port_url, fake_discord, fake_telegram  # noqa: F401
+from fake_chat_servers import DISCORD_WEBHOOK_PATH, closed_port_url
 from logsetup import JsonLines
 
 CHAT_ID = "-1001234567"

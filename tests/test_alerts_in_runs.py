@@ -6,9 +6,8 @@ import json
 import sqlite3
 import time
 
-from fake_chat_servers import fake_discord, fake_telegram  # noqa: F401
-from realdata import cli, real_env, real_universe, shared_cache  # noqa: F401
 
+from realdata import cli
 
 
 def rows(env, sql):

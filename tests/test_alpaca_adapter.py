@@ -15,7 +15,7 @@ from alpaca_broker import AlpacaBroker
 from alpaca_market import AlpacaMarket
 from errors import (BrokerUnavailable, ConfigError, DataError, DataUnavailable, DuplicateClientOrderId,
                     InsufficientQty, OrderNotFound, OrderRejected)
-from fake_alpaca import FakeAlpaca, fake_alpaca  # noqa: F401 - the fixture is used by name
+from fake_alpaca import FakeAlpaca
 from models import OrderRequest
 from ratelimit import RequestBudget
 

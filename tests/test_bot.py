@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 import bot
-from fake_chat_servers import DEFAULT_DATE, closed_port_url, fake_discord, fake_telegram  # noqa: F401
+from fake_chat_servers import DEFAULT_DATE, closed_port_url
 from main import cli
 
 OWNER, PARTNER, STRANGER = 111, 222, 999

@@ -18,7 +18,7 @@ from pathlib import Path
 from clock import Clock, parse_asof
 from conftest import ROOT
 from market import CsvMarket
-from realdata import BARS, process_env, real_env, real_universe, shared_cache  # noqa: F401
+from realdata import BARS, process_env
 from sim_broker import SimBroker
 
 SEED = 20161109

@@ -8,7 +8,7 @@ import sqlite3
 from datetime import date
 
 from conftest import ROOT
-from realdata import cli, real_env, real_universe, shared_cache  # noqa: F401
+from realdata import cli
 
 TRADING_DAY = date(2016, 11, 9)
 HOLIDAY = date(2016, 11, 24)  # Thanksgiving

@@ -24,7 +24,7 @@ import pytest
 
 from clock import Clock, calendar, parse_asof
 from conftest import ROOT, SHARED_DATA
-from realdata import BARS, cli, process_env, real_universe, shared_cache  # noqa: F401
+from realdata import BARS, cli, process_env
 
 NY = ZoneInfo("America/New_York")
 SPY_FILE = SHARED_DATA / "spy_vix_daily_1993_2018.csv"
@@ -278,6 +278,7 @@ def test_cleanup_removes_only_old_candidates_checks_and_audit_files(produced, tm
     with open(logs / "momentum.jsonl", "ab") as handle:
         handle.write(b"x" * (10 * 1024 * 1024 + 1))
     kept = dump(db, ("trades", "orders", "exits", "daily_performance"))
+    audit_files_before = [p.name for p in logs.iterdir() if p.name.startswith("trades_")]  # the run's own audit CSVs
     candidates = rows(db, "SELECT id, session FROM candidates")
     checks = [r["checked_at"] for r in rows(db, "SELECT checked_at FROM position_checks ORDER BY id")]
     output = _ok("--asof", "2017-02-12T00:00", "jobs", "cleanup")  # a Sunday; cutoff 2016-11-14
@@ -289,9 +290,12 @@ def test_cleanup_removes_only_old_candidates_checks_and_audit_files(produced, tm
     assert kept_checks == [c for c in checks if c >= "2016-11-14T05:00:00+00:00"]  # midnight in New York
     assert "2016-11-30T15:00:00+00:00" in kept_checks and "2016-11-10T15:00:00+00:00" not in kept_checks
     assert dump(db, ("trades", "orders", "exits", "daily_performance")) == kept
-    assert sorted(p.name for p in logs.iterdir() if p.name.endswith(".csv")) == ["notes.csv", "trades_2017-02-10.csv"]
+    audit_before = sorted(audit_files_before)
+    expected = ["notes.csv"] + [name for name in audit_before if name[7:17] >= "2016-11-14"]
+    assert sorted(p.name for p in logs.iterdir() if p.name.endswith(".csv")) == expected
     assert (logs / "momentum.jsonl.1").stat().st_size > 10 * 1024 * 1024
-    assert "logs rotated 1" in output and "audit files deleted 1" in output
+    old_audit = sum(1 for name in audit_before if name[7:17] < "2016-11-14")
+    assert old_audit >= 1 and "logs rotated 1" in output and f"audit files deleted {old_audit}" in output
 
 
 # --- entry points --------------------------------------------------------------------------------------------------

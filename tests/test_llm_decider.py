@@ -12,7 +12,7 @@ import requests
 
 import decider
 from decider import Decision, Limits
-from fake_messages_api import fake_messages  # noqa: F401 - the fake Messages API fixture
+
 from llm_decider import LlmOutcome, decide_with_llm
 
 API_KEY = "sk-ant-test-0123456789abcdef"

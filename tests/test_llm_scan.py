@@ -6,8 +6,8 @@ import sqlite3
 
 import pytest
 
-from fake_messages_api import fake_messages  # noqa: F401
-from realdata import cli, real_env, real_universe, shared_cache  # noqa: F401
+
+from realdata import cli
 
 ASOF = "2016-11-10T12:30"
 

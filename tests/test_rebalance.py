@@ -8,7 +8,7 @@ import pytest
 
 import pathmodel
 from conftest import SHARED_DATA
-from realdata import BARS, cli, real_env, real_universe, shared_cache  # noqa: F401
+from realdata import BARS, cli
 
 SECTOR = "Information Technology"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from clock import Clock, parse_asof
 from market import CsvMarket
 from models import OrderRequest
-from realdata import BARS, cli, real_env, real_universe, shared_cache  # noqa: F401
+from realdata import BARS, cli
 from sim_broker import SimBroker
 
 

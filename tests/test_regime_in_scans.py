@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from realdata import cli, real_env, real_universe, shared_cache  # noqa: F401
+from realdata import cli
 
 
 def rows(env, sql):

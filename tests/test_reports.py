@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from realdata import cli, real_universe, shared_cache  # noqa: F401
+from realdata import cli
 from test_jobs import copy_journal, ny_date, produced, rows, spy_closes  # noqa: F401
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

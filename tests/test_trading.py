@@ -11,7 +11,7 @@ import pytest
 
 from clock import Clock, parse_asof
 from market import CsvMarket
-from realdata import BARS, cli, real_env, real_universe, shared_cache  # noqa: F401
+from realdata import BARS, cli
 from sim_broker import SimBroker
 
 SCANS = ["2016-11-09T10:30", "2016-11-10T12:30", "2016-11-11T15:30", "2016-11-14T10:30"]

@@ -20,6 +20,10 @@ SCENARIOS = {
     "FLAT": [flat(50.5)] * 14,                                         # 10+ sessions going nowhere
     "GAP": [ramp(50.0, 55.0), (51.0, 51.2, 50.8, 51.0, 1_000_000)],   # broker stop gapped through
     "CRB": [(50.0, 50.05, 47.75, 47.75, 1_000_000)],                   # -4.5%: a 3.4% day loss on 75% of equity
+    "REV": [flat(50.0)] * 4,                                           # drifting under its averages
+    "LIQ": [(50.2, 50.3, 50.1, 50.2, 50_000)],                         # volume dries up to 5% of normal
+    "TGT": [ramp(50.0, 52.6)],                                         # reaches a signal's target of 52.50
+    "TRL": [ramp(50.0, 56.0), (56.0, 56.1, 53.0, 53.0, 1_000_000)],    # 5.4% off its peak, no broker stop
 }
 
 
@@ -146,3 +150,85 @@ def test_position_checks_every_30_minutes_unless_urgent(env):
     checks = rows(env, "SELECT action, reversal_score, signals FROM position_checks")
     assert len(checks) == 2 and all(c["action"] == "monitor:HOLD" for c in checks)
     assert "reversal" in json.loads(checks[0]["signals"])
+
+
+def test_reversal_auto_close_sells_at_the_bid_and_records_a_poor_signal(env):
+    buy(env, "REV")
+    for n in range(1, 4):
+        monitor(f"{day(n)}T10:00")
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    assert (exit_row["reason"], exit_row["priority"], exit_row["strategy"], exit_row["state"]) == (
+        "reversal", "HIGH", "aggressive", "filled")
+    attempt = rows(env, "SELECT order_type, limit_price FROM exit_attempts")[0]
+    assert attempt["order_type"] == "limit" and attempt["limit_price"] == pytest.approx(50.0 * (1 - 0.0005), abs=0.01)
+    poor = rows(env, "SELECT * FROM poor_signals")
+    assert len(poor) == 1 and poor[0]["exit_reason"] == "reversal" and poor[0]["reversal_score"] >= 5
+    assert "below_sma5" in json.loads(poor[0]["reversal_signals"])
+
+
+def test_with_auto_close_off_the_broken_edge_exits_instead(env):
+    CliRunner().invoke(command, ["set", "autoclose", "off"], catch_exceptions=False)
+    buy(env, "REV")
+    for n in range(1, 4):
+        monitor(f"{day(n)}T10:00")
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    assert (exit_row["reason"], exit_row["priority"], exit_row["strategy"]) == (
+        "edge_disappeared", "LOW", "conservative")
+    assert "reversal" not in [t["reason"] for t in json.loads(exit_row["triggered"])]
+
+
+def test_liquidity_drying_up_is_a_high_priority_exit(env):
+    buy(env, "LIQ")
+    monitor(f"{day(1)}T14:00")
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    assert (exit_row["reason"], exit_row["priority"], exit_row["state"]) == ("liquidity_dried_up", "HIGH", "filled")
+
+
+def test_a_signal_target_is_taken_at_a_fair_limit(env):
+    trade = buy(env, "TGT")
+    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
+        conn.execute("UPDATE trades SET target_price = 52.5 WHERE id = ?", (trade["id"],))
+    monitor(f"{day(1)}T15:59")
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    assert (exit_row["reason"], exit_row["priority"], exit_row["strategy"]) == ("profit_target", "MEDIUM", "fair")
+    assert exit_row["qty"] == 100 and exit_row["partial"] == 0
+
+
+class NoStopsBroker:
+    """A broker that refuses every stop order (as a broker can, e.g. for a halted symbol)."""
+
+    def __init__(self, inner):
+        self._inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def submit(self, request):
+        from errors import OrderRejected
+
+        if request.type in ("stop", "trailing_stop"):
+            raise OrderRejected("stop orders are not accepted for this symbol", status_code=422)
+        return self._inner.submit(request)
+
+
+def test_the_local_trailing_stop_backstops_an_unprotected_position(env):
+    import monitor as position_monitor
+
+    def runtime(asof):
+        rt = Runtime(load_config({"MOMENTUM_ASOF": asof}))
+        rt.broker = NoStopsBroker(rt.broker)
+        return rt
+
+    rt = runtime(f"{ENTRY}T15:00")
+    trade = executor.open_position(rt, symbol="TRL", cap="large", qty=100, session=str(ENTRY), scan_type="close",
+                                   trade_fields={"strategy": "momentum"}, fill_timeout=1)
+    assert trade["status"] == "unprotected"
+    rt.close()
+    for asof in (f"{day(1)}T15:59", f"{day(2)}T15:59"):
+        rt = runtime(asof)
+        position_monitor.run_monitor(rt, dry_run=False, force=False)
+        rt.close()
+    exit_row = rows(env, "SELECT * FROM exits")[0]
+    assert (exit_row["reason"], exit_row["priority"], exit_row["state"]) == ("trailing_stop", "HIGH", "filled")
+    critical = [r["message"] for r in rows(env, "SELECT message FROM events WHERE level = 'critical'")]
+    assert any("UNPROTECTED" in m for m in critical)

@@ -89,6 +89,11 @@ VARIABLES: tuple[Var, ...] = (
     _v("BUY_SCORE_MIN", "int", 12, "composite score needed to buy", low=0, high=20),
     _v("WATCH_SCORE_MIN", "int", 8, "composite score for the watchlist", low=0, high=20),
     _v("FILL_TIMEOUT_S", "float", 60.0, "seconds to wait for sells to fill before buying", low=0, high=600),
+    # options (STRAT signals executed as options when the runtime setting options_trading is on)
+    _v("OPTIONS_MAX_CAPITAL", "float", 300.0, "options: most premium paid per trade, dollars", low=1, high=1_000_000),
+    _v("OPTIONS_MAX_POSITIONS", "int", 5, "options: most open option positions", low=0, high=100),
+    _v("ALPACA_OPTIONS_FEED", "choice", "indicative", "options market-data feed (opra needs a subscription)",
+       choices=("indicative", "opra")),
     *(v for cap in ("LARGE", "MID", "SMALL") for v in (
         _v(f"MAX_POSITIONS_{cap}", "int", 2, f"{cap.lower()} caps: max open positions", low=0, high=100),
         _v(f"MAX_BUYS_{cap}", "int", 2, f"{cap.lower()} caps: max buys per scan", low=0, high=100),
@@ -288,7 +293,8 @@ _SECTIONS = {"MOMENTUM_DB": "Files", "DATA_SOURCE": "Ports",
              "ALPACA_API_KEY": "Alpaca (paper by default; live needs ALPACA_PAPER=false AND LIVE_TRADING=yes)",
              "ANTHROPIC_API_KEY": "Model API for DECIDER=llm (one call per scan; falls back to the rules decider)",
              "ALERT_CHANNELS": "Alerts (a failing channel never fails a trading run)",
-             "POSITION_SIZING": "Portfolio and risk", "MAX_POSITIONS_LARGE": "Per-cap limits and scanner thresholds"}
+             "POSITION_SIZING": "Portfolio and risk", "OPTIONS_MAX_CAPITAL": "Options (STRAT signals; off until "
+             "`set options_trading on`)", "MAX_POSITIONS_LARGE": "Per-cap limits and scanner thresholds"}
 
 
 def env_example() -> str:

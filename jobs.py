@@ -217,9 +217,13 @@ def update_outcomes(rt) -> JobResult:
         return JobResult("update-outcomes", "done", "no candidate outcomes to update", {"candidates": 0})
     updates = _outcome_updates(rt, pending, last_session)
     now = rt.journal.now()
-    with rt.journal.atomic():
-        for candidate_id, values in updates:
-            rt.journal.db.table("candidates").update(candidate_id, {**values, "outcome_updated_at": now})
+    if updates:
+        columns = [*updates[0][1], "outcome_updated_at"]
+        assignments = ", ".join(f"{name} = ?" for name in columns)
+        with rt.journal.atomic():
+            rt.journal.db.conn.executemany(  # one statement for the batch; the rows are many on a busy day
+                f"UPDATE candidates SET {assignments} WHERE id = ?",
+                [[*values.values(), now, candidate_id] for candidate_id, values in updates])
     complete = sum(1 for _, values in updates if values["price_10d"] is not None)
     return JobResult("update-outcomes", "done", f"outcomes up to {last_session}",
                      {"checked": len(pending), "updated": len(updates), "completed": complete})
@@ -229,10 +233,13 @@ def update_outcomes(rt) -> JobResult:
 
 def tracking_update(trade: dict, price: float) -> dict[str, Any]:
     """Unrealised P&L, peak and the best / worst excursion since entry (percent) of one open trade at `price`."""
+    from options import multiplier
+
     entry, qty = trade["entry_price"], trade["qty"]
     pnl_pct = (price / entry - 1) * 100
+    size = multiplier(trade.get("asset_class") or "us_equity")  # option premiums are per share, 100 a contract
     return {
-        "current_price": price, "unrealized_pnl": round((price - entry) * qty, 2),
+        "current_price": price, "unrealized_pnl": round((price - entry) * qty * size, 2),
         "unrealized_pnl_pct": round(pnl_pct, 4),
         "peak_price": max(trade["peak_price"] or entry, price),
         "max_gain_pct": round(max(trade["max_gain_pct"] or 0.0, pnl_pct), 4),
@@ -243,7 +250,7 @@ def tracking_update(trade: dict, price: float) -> dict[str, Any]:
 def update_tracking(rt) -> JobResult:
     placeholders = ",".join("?" * len(LIVE_TRADE_STATUSES))
     trades = rt.journal.query(
-        f"SELECT id, symbol, qty, entry_price, current_price, unrealized_pnl, unrealized_pnl_pct, peak_price, "
+        f"SELECT id, symbol, asset_class, qty, entry_price, current_price, unrealized_pnl, unrealized_pnl_pct, peak_price, "
         f"max_gain_pct, max_drawdown_pct FROM trades WHERE status IN ({placeholders}) AND entry_price > 0",
         list(LIVE_TRADE_STATUSES))
     prices = {p.symbol: p.current_price for p in rt.broker.positions()} if trades else {}

@@ -19,11 +19,12 @@ import numpy as np
 import agent
 import exit_plan
 import exits
+import options_monitor
 import quotes
 import reconciler
 import reversal
 import scanner
-from executor import FINAL, cancel_and_confirm, next_order_id, refresh, settle_fills, submit, working_stops
+from executor import cancel_and_confirm, next_order_id, refresh, settle_fills, submit, working_stops
 from models import LIMIT, MARKET, SELL, OrderRequest
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def run_monitor(rt, *, dry_run: bool, force: bool) -> MonitorReport:
     if not dry_run:
         protect_all(rt)
     flags = portfolio_flags(rt, report)
+    options_monitor.evaluate_option_positions(rt, flags, report, dry_run)  # also lets the market price OCC symbols
     if not dry_run:
         for row in rt.journal.query("SELECT * FROM exits WHERE state NOT IN ('filled', 'given_up') ORDER BY id"):
             report.exits_finished.append((row["symbol"], advance_exit(rt, row)))

@@ -7,6 +7,7 @@ from typing import Any
 import render
 from clock import NY, iso_utc
 from errors import EXIT_OK, MomentumError
+from options import multiplier
 from runtime import Runtime
 
 MODE_LINES = {
@@ -121,7 +122,7 @@ def positions(rt: Runtime) -> list[dict[str, Any]]:
     rows = []
     for pos in rt.broker.positions():
         trade = trades.get(pos.symbol, {})
-        cost = pos.avg_entry_price * pos.qty
+        cost = pos.avg_entry_price * pos.qty * multiplier(pos.symbol)
         rows.append({
             "symbol": pos.symbol, "qty": pos.qty, "available": pos.qty_available,
             "entry": pos.avg_entry_price, "price": pos.current_price, "value": pos.market_value,

@@ -12,6 +12,9 @@ was before or after the whole call, and two processes sharing the file take turn
 Tables: `account` (one row: cash, starting cash, last processed time), `positions` (qty, average entry price, last
 path price), `orders` (Alpaca-shaped, client_order_id unique for good, cash reserved by open buys), `fills`, and
 `equity_marks` (equity at each session close, the source of `last_equity`).
+
+OCC option symbols trade like stocks here, priced by option_market (Black-Scholes from the underlying's bars);
+their cash, market value and P&L are premium x contracts x 100 (options.multiplier).
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from errors import (
 from models import (
     BUY, LIMIT, MARKET, SELL, STOP, TRAILING_STOP, Account, MarketData, Order, OrderRequest, Position,
 )
+from option_market import with_options
+from options import EQUITY, OPTION, is_occ, multiplier
 from pathmodel import path_points, price_at
 from sim_fills import Resting, cost_rate, immediate_fill, trailing_stop_price, walk
 
@@ -128,6 +133,7 @@ class SimBroker:
                  cap_of: Callable[[str], str] | None = None, starting_cash: float = 100_000.0):
         self.path = Path(path)
         self.market = market
+        self._bar_source = with_options(market)  # OCC option symbols priced from their underlying (Black-Scholes)
         self.clock = clock
         self.cap_of = cap_of or (lambda symbol: "small")
         self._db = self._open(starting_cash)
@@ -270,11 +276,12 @@ class SimBroker:
         return _to_order(self._order_row(db, order_id))
 
     def _position(self, db: sqlite3.Connection, row: sqlite3.Row) -> Position:
-        qty, price = row["qty"], row["last_price"]
+        qty, price, size = row["qty"], row["last_price"], multiplier(row["symbol"])
         return Position(symbol=row["symbol"], qty=qty, qty_available=qty - self._held_for_orders(db, row["symbol"]),
                         avg_entry_price=row["avg_entry_price"], current_price=price,
-                        market_value=round(qty * price, 2),
-                        unrealized_pl=round(qty * (price - row["avg_entry_price"]), 2))
+                        market_value=round(qty * price * size, 2),
+                        unrealized_pl=round(qty * (price - row["avg_entry_price"]) * size, 2),
+                        asset_class=OPTION if is_occ(row["symbol"]) else EQUITY)
 
     def _held_for_orders(self, db: sqlite3.Connection, symbol: str) -> int:
         """Shares reserved by open sell orders (Alpaca's held_for_orders)."""
@@ -283,7 +290,8 @@ class SimBroker:
         return int(row[0])
 
     def _market_value(self, db: sqlite3.Connection) -> float:
-        return float(db.execute("SELECT COALESCE(SUM(qty * last_price), 0) FROM positions").fetchone()[0])
+        rows = db.execute("SELECT symbol, qty * last_price FROM positions").fetchall()
+        return float(sum(value * multiplier(symbol) for symbol, value in rows))
 
     def _buying_power(self, db: sqlite3.Connection) -> float:
         """No margin: cash less what open buy orders have reserved."""
@@ -316,7 +324,7 @@ class SimBroker:
         """Complete (open, high, low, close) bars by (symbol, day); a bar with any NaN is left out."""
         if not symbols:
             return {}
-        panel = self.market.bars(list(symbols), first, last)
+        panel = self._bar_source.bars(list(symbols), first, last)
         stacked = np.stack([panel.open, panel.high, panel.low, panel.close], axis=-1)
         complete = np.isfinite(stacked).all(axis=-1)
         bars: dict[tuple[str, date], Bar] = {}
@@ -332,7 +340,7 @@ class SimBroker:
         """Refuse what Alpaca would refuse; returns the cash a buy reserves while it is open."""
         if request.side == BUY:
             unit = request.limit_price if request.type == LIMIT else price * (1.0 + rate)
-            cost = request.qty * unit
+            cost = request.qty * unit * multiplier(request.symbol)
             if cost > self._buying_power(db) + 1e-9:
                 raise OrderRejected("insufficient buying power", status_code=403, code=40310000)
             return cost
@@ -468,7 +476,7 @@ class SimBroker:
         qty, symbol = row["qty"], row["symbol"]
         if row["side"] == BUY:
             self._add_shares(db, symbol, qty, price, mark)
-            cash_change = -qty * price
+            cash_change = -qty * price * multiplier(symbol)
         else:
             if not self._remove_shares(db, symbol, qty):
                 log.warning("sim broker: %s sells %d %s but the position is smaller; canceled", row["id"], qty,
@@ -476,7 +484,7 @@ class SimBroker:
                 db.execute("UPDATE orders SET status = 'canceled', canceled_at = ?, updated_at = ? WHERE seq = ?",
                            (_iso(at), _iso(at), row["seq"]))
                 return
-            cash_change = qty * price
+            cash_change = qty * price * multiplier(symbol)
         db.execute("UPDATE account SET cash = round(cash + ?, 4)", (cash_change,))
         db.execute("UPDATE orders SET status = 'filled', filled_qty = ?, filled_avg_price = ?, filled_at = ?, "
                    "updated_at = ?, reserved = 0 WHERE seq = ?", (qty, price, _iso(at), _iso(at), row["seq"]))

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from models import Position
+from options import multiplier
 
 log = logging.getLogger(__name__)
 EXIT_REASON_BY_PURPOSE = {"stop": "trailing_stop", "exit": "exit", "rebalance": "rebalance"}
@@ -33,10 +34,10 @@ def close_trade(rt, trade: dict, *, price: float | None, reason: str, priority: 
                 when: str | None = None, status: str = "closed", realized: float | None = None) -> dict[str, Any]:
     """Mark a trade closed at `price` with P&L (the realized total when partial exits came first)."""
     when = when or rt.journal.now()
-    entry = trade["entry_price"]
+    entry, size = trade["entry_price"], multiplier(trade.get("asset_class"))
     pnl = realized if realized is not None else (
-        (price - entry) * trade["qty"] if price is not None and entry else None)
-    pnl_pct = pnl / (entry * trade["qty"]) * 100 if pnl is not None and entry and trade["qty"] else None
+        (price - entry) * trade["qty"] * size if price is not None and entry else None)
+    pnl_pct = pnl / (entry * trade["qty"] * size) * 100 if pnl is not None and entry and trade["qty"] else None
     update = {"status": status, "qty": trade["qty"], "exit_time": when, "exit_price": price, "exit_reason": reason,
               "exit_priority": priority, "pnl": round(pnl, 2) if pnl is not None else None,
               "pnl_pct": round(pnl_pct, 4) if pnl_pct is not None else None,
@@ -67,7 +68,7 @@ def _apply_buy(rt, trade: dict, order: dict, qty: int, report) -> None:
 def _apply_sell(rt, trade: dict, order: dict, qty: int, report) -> None:
     """Shares sold from a trade: the position shrinks; when none are left the trade closes with its total P&L."""
     price = order["filled_avg_price"]
-    realized = (trade["realized_pnl"] or 0.0) + (price - trade["entry_price"]) * qty
+    realized = (trade["realized_pnl"] or 0.0) + (price - trade["entry_price"]) * qty * multiplier(trade["asset_class"])
     remaining = trade["qty"] - qty
     reason, priority = _exit_reason(rt.journal, order)
     if remaining > 0:
@@ -89,7 +90,8 @@ def apply_order_fills(rt, report) -> None:
     journal = rt.journal
     rows = journal.query(
         "SELECT o.* FROM orders o JOIN trades t ON t.id = o.trade_id "
-        "WHERE o.filled_qty > o.applied_qty OR (o.purpose = 'entry' AND t.status = 'pending' AND o.filled_qty = 0 "
+        "WHERE o.filled_qty > o.applied_qty OR (o.purpose IN ('entry', 'option') AND t.status = 'pending' "
+        "AND o.filled_qty = 0 "
         "AND o.status IN ('canceled', 'expired', 'rejected', 'not_sent')) ORDER BY o.filled_at, o.created_at")
     for order in rows:
         with journal.atomic():
@@ -130,10 +132,10 @@ def _finish_exit(journal, order: dict) -> None:
                        [order["status"], order["filled_qty"], order["client_order_id"]])
     filled = journal.one("SELECT COALESCE(SUM(filled_qty), 0) AS n FROM exit_attempts WHERE exit_id = ?",
                          [attempt["exit_id"]])["n"]
-    trade = journal.one("SELECT entry_price FROM trades WHERE id = ?", [order["trade_id"]])
+    trade = journal.one("SELECT entry_price, asset_class FROM trades WHERE id = ?", [order["trade_id"]])
     price = order["filled_avg_price"]
     update = {"price": price, "updated_at": journal.now(),
-              "pnl": round((price - trade["entry_price"]) * filled, 2),
+              "pnl": round((price - trade["entry_price"]) * filled * multiplier(trade["asset_class"]), 2),
               "pnl_pct": round((price / trade["entry_price"] - 1) * 100, 4)}
     if filled >= attempt["exit_qty"]:
         update.update(state="filled", completed_at=order["filled_at"] or journal.now())

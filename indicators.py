@@ -71,23 +71,29 @@ def sma(values: np.ndarray, n: int, min_count: int | None = None) -> np.ndarray:
 
 
 def _seeded_smoothing(inputs: np.ndarray, n: int, update: Update) -> np.ndarray:
-    """Mean of the first n present inputs per column, then `update(prev, x)` on each later present input."""
+    """Mean of the first n present inputs per column, then `update(prev, x)` on each later present input.
+
+    The seeding bookkeeping (how many inputs each column has seen, their running sum) is cumulative, so it is
+    computed for all rows at once; only the recursion itself steps row by row. np.cumsum adds in row order, so the
+    seed is the same float as a row-by-row sum.
+    """
     rows, columns = inputs.shape
     output = np.full((rows, columns), np.nan)
-    seen = np.zeros(columns, dtype=int)
-    seed_sum = np.zeros(columns)
+    present = np.isfinite(inputs)
+    seen = np.cumsum(present, axis=0)
+    seed_sum = np.cumsum(np.where(present & (seen <= n), inputs, 0.0), axis=0)
+    running = present & (seen > n)
+    seeded_now = present & (seen == n)
+    emitting = present & (seen >= n)
+    any_running, any_seeded = running.any(axis=1), seeded_now.any(axis=1)
     state = np.full(columns, np.nan)
-    for row in range(rows):
-        x = inputs[row]
-        present = np.isfinite(x)
-        seen += present
-        seeding = present & (seen <= n)
-        seed_sum += np.where(seeding, x, 0.0)
-        running = present & (seen > n)
-        state = np.where(running, update(state, x), state)
-        state = np.where(present & (seen == n), seed_sum / n, state)
-        output[row] = np.where(present & (seen >= n), state, np.nan)
-    return output
+    for row in np.flatnonzero(emitting.any(axis=1)):
+        if any_running[row]:
+            state = np.where(running[row], update(state, inputs[row]), state)
+        if any_seeded[row]:
+            state = np.where(seeded_now[row], seed_sum[row] / n, state)
+        output[row] = state
+    return np.where(emitting, output, np.nan)
 
 
 def _wilder(inputs: np.ndarray, n: int) -> np.ndarray:

@@ -365,7 +365,7 @@ def _register_command_modules() -> None:
     """Command groups that live beside the parts they drive (reports, alerts and the bot, jobs)."""
     import importlib
 
-    for name in ("cli_reports", "cli_alerts"):
+    for name in ("cli_reports", "cli_alerts", "cli_backtest", "cli_options"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:

@@ -55,5 +55,10 @@ def regime_on(rt, day: date) -> dict | None:
 
 
 def for_trading(rt, session_day: date) -> dict | None:
-    """The regime a scan on `session_day` may use: the label of the session before it."""
+    """The regime a scan on `session_day` may use: the label of the session before it.
+
+    None when the runtime's regime filter is off (a backtest comparison run): no label, allocation factor 1.
+    """
+    if not getattr(rt, "regime_filter", True):
+        return None
     return regime_on(rt, rt.calendar.previous_session(session_day))

@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 
 
 class Runtime:
+    # The trading loop applies the regime (allocation factor, no buys in CRASH) unless this is False; only the
+    # backtest switches it off, to compare a system with and without the regime filter.
+    regime_filter: bool = True
+
     def __init__(self, config: Config, command: str = ""):
         self.config = config
         self.command = command

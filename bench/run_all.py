@@ -10,6 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import bench_backtest  # noqa: E402
 import bench_commands  # noqa: E402
 import bench_scanner  # noqa: E402
 
@@ -29,10 +30,22 @@ def main() -> None:
         rows.append((f"scanner alone, {result['symbols']:,} synthetic symbols",
                      f"{result['seconds']:.3f} s ({result['us_per_symbol']:.1f} us/symbol)",
                      "< 5 s at 5,000; flat per symbol"))
+    for result in bench_backtest.run_alpaca_requests():
+        paths = ", ".join(f"{path.rsplit('/', 1)[-1]} {n}" for path, n in result["by_path"].items())
+        rows.append((f"Alpaca requests per scan, {result['symbols']} symbols (fake Alpaca)",
+                     f"{result['total']} ({paths})", "O(symbols / 200)"))
+    backtest = bench_backtest.run_backtest()
+    if backtest is not None:
+        start, end = bench_backtest.FIVE_YEARS
+        rows.append((f"backtest, momentum, 505 real stocks, {start}..{end}",
+                     f"{backtest['seconds']:.1f} s, peak {backtest['peak_mb']:.0f} MB", "< 120 s on 2 cores"))
     width = max(len(name) for name, _, _ in rows)
     print(f"{'benchmark'.ljust(width)}  {'measured':<28}  target")
     for name, measured, target in rows:
         print(f"{name.ljust(width)}  {measured:<28}  {target}")
+    if backtest is not None:
+        print()
+        print(backtest["text"].rstrip())
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ import uuid
 import zlib
 from dataclasses import dataclass
 from datetime import date, datetime, time as dtime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
@@ -74,6 +74,7 @@ import pytest
 
 import pathmodel
 from clock import calendar
+from local_server import LocalServer
 
 # The same place tests/conftest.py calls FIXTURES (../shared/alpaca/fixtures); computed here so that importing
 # this module never imports conftest a second time under another name.
@@ -138,7 +139,7 @@ def _bar_stamp(day: date) -> str:
     return _iso(datetime.combine(day, dtime(0, 0), NY))
 
 
-class FakeAlpaca:
+class FakeAlpaca(LocalServer):
     """State, routes and faults of the fake server; see the module docstring for the API."""
 
     def __init__(self) -> None:
@@ -161,36 +162,10 @@ class FakeAlpaca:
         self._routes: list[tuple[str, re.Pattern, Handler]] = []
         self._pending_reads: dict[str, int] = {}
         self._seq = 0
-        self._stop = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._init_server()
         self._install_routes()
 
     # -- lifecycle -----------------------------------------------------------------------------------------
-
-    def start(self) -> "FakeAlpaca":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _RequestHandler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02},
-                                        name="fake-alpaca", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()  # releases stalled handlers
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "call start() first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     # -- request log ---------------------------------------------------------------------------------------
 
@@ -432,7 +407,7 @@ class FakeAlpaca:
         return 404, {"code": 40410000, "message": "endpoint not found"}, {}
 
     def wait_stall(self, seconds: float) -> None:
-        self._stop.wait(seconds)
+        self._stopping.wait(seconds)
 
     def next_order_id(self) -> str:
         self._seq += 1
@@ -746,3 +721,6 @@ def fake_alpaca():
         yield fake
     finally:
         fake.stop()
+
+
+FakeAlpaca.handler_class = _RequestHandler

@@ -45,11 +45,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+
+from local_server import LocalServer
 
 TELEGRAM_TOKEN = "123456789:AAHfakeTokenForTests_abcdefghijklmn"
 DISCORD_WEBHOOK_PATH = "/api/webhooks/112233445566778899/fakeWebhookSecret-abcdefghijklmnopqrstuvwxyz"
@@ -106,39 +108,14 @@ def parse_multipart(content_type: str, raw: bytes) -> tuple[dict[str, str], dict
     return fields, files
 
 
-class _FakeServer:
+class _FakeServer(LocalServer):
     """Request log, fault queue and the HTTP server thread shared by both fakes."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[Received] = []
         self._faults: deque[_Fault] = deque()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self):
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        self._init_server()
 
     def count(self) -> int:
         with self.lock:
@@ -387,3 +364,6 @@ def fake_discord():
         yield fake
     finally:
         fake.stop()
+
+
+_FakeServer.handler_class = _Handler

@@ -36,10 +36,12 @@ import threading
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Callable
 
 import pytest
+
+from local_server import LocalServer
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
@@ -66,41 +68,16 @@ def _error_body(error_type: str, message: str) -> dict:
     return {"type": "error", "error": {"type": error_type, "message": message}}
 
 
-class FakeMessagesApi:
+class FakeMessagesApi(LocalServer):
     """The fake server's state: the request log and the reply queue (guarded by `lock`)."""
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.requests: list[Received] = []
         self._queue: deque[_Reply | Callable[[dict | None], _Reply]] = deque()
-        self._stopping = threading.Event()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._init_server()
 
     # -- lifecycle --
-    def start(self) -> "FakeMessagesApi":
-        server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-        server.daemon_threads = True
-        server.fake = self  # type: ignore[attr-defined]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    @property
-    def url(self) -> str:
-        assert self._server is not None, "start() the fake first"
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
-
     def count(self) -> int:
         with self.lock:
             return len(self.requests)
@@ -225,3 +202,6 @@ def fake_messages():
         yield fake
     finally:
         fake.stop()
+
+
+FakeMessagesApi.handler_class = _Handler

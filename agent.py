@@ -186,7 +186,7 @@ def decide(rt, scan_id: int, frame: pd.DataFrame, positions: list[dict], held: s
         decision = decider.decide(frame, positions, held, limits)
     row.setdefault("parsed", json.dumps({"buys": decision.buys, "closes": decision.closes, "watch": decision.watch,
                                          "skip_mode": decision.skip_mode}))
-    journal.db.table("decisions").insert(row)
+    journal.insert_row("decisions", row)
     return decision
 
 
@@ -216,20 +216,24 @@ CANDIDATE_FLAGS = ("stage1", "stage2", "follow_through", "breakout_5d", "sma_ali
 def start_scan_row(rt, scan_type: str, cap: str, session: Session, fraction: float, dry_run: bool) -> int:
     journal = rt.journal
     with journal.atomic():
-        return journal.db.table("scans").insert({
+        return journal.insert_row("scans", {
             "run_id": journal.run_id, "type": scan_type, "cap": cap, "asof": journal.now(),
             "session": str(session.day), "fraction": round(fraction, 6), "started_at": journal.now(),
-            "dry_run": int(dry_run), "status": "running", "decider": rt.config.decider}).last_pk
+            "dry_run": int(dry_run), "status": "running", "decider": rt.config.decider})
 
 
 def candidate_rows(result: CapScan, asof: str) -> list[dict]:
     rows = []
+    frame = result.frame
+    # Column lists read once: looking each candidate's row up in the frame costs far more than the values.
+    position = {symbol: i for i, symbol in enumerate(frame.index)}
+    columns = {name: frame[name].tolist() for name in ("score", *CANDIDATE_FLOATS, *CANDIDATE_FLAGS)}
     for symbol, (choice, reason) in result.decision.candidate_decisions.items():
-        signal = result.frame.loc[symbol]
+        i = position[symbol]
         row = {"scan_id": result.scan_id, "symbol": symbol, "cap": result.cap, "session": str(result.session),
-               "asof": asof, "score": int(signal["score"]), "decision": choice, "reason": reason}
-        row.update({name: _num(signal[name]) for name in CANDIDATE_FLOATS})
-        row.update({name: int(bool(signal[name])) for name in CANDIDATE_FLAGS})
+               "asof": asof, "score": int(columns["score"][i]), "decision": choice, "reason": reason}
+        row.update({name: _num(columns[name][i]) for name in CANDIDATE_FLOATS})
+        row.update({name: int(bool(columns[name][i])) for name in CANDIDATE_FLAGS})
         rows.append(row)
     return rows
 
@@ -244,8 +248,8 @@ def record_cap_scan(rt, result: CapScan, status: str) -> None:
               "watch_count": len(decision.watch), "skipped_count": len(result.skipped)}
     closes = dict(decision.closes)
     with journal.atomic():
-        journal.db.table("candidates").insert_all(candidate_rows(result, now))
-        journal.db.table("position_checks").insert_all([{
+        journal.insert_rows("candidates", candidate_rows(result, now))
+        journal.insert_rows("position_checks", [{
             "trade_id": p["trade_id"], "symbol": p["symbol"], "checked_at": now, "price": p["price"],
             "pnl_pct": (p["price"] / p["entry_price"] - 1) * 100 if p["price"] and p["entry_price"] else None,
             "reversal_score": p["reversal_score"], "signals": json.dumps(p["signals"]), "urgent": 0,
@@ -260,7 +264,7 @@ def record_cap_scan(rt, result: CapScan, status: str) -> None:
                  decision.candidate_decisions[symbol][1]])
         journal.db.execute("DELETE FROM watchlist WHERE symbol NOT IN (SELECT symbol FROM watchlist "
                            "ORDER BY updated_at DESC, score DESC LIMIT ?)", [decider.WATCHLIST_SIZE])
-        journal.db.table("scans").update(result.scan_id, {
+        journal.update_row("scans", "id", result.scan_id, {
             **counts, "finished_at": now, "status": status, "timings": json.dumps(result.timings),
             "skipped": json.dumps(result.skipped), "spy_price": context.get("spy_price"),
             "spy_change_pct": context.get("spy_change_pct"), "spy_trend": context.get("trend"),

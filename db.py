@@ -103,6 +103,9 @@ def _migrate(db: sqlite_utils.Database, path: Path, clock: Clock) -> None:
     log.info("journal migrated", extra={"applied": [m.name for m in pending]})
 
 
+_stored = sqlite_utils.db.jsonify_if_needed
+
+
 class Journal:
     """The open journal plus the small helpers every command needs."""
 
@@ -126,6 +129,52 @@ class Journal:
         rows = self.query(sql, params)
         return rows[0] if rows else None
 
+    # --- plain row writes on the hot paths ------------------------------------------------------------------
+    # sqlite_utils' Table.insert / update read the schema (table list, columns, primary keys) on every call, which
+    # adds up on rows written every run; these do the same write, in a transaction of its own just as sqlite_utils
+    # does (a savepoint inside an open one), with values converted the way sqlite_utils converts them (dicts and
+    # lists to JSON, dates to ISO text, Decimal to float).
+
+    def insert_row(self, table: str, row: dict[str, Any]) -> int:
+        """INSERT one row; returns its rowid."""
+        names = ", ".join(f"[{name}]" for name in row)
+        marks = ", ".join("?" * len(row))
+        with self.db.atomic():
+            cursor = self.db.execute(f"INSERT INTO [{table}] ({names}) VALUES ({marks})",
+                                     [_stored(value) for value in row.values()])
+        return cursor.lastrowid
+
+    def insert_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        """INSERT many rows in order (a column a row lacks is NULL), in one transaction."""
+        if not rows:
+            return
+        columns = list(dict.fromkeys(name for row in rows for name in row))
+        names = ", ".join(f"[{name}]" for name in columns)
+        marks = ", ".join("?" * len(columns))
+        with self.db.atomic():
+            self.db.conn.executemany(f"INSERT INTO [{table}] ({names}) VALUES ({marks})",
+                                     [[_stored(row.get(name)) for name in columns] for row in rows])
+
+    def upsert_rows(self, table: str, rows: list[dict[str, Any]], key: str) -> None:
+        """INSERT each row, or UPDATE the columns it names where a row with its primary key `key` exists."""
+        with self.db.atomic():
+            for row in rows:
+                names = ", ".join(f"[{name}]" for name in row)
+                marks = ", ".join("?" * len(row))
+                sets = ", ".join(f"[{name}] = excluded.[{name}]" for name in row if name != key)
+                conflict = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
+                self.db.execute(f"INSERT INTO [{table}] ({names}) VALUES ({marks}) ON CONFLICT([{key}]) {conflict}",
+                                [_stored(value) for value in row.values()])
+
+    def update_row(self, table: str, key: str, value: Any, updates: dict[str, Any]) -> None:
+        """UPDATE the row whose primary key `key` is `value`; NotFoundError when there is no such row."""
+        sets = ", ".join(f"[{name}] = ?" for name in updates)
+        with self.db.atomic():
+            count = self.db.execute(f"UPDATE [{table}] SET {sets} WHERE [{key}] = ?",
+                                    [*map(_stored, updates.values()), value]).rowcount
+            if count != 1:
+                raise sqlite_utils.db.NotFoundError(f"no row in {table} with {key} = {value!r}")
+
     # --- events: errors and alerts ---------------------------------------------------------------------------
     def event(self, level: str, kind: str, message: str, *, source: str | None = None,
               detail: Any = None) -> int:
@@ -133,7 +182,7 @@ class Journal:
             raise ValueError(f"unknown event level {level!r}")
         row = {"created_at": self.now(), "level": level, "kind": kind, "source": source, "message": message,
                "detail": json.dumps(detail, default=str) if detail is not None else None, "run_id": self.run_id}
-        return self.db.table("events").insert(row).last_pk
+        return self.insert_row("events", row)
 
     def recent_errors(self, limit: int = 10) -> list[dict]:
         """The last `limit` distinct error messages, newest first, with how often each occurred."""

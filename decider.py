@@ -6,6 +6,7 @@ still apply after it: the decider proposes, the gates dispose.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -89,7 +90,9 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     slots = max(0, min(limits.free_slots, limits.free_cap_slots, limits.max_buys))
     ranked = candidates[candidates["stage1"]].sort_values(
         ["score", "volume_surge"], ascending=[False, False], kind="mergesort")
-    for symbol, row in ranked.iterrows():
+    # Only the score and the stage-2 flag decide; reading the two columns once is much cheaper than a Series a row.
+    for symbol, score, stage2 in zip(ranked.index, ranked["score"].tolist(), ranked["stage2"].tolist()):
+        row = {"score": score, "stage2": stage2}
         decision.candidate_decisions[symbol] = _decide_one(symbol, row, held, block, slots - len(decision.buys),
                                                            limits)
         if decision.candidate_decisions[symbol][0] == "BUY":
@@ -101,7 +104,7 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     return decision
 
 
-def _decide_one(symbol: str, row: pd.Series, held: set[str], block: str | None, slots_left: int,
+def _decide_one(symbol: str, row: Mapping[str, Any], held: set[str], block: str | None, slots_left: int,
                 limits: Limits) -> tuple[str, str]:
     score = int(row["score"])
     if symbol in held:

@@ -85,6 +85,8 @@ def _seeded_smoothing(inputs: np.ndarray, n: int, update: Update) -> np.ndarray:
     running = present & (seen > n)
     seeded_now = present & (seen == n)
     emitting = present & (seen >= n)
+    if columns <= _COLUMN_LOOP_MAX:
+        return _recurse_by_column(inputs, n, update, seed_sum, emitting)
     any_running, any_seeded = running.any(axis=1), seeded_now.any(axis=1)
     state = np.full(columns, np.nan)
     for row in np.flatnonzero(emitting.any(axis=1)):
@@ -96,14 +98,74 @@ def _seeded_smoothing(inputs: np.ndarray, n: int, update: Update) -> np.ndarray:
     return np.where(emitting, output, np.nan)
 
 
+# Up to this many columns the recursion runs per column on Python floats: a handful of held positions (monitor,
+# reversal) would otherwise pay numpy's per-row call overhead on every row. Python and numpy float64 arithmetic are
+# both IEEE double with the same operations in the same order, so both paths give the same floats.
+_COLUMN_LOOP_MAX = 16
+
+
+def _recurse_by_column(inputs: np.ndarray, n: int, update: Update, seed_sum: np.ndarray,
+                       emitting: np.ndarray) -> np.ndarray:
+    """_seeded_smoothing's recursion, one column at a time: each emitting cell either seeds the state (the mean of
+    the first n inputs) or updates it with its input; every other cell is NaN."""
+    output = np.full(inputs.shape, np.nan)
+    for column in range(inputs.shape[1]):
+        rows = np.flatnonzero(emitting[:, column])
+        if not len(rows):
+            continue
+        # The first emitting cell of a column is the one where its n-th input arrives (the seed); every later one
+        # updates the state with its input.
+        first = rows[0]
+        state = float(seed_sum[first, column] / n)
+        results = [state]
+        append = results.append
+        values = inputs[rows[1:], column].tolist()
+        if isinstance(update, _Wilder):
+            kept = n - 1
+            for value in values:
+                state = (state * kept + value) / n
+                append(state)
+        elif isinstance(update, _Ema):
+            alpha = update.alpha
+            for value in values:
+                state = state + alpha * (value - state)
+                append(state)
+        else:
+            for value in values:
+                state = update(state, value)
+                append(state)
+        output[rows, column] = results
+    return output
+
+
+class _Wilder:
+    """Wilder's update (prev * (n - 1) + x) / n, recognisable so the column loop can inline it."""
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, prev, x):
+        return (prev * (self.n - 1) + x) / self.n
+
+
+class _Ema:
+    """The EMA update prev + alpha * (x - prev), recognisable so the column loop can inline it."""
+
+    def __init__(self, alpha: float):
+        self.alpha = alpha
+
+    def __call__(self, prev, x):
+        return prev + self.alpha * (x - prev)
+
+
 def _wilder(inputs: np.ndarray, n: int) -> np.ndarray:
-    return _seeded_smoothing(inputs, n, lambda prev, x: (prev * (n - 1) + x) / n)
+    return _seeded_smoothing(inputs, n, _Wilder(n))
 
 
 def ema(values: np.ndarray, n: int) -> np.ndarray:
     """Exponential moving average, alpha = 2 / (n + 1), seeded with the simple mean of the first n values."""
     alpha = 2.0 / (n + 1.0)
-    smoothed = _seeded_smoothing(_as_2d(values), n, lambda prev, x: prev + alpha * (x - prev))
+    smoothed = _seeded_smoothing(_as_2d(values), n, _Ema(alpha))
     return _shaped_like(smoothed, values)
 
 

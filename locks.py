@@ -29,8 +29,10 @@ def scan_lock(journal_path: Path) -> Iterator[Path]:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             raise ScanLocked(f"another scan is running on this journal (pid {holder}); skipped") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        pid = str(os.getpid()).encode()
+        if os.pread(fd, len(pid) + 1, 0) != pid:  # a process scanning again (a backtest) already wrote its pid
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pid, 0)
         yield path
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -37,6 +37,7 @@ DEFAULT_CACHE_DIR = Path(__file__).resolve().parent / "data" / "cache"
 STOCK_COLUMNS = ("date", "symbol", "open", "high", "low", "close", "volume")
 MARKET_COLUMNS = ("date", "spy_open", "spy_high", "spy_low", "spy_close", "spy_volume",
                   "vix_open", "vix_high", "vix_low", "vix_close")
+_BARS_MEMO_SIZE = 32  # recent bars requests a CsvMarket keeps (a backtest session repeats a handful of them)
 _CACHE_FORMAT = 1  # bump when the cached layout changes, so old cache files are reparsed
 
 
@@ -283,6 +284,7 @@ class CsvMarket:
             raise DataError(f"{market_path}: market (SPY/VIX) file not found")
         self.market_path = Path(market_path) if market_path is not None else companion_market_file(self.path)
         self._market: dict[str, np.ndarray] | None = None
+        self._bars_memo: dict[tuple, Panel] = {}
 
     @property
     def first_date(self) -> date:
@@ -323,6 +325,8 @@ class CsvMarket:
 
     def _gather(self, name: str, rows: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
         """Field `name` at stock-file rows `rows` (-1 = no such date) for `symbols` (unknown = NaN)."""
+        if name not in self._fields:  # the derived "_close_before" table, built on first use
+            self._fields[name] = self._close_before_table()
         columns = np.array([self._column.get(s, -1) for s in symbols], dtype=np.int64)
         out = self._fields[name][np.maximum(rows, 0)[:, None], np.maximum(columns, 0)[None, :]]
         out[:, columns < 0] = np.nan
@@ -330,7 +334,19 @@ class CsvMarket:
         return out
 
     def bars(self, symbols: Sequence[str], start: date, end: date) -> Panel:
-        symbols = list(symbols)
+        """Served from a small in-process memo of earlier identical requests (the file never changes while it is
+        open, and a backtest asks for the same symbols and window many times a session); every caller gets its own
+        copy of the arrays, so nothing it does to them reaches the memo."""
+        key = (tuple(symbols), start, end)
+        stored = self._bars_memo.get(key)
+        if stored is None:
+            stored = self._bars(list(symbols), start, end)
+            if len(self._bars_memo) >= _BARS_MEMO_SIZE:
+                self._bars_memo.pop(next(iter(self._bars_memo)))  # the oldest request goes first
+            self._bars_memo[key] = stored
+        return Panel(stored.dates.copy(), list(stored.symbols), *(getattr(stored, name).copy() for name in BAR_FIELDS))
+
+    def _bars(self, symbols: list[str], start: date, end: date) -> Panel:
         dates = self.dates[_window(self.dates, start, end)]
         serve_spy = self._spy_from_market(symbols)
         if serve_spy:
@@ -365,14 +381,24 @@ class CsvMarket:
         return intraday_snapshot(session, fraction, symbols, bar, prev_close)
 
     def _last_close_before(self, row: int, symbols: Sequence[str]) -> np.ndarray:
-        """Each symbol's last close before stock-file row `row` (a symbol may have skipped days)."""
+        """Each symbol's last close before stock-file row `row` (a symbol may have skipped days).
+
+        Read from a table of every symbol's last close before every row, built once: the data never changes
+        while the market is open, and gathering the whole history per snapshot grew with the date."""
         if row == 0:
             return np.full(len(symbols), np.nan)
-        closes = self._gather("close", np.arange(row), symbols)
-        present = ~np.isnan(closes)
-        last = row - 1 - np.argmax(present[::-1], axis=0)
-        found = present.any(axis=0)
-        return np.where(found, closes[last, np.arange(len(symbols))], np.nan)
+        return self._gather("_close_before", np.array([row]), symbols)[0]
+
+    def _close_before_table(self) -> np.ndarray:
+        """Row r, column j: symbol j's last non-NaN close in rows < r (NaN when it has none)."""
+        closes = self._fields["close"]
+        rows = np.arange(closes.shape[0])[:, None]
+        last_row = np.maximum.accumulate(np.where(~np.isnan(closes), rows, -1), axis=0)
+        filled = np.where(last_row >= 0, closes[np.maximum(last_row, 0), np.arange(closes.shape[1])[None, :]],
+                          np.nan)
+        before = np.full_like(closes, np.nan)
+        before[1:] = filled[:-1]
+        return before
 
     def _spy_snapshot_bar(self, bar: dict[str, np.ndarray], prev_close: np.ndarray, symbols: list[str],
                           session: date) -> None:

@@ -41,7 +41,7 @@ def current(rt, symbols: list[str]) -> Snapshot:
     rows = [{"symbol": s, "session": str(session.day), "fraction": fraction, "fetched_at": stamp,
              **{name: _plain(getattr(snap, name)[i]) for name in FIELDS}} for i, s in enumerate(snap.symbols)]
     with rt.journal.atomic():
-        rt.journal.db.table("quote_cache").upsert_all(rows, pk="symbol")
+        rt.journal.upsert_rows("quote_cache", rows, "symbol")
     return snap
 
 

@@ -45,13 +45,24 @@ def _order_update(order: Order, now: str) -> dict[str, Any]:
             "filled_at": iso_utc(order.filled_at) if order.filled_at else None, "updated_at": now}
 
 
-def _fetch(broker, row: dict) -> Order | None:
+def _fetch(broker, row: dict, known: dict[str, Order]) -> Order | None:
     if row["broker_order_id"]:
+        if row["broker_order_id"] in known:
+            return known[row["broker_order_id"]]
         try:
             return broker.get_order(row["broker_order_id"])
         except OrderNotFound:
             pass
     return broker.get_order_by_client_id(row["client_order_id"])
+
+
+def _known_orders(broker, rows: list[dict]) -> dict[str, Order]:
+    """The rows' orders in one call when the broker can look up many at once (the sim broker: every open GTC stop
+    is refreshed on every run); otherwise nothing, and each order is fetched on its own."""
+    ids = [row["broker_order_id"] for row in rows if row["broker_order_id"]]
+    if not ids or not hasattr(broker, "get_orders"):
+        return {}
+    return broker.get_orders(ids)
 
 
 def refresh_orders(rt, report: ReconcileReport) -> list[dict]:
@@ -61,8 +72,9 @@ def refresh_orders(rt, report: ReconcileReport) -> list[dict]:
     rows = journal.query(f"SELECT * FROM orders WHERE status NOT IN ({placeholders}, 'not_sent')",
                          sorted(FINAL_STATUSES))
     changed = []
+    known = _known_orders(broker, rows)
     for row in rows:
-        order = _fetch(broker, row)
+        order = _fetch(broker, row, known)
         if order is None:
             if row["status"] == "pending_submit":
                 # The process stopped before the broker accepted it: it was never sent.
@@ -72,7 +84,7 @@ def refresh_orders(rt, report: ReconcileReport) -> list[dict]:
             continue
         update = _order_update(order, journal.now())
         if any(row.get(k) != v for k, v in update.items() if k != "updated_at"):
-            journal.db.table("orders").update(row["client_order_id"], update)
+            journal.update_row("orders", "client_order_id", row["client_order_id"], update)
             report.orders_refreshed += 1
             changed.append({**row, **update})
     return changed

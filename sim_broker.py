@@ -231,6 +231,19 @@ class SimBroker:
             self._advance(db)
             return self._order_of(db, order_id)
 
+    def get_orders(self, order_ids: Sequence[str]) -> dict[str, Order]:
+        """Several orders by id in one call (one advance, one transaction), for the reconciler; ids the broker does
+        not know are left out, so the caller looks them up the way it looks up a single unknown order."""
+        wanted = list(dict.fromkeys(order_ids))
+        with self._transaction() as db:
+            self._advance(db)
+            found: dict[str, Order] = {}
+            for start in range(0, len(wanted), 500):  # stay far below SQLite's limit on bound parameters
+                chunk = wanted[start:start + 500]
+                for row in db.execute(f"SELECT * FROM orders WHERE id IN ({_placeholders(chunk)})", chunk):
+                    found[row["id"]] = _to_order(row)
+            return found
+
     def get_order_by_client_id(self, client_order_id: str) -> Order | None:
         with self._transaction() as db:
             self._advance(db)
@@ -243,7 +256,11 @@ class SimBroker:
             raise ConfigError(f"order status filter must be open, closed or all, not {status!r}")
         with self._transaction() as db:
             self._advance(db)
-            rows = db.execute("SELECT * FROM orders ORDER BY seq DESC").fetchall()
+            if status == "open":  # the working orders only: the closed ones pile up over a long run
+                rows = db.execute(f"SELECT * FROM orders WHERE status IN ({_placeholders(WORKING)}) "
+                                  f"ORDER BY seq DESC", WORKING).fetchall()
+            else:
+                rows = db.execute("SELECT * FROM orders ORDER BY seq DESC").fetchall()
         wanted = set(symbols) if symbols is not None else None
         chosen = [row for row in rows if wanted is None or row["symbol"] in wanted]
         if status == "open":

@@ -25,9 +25,9 @@ import logging
 import sys
 import time as wall
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta
+from datetime import date, datetime, time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 from clock import NY, Session
 from errors import ConfigError, MomentumError

@@ -81,13 +81,13 @@ def portfolio_flags(rt, report: MonitorReport) -> exits.PortfolioFlags:
 
 # --- evaluation ---------------------------------------------------------------------------------------------------
 
-def _last_check(journal, trade_id: int) -> datetime | None:
+def last_check(journal, trade_id: int) -> datetime | None:
     row = journal.one("SELECT MAX(checked_at) AS at FROM position_checks WHERE trade_id = ? AND action LIKE "
                       "'monitor%'", [trade_id])
     return datetime.fromisoformat(row["at"]) if row and row["at"] else None
 
 
-def _exiting(journal, trade_id: int) -> bool:
+def exit_in_progress(journal, trade_id: int) -> bool:
     return journal.one("SELECT 1 FROM exits WHERE trade_id = ? AND state NOT IN ('filled', 'given_up')",
                        [trade_id]) is not None
 
@@ -110,17 +110,18 @@ def evaluate_positions(rt, flags: exits.PortfolioFlags, report: MonitorReport, d
         position = position_state(rt, trade, snap, signals, scores, context)
         if position is None:
             continue
-        due = _is_due(rt, trade, position, rules)
+        due = is_due(rt, trade, position, rules)
         if not due:
             report.not_due.append(trade["symbol"])
             continue
         _check_one(rt, trade, position, flags, rules, scores, report, dry_run)
 
 
-def _is_due(rt, trade: dict, position: exits.PositionState, rules: exits.ExitRules) -> bool:
-    last = _last_check(rt.journal, trade["id"])
+def is_due(rt, trade: dict, position: exits.PositionState, rules: exits.ExitRules) -> bool:
+    """Checked every 30 minutes; every run while urgent, exiting or unprotected (stocks and options alike)."""
+    last = last_check(rt.journal, trade["id"])
     return (last is None or rt.clock.now() - last >= CHECK_INTERVAL or exits.is_urgent(position, rules)
-            or trade["status"] == "unprotected")
+            or trade["status"] == "unprotected" or exit_in_progress(rt.journal, trade["id"]))
 
 
 def _portfolio_context(rt, trades: list[dict]) -> dict:
@@ -172,7 +173,7 @@ def _check_one(rt, trade: dict, position: exits.PositionState, flags: exits.Port
     journal = rt.journal
     triggers = exits.evaluate(position, flags, rules)
     chosen = exits.choose(triggers)
-    exiting = _exiting(journal, trade["id"])
+    exiting = exit_in_progress(journal, trade["id"])
     action = "monitor:" + ("EXITING" if exiting else (chosen.reason if chosen else "HOLD"))
     journal.insert_row("position_checks", {
         "trade_id": trade["id"], "symbol": trade["symbol"], "checked_at": journal.now(), "price": position.price,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-from datetime import datetime, timedelta
 
 import numpy as np
 
@@ -23,7 +22,6 @@ import exits
 import options
 
 log = logging.getLogger(__name__)
-CHECK_INTERVAL = timedelta(minutes=30)
 LIVE_STATUSES = ("open", "unprotected", "external")
 
 
@@ -79,23 +77,6 @@ def option_position_state(rt, trade: dict, snap) -> exits.PositionState | None:
         underlying_stop=stop, underlying_target=target)
 
 
-def _last_check(journal, trade_id: int) -> datetime | None:
-    row = journal.one("SELECT MAX(checked_at) AS at FROM position_checks WHERE trade_id = ? AND action LIKE "
-                      "'monitor%'", [trade_id])
-    return datetime.fromisoformat(row["at"]) if row and row["at"] else None
-
-
-def _exiting(journal, trade_id: int) -> bool:
-    return journal.one("SELECT 1 FROM exits WHERE trade_id = ? AND state NOT IN ('filled', 'given_up')",
-                       [trade_id]) is not None
-
-
-def _is_due(rt, trade: dict, position: exits.PositionState, rules: exits.ExitRules) -> bool:
-    last = _last_check(rt.journal, trade["id"])
-    return (last is None or rt.clock.now() - last >= CHECK_INTERVAL or exits.is_urgent(position, rules)
-            or _exiting(rt.journal, trade["id"]))
-
-
 def _record_check(rt, trade: dict, position: exits.PositionState, triggers: list[exits.ExitTrigger],
                   action: str, urgent: bool) -> None:
     journal = rt.journal
@@ -131,12 +112,12 @@ def evaluate_option_positions(rt, flags: exits.PortfolioFlags, report, dry_run: 
         position = option_position_state(rt, trade, snap)
         if position is None:
             continue
-        if not _is_due(rt, trade, position, rules):
+        if not monitor.is_due(rt, trade, position, rules):
             report.not_due.append(trade["symbol"])
             continue
         triggers = exits.evaluate(position, flags, rules)
         chosen = exits.choose(triggers)
-        exiting = _exiting(rt.journal, trade["id"])
+        exiting = monitor.exit_in_progress(rt.journal, trade["id"])
         action = "monitor:" + ("EXITING" if exiting else (chosen.reason if chosen else "HOLD"))
         _record_check(rt, trade, position, triggers, action, exits.is_urgent(position, rules))
         report.checked.append(trade["symbol"])

@@ -20,10 +20,8 @@ built from a requests exception or a URL; descriptions from the services are pas
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -32,6 +30,8 @@ from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
 import requests
+
+import locks
 
 from config import Config, redact, register_secrets
 
@@ -335,18 +335,9 @@ class DispatchReport:
 
 @contextlib.contextmanager
 def exclusive(path: Path) -> Iterator[bool]:
-    """A non-blocking fcntl lock: yields False when another process holds it. The kernel drops it on any exit."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    """True when this process holds the lock at `path`, False when another one does (locks.exclusive)."""
+    with locks.exclusive(path) as fd:
+        yield fd is not None
 
 
 def dispatch(journal, config: Config, *, session: requests.Session | None = None,

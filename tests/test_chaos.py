@@ -49,13 +49,16 @@ def test_sigkill_at_random_moments_never_duplicates_or_loses_protection(real_env
                    capture_output=True)
     kills = runs = 0
     last = None
+    duration = 1.5  # seconds a scan process lives; re-measured on every completed run
     for day in DAYS:
         for hhmm in TIMES:
             last = f"{day}T{hhmm}"
             argv = _command(last, "scan", "--cap", "all")
-            for _ in range(2):  # kill twice at different moments, then let it finish
-                kills += _kill_somewhere(argv, env, rng.uniform(0.35, 1.6))
+            for _ in range(2):  # kill twice at different moments of the process's life, then let it finish
+                kills += _kill_somewhere(argv, env, rng.uniform(0.3, 0.95) * duration)
+            started = time.monotonic()
             done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+            duration = time.monotonic() - started
             runs += 1
             assert done.returncode == 0, done.stderr
     final = subprocess.run(_command(last.replace("15:30", "15:45"), "reconcile"), env=env, capture_output=True,

@@ -51,7 +51,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from local_server import LocalServer
+from local_server import LocalServer, write_reply
 
 TELEGRAM_TOKEN = "123456789:AAHfakeTokenForTests_abcdefghijklmn"
 DISCORD_WEBHOOK_PATH = "/api/webhooks/112233445566778899/fakeWebhookSecret-abcdefghijklmnopqrstuvwxyz"
@@ -333,17 +333,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: _Reply) -> None:
         payload = json.dumps(reply.body).encode() if reply.body is not None else b""
-        try:
-            self.send_response(reply.status)
-            if payload:
-                self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(payload)))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            return  # the client gave up (its timeout) before the late answer
+        write_reply(self, reply.status, payload, "application/json" if payload else None, reply.headers)
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 import pytest
 
-from local_server import LocalServer
+from local_server import LocalServer, write_reply
 
 ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                404: "not_found_error", 429: "rate_limit_error", 500: "api_error", 529: "overloaded_error"}
@@ -182,16 +182,7 @@ class _Handler(BaseHTTPRequestHandler):
             payload, content_type = reply.body.encode(), "text/plain; charset=utf-8"
         else:
             payload, content_type = b"", "application/json"
-        try:
-            self.send_response(reply.status)
-            self.send_header("content-type", content_type)
-            self.send_header("content-length", str(len(payload)))
-            for name, value in reply.headers.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            return  # the client gave up (its timeout) before the late answer
+        write_reply(self, reply.status, payload, content_type, reply.headers)
 
 
 @pytest.fixture

@@ -37,3 +37,19 @@ class LocalServer:
         assert self._server is not None, "start() the fake first"
         host, port = self._server.server_address[:2]
         return f"http://{host}:{port}"
+
+
+def write_reply(handler: BaseHTTPRequestHandler, status: int, payload: bytes, content_type: str | None,
+                headers: dict[str, str]) -> None:
+    """Send one answer; a client that already gave up (its timeout) is not an error of the fake."""
+    try:
+        handler.send_response(status)
+        if content_type:
+            handler.send_header("content-type", content_type)
+        handler.send_header("content-length", str(len(payload)))
+        for name, value in headers.items():
+            handler.send_header(name, value)
+        handler.end_headers()
+        handler.wfile.write(payload)
+    except (BrokenPipeError, ConnectionResetError):
+        return

@@ -3,6 +3,7 @@ test session, and a helper that runs CLI commands against a private journal."""
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,10 @@ def process_env(env: dict[str, str]) -> dict[str, str]:
     """A clean environment for a subprocess running main.py."""
     keep = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "PYTHONPATH")}
     return {**keep, **env}
+
+
+def rows(env: dict[str, str], sql: str, params=()) -> list[dict]:
+    """Rows of the journal named by env["MOMENTUM_DB"], as dicts."""
+    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
+        conn.row_factory = sqlite3.Row
+        return [dict(r) for r in conn.execute(sql, params)]

@@ -3,17 +3,11 @@ fails or noticeably delays the run."""
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 
-from realdata import cli
+from realdata import cli, rows
 
-
-def rows(env, sql):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql)]
 
 
 def use_channels(monkeypatch, fake_telegram, fake_discord):

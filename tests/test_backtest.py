@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import backtest
-from realdata import BARS, cli, real_env, real_universe, shared_cache  # noqa: F401
+from realdata import BARS, cli
 
 PARITY_START, PARITY_END = "2013-09-03", "2013-09-16"  # ten sessions
 

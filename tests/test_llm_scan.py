@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 
-from realdata import cli
+from realdata import cli, rows
 
 ASOF = "2016-11-10T12:30"
 
@@ -21,11 +21,6 @@ def llm_env(real_env, fake_messages, monkeypatch):
     cli("set", "skip_buys", "off")
     return real_env
 
-
-def rows(env, sql):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql)]
 
 
 def stage1_candidates(env, tmp_path, monkeypatch) -> list[str]:

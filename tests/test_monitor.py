@@ -13,6 +13,7 @@ from config import load_config
 from crafted import ENTRY, flat, ramp, sessions_after, write_market
 from main import cli as command
 from runtime import Runtime
+from realdata import rows
 
 SCENARIOS = {
     "PTG": [ramp(50.0, 58.0), ramp(58.0, 63.5), flat(63.5)],          # +16%, then +27%: both tranches
@@ -57,11 +58,6 @@ def monitor(asof: str):
     assert result.exit_code == 0, result.output
     return result.output
 
-
-def rows(env, sql, params=()):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql, params)]
 
 
 def day(n: int) -> str:

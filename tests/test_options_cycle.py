@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import sqlite3
 from datetime import date
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from main import cli as command
 from market import CsvMarket
 from runtime import Runtime
 from sim_broker import SimBroker
+from realdata import rows
 
 SIGNAL_DAY = date(2016, 6, 8)
 # After a quiet, volatile base (closes alternating 39.7 / 40.3: about 24% a year): a bar with a 41.60 high, then
@@ -85,11 +85,6 @@ def run(*args):
     assert result.exit_code == 0, result.output
     return result.output
 
-
-def rows(env, sql, params=()):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql, params)]
 
 
 def broker_at(env, asof: str) -> SimBroker:

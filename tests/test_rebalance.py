@@ -1,22 +1,16 @@
 """The 52-week-high rebalance on the real S&P 500 data."""
 from __future__ import annotations
 
-import sqlite3
 
 import pandas as pd
 import pytest
 
 import pathmodel
 from conftest import SHARED_DATA
-from realdata import BARS, cli
+from realdata import BARS, cli, rows
 
 SECTOR = "Information Technology"
 
-
-def rows(env, sql):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql)]
 
 
 def expected_top(day: str, fraction: float, n: int = 5) -> list[str]:

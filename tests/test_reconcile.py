@@ -2,13 +2,12 @@
 and the protection invariant restored afterwards."""
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from clock import Clock, parse_asof
 from market import CsvMarket
 from models import OrderRequest
-from realdata import BARS, cli
+from realdata import BARS, cli, rows
 from sim_broker import SimBroker
 
 
@@ -16,11 +15,6 @@ def broker_at(env, asof):
     return SimBroker(Path(env["MOMENTUM_DB"]).parent / "sim_broker.db",
                      CsvMarket(BARS, cache_dir=Path(env["CACHE_DIR"])), Clock(parse_asof(asof)))
 
-
-def rows(env, sql, params=()):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql, params)]
 
 
 def alerts(env):

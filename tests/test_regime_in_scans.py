@@ -3,15 +3,9 @@ the allocation factor scales the exposure limit."""
 from __future__ import annotations
 
 import json
-import sqlite3
 
-from realdata import cli
+from realdata import cli, rows
 
-
-def rows(env, sql):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql)]
 
 
 def test_regime_command_prints_and_stores_the_label(real_env):

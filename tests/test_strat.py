@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 from datetime import date
 
 import numpy as np
@@ -16,6 +15,7 @@ import strat
 from conftest import require_shared_data
 from main import cli as command
 from models import Panel
+from realdata import rows
 
 
 def bars(rows):
@@ -199,11 +199,6 @@ def spy_env(tmp_path, monkeypatch, spy):
         monkeypatch.setenv(name, value)
     return values
 
-
-def rows(env, sql, params=()):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql, params)]
 
 
 def run(*args):

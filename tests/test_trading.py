@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections import Counter
 from pathlib import Path
 
@@ -11,16 +10,11 @@ import pytest
 
 from clock import Clock, parse_asof
 from market import CsvMarket
-from realdata import BARS, cli
+from realdata import BARS, cli, rows
 from sim_broker import SimBroker
 
 SCANS = ["2016-11-09T10:30", "2016-11-10T12:30", "2016-11-11T15:30", "2016-11-14T10:30"]
 
-
-def rows(env, sql, params=()):
-    with sqlite3.connect(env["MOMENTUM_DB"]) as conn:
-        conn.row_factory = sqlite3.Row
-        return [dict(r) for r in conn.execute(sql, params)]
 
 
 def broker_at(env, asof: str) -> SimBroker:

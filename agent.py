@@ -25,6 +25,7 @@ import reversal
 import scanner
 from clock import Session
 from errors import ConfigError, DataError
+from history_cache import prepared
 from locks import scan_lock
 from models import Panel, Snapshot
 
@@ -322,10 +323,12 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
     with timer.step("market_data"):
         history, snap = load_market(rt, symbols, session, fraction)
     with timer.step("scanner"):
-        frame = scanner.scan(history, snap, cap_rules(rt.config, cap))
+        frame = scanner.scan(prepared(rt, scanner.prepare, history, session.day, snap.symbols), snap,
+                             cap_rules(rt.config, cap))
     with timer.step("reversal"):
         held_snap = snap.select(held)
-        rev = reversal.reversal_scores(history.select(held), held_snap, peak_closes(history, held_snap, trades))
+        rev = reversal.reversal_scores(prepared(rt, reversal.prepare, history, session.day, held), held_snap,
+                                       peak_closes(history, held_snap, trades))
         positions = position_views(trades, frame, rev)
     with timer.step("context"):
         context = market_context(rt, session, fraction, snap.select(universe))

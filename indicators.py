@@ -18,6 +18,7 @@ close, so with no gaps their first value is at row n (the (n+1)-th bar), as in T
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -77,11 +78,21 @@ def _seeded_smoothing(inputs: np.ndarray, n: int, update: Update) -> np.ndarray:
     computed for all rows at once; only the recursion itself steps row by row. np.cumsum adds in row order, so the
     seed is the same float as a row-by-row sum.
     """
-    rows, columns = inputs.shape
-    output = np.full((rows, columns), np.nan)
+    return _smoothed(inputs, n, update)[0]
+
+
+def _smoothed(inputs: np.ndarray, n: int, update: Update) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The smoothed rows, with the per-row count of present inputs and the running seed sum."""
     present = np.isfinite(inputs)
     seen = np.cumsum(present, axis=0)
     seed_sum = np.cumsum(np.where(present & (seen <= n), inputs, 0.0), axis=0)
+    return _smooth(inputs, n, update, present, seen, seed_sum), seen, seed_sum
+
+
+def _smooth(inputs: np.ndarray, n: int, update: Update, present: np.ndarray, seen: np.ndarray,
+            seed_sum: np.ndarray) -> np.ndarray:
+    rows, columns = inputs.shape
+    output = np.full((rows, columns), np.nan)
     running = present & (seen > n)
     seeded_now = present & (seen == n)
     emitting = present & (seen >= n)
@@ -162,6 +173,83 @@ def _wilder(inputs: np.ndarray, n: int) -> np.ndarray:
     return _seeded_smoothing(inputs, n, _Wilder(n))
 
 
+# --- resuming a computation: the state after the completed rows, then one more row ------------------------------
+#
+# A scan appends today's partial bar to the same completed history many times a session. The recursive indicators
+# keep, per column, the state they reached after the last completed row; one step from that state with today's
+# input performs exactly the operations (same values, same order) a computation over history plus today performs
+# for its last row, so it gives the same floats. Sums are carried the same way: np.cumsum adds row after row.
+
+@dataclass(frozen=True)
+class Smoothing:
+    """A seeded smoothing after the rows seen so far, per column: its value (NaN until seeded), how many inputs were
+    present, and the running sum of the first n of them (the seed in the making)."""
+
+    value: np.ndarray
+    seen: np.ndarray
+    seed_sum: np.ndarray
+
+
+def smoothing_state(inputs: np.ndarray, n: int, update: Update) -> tuple[np.ndarray, Smoothing]:
+    """The smoothed rows of `inputs` (as `_seeded_smoothing`) and the state after the last one."""
+    array = _as_2d(inputs)
+    output, seen, seed_sum = _smoothed(array, n, update)
+    if array.shape[0] == 0:
+        columns = array.shape[1]
+        return output, Smoothing(np.full(columns, np.nan), np.zeros(columns, dtype=int), np.zeros(columns))
+    return output, Smoothing(last_present(output), seen[-1], seed_sum[-1])
+
+
+def smoothing_step(state: Smoothing, inputs: np.ndarray, n: int, update: Update) -> tuple[np.ndarray, Smoothing]:
+    """One more row: its smoothed value per column (NaN where the input is missing or the seed is not complete yet)
+    and the new state."""
+    inputs = np.asarray(inputs, dtype=float)
+    present = np.isfinite(inputs)
+    seen = state.seen + present
+    seed_sum = state.seed_sum + np.where(present & (seen <= n), inputs, 0.0)
+    with np.errstate(invalid="ignore"):
+        updated = update(state.value, inputs)
+    value = np.where(present & (seen > n), updated, np.where(present & (seen == n), seed_sum / n, np.nan))
+    return value, Smoothing(np.where(present & (seen >= n), value, state.value), seen, seed_sum)
+
+
+def wilder_update(n: int) -> Update:
+    return _Wilder(n)
+
+
+def ema_update(n: int) -> Update:
+    return _Ema(2.0 / (n + 1.0))
+
+
+@dataclass(frozen=True)
+class SmaTail:
+    """Sum and count of the present values among the last n - 1 rows: an n-row mean ending on the next row."""
+
+    n: int
+    total: np.ndarray
+    count: np.ndarray
+
+
+def sma_tail(values: np.ndarray, n: int) -> SmaTail:
+    array = _as_2d(values)[-(n - 1):] if n > 1 else _as_2d(values)[:0]
+    present = np.isfinite(array)
+    if array.shape[0] == 0:
+        return SmaTail(n, np.zeros(array.shape[1]), np.zeros(array.shape[1]))
+    return SmaTail(n, np.cumsum(np.where(present, array, 0.0), axis=0)[-1],
+                   np.cumsum(present, axis=0)[-1].astype(float))
+
+
+def sma_step(tail: SmaTail, values: np.ndarray, min_count: int | None = None) -> np.ndarray:
+    """`sma` of the tail's rows plus `values` as the next row, at that row."""
+    values = np.asarray(values, dtype=float)
+    present = np.isfinite(values)
+    total = tail.total + np.where(present, values, 0.0)
+    count = tail.count + present
+    required = tail.n if min_count is None else min_count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count >= max(required, 1), total / count, np.nan)
+
+
 def ema(values: np.ndarray, n: int) -> np.ndarray:
     """Exponential moving average, alpha = 2 / (n + 1), seeded with the simple mean of the first n values."""
     alpha = 2.0 / (n + 1.0)
@@ -174,31 +262,95 @@ def _close_changes(close: np.ndarray) -> np.ndarray:
     return close - previous_present(close)
 
 
-def wilder_rsi(close: np.ndarray, n: int = 14) -> np.ndarray:
-    """Wilder's RSI (0..100). With no losses in the average it is 100; with neither gains nor losses, 50."""
-    closes = _as_2d(close)
-    changes = _close_changes(closes)
-    average_gain = _wilder(np.where(np.isnan(changes), np.nan, np.maximum(changes, 0.0)), n)
-    average_loss = _wilder(np.where(np.isnan(changes), np.nan, np.maximum(-changes, 0.0)), n)
+def _gains_losses(changes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    missing = np.isnan(changes)
+    return np.where(missing, np.nan, np.maximum(changes, 0.0)), np.where(missing, np.nan, np.maximum(-changes, 0.0))
+
+
+def _rsi_from_averages(average_gain: np.ndarray, average_loss: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         rsi = 100.0 - 100.0 / (1.0 + average_gain / average_loss)
     rsi = np.where(average_loss == 0.0, np.where(average_gain > 0.0, 100.0, 50.0), rsi)
-    rsi = np.where(np.isnan(average_gain) | np.isnan(average_loss), np.nan, rsi)
-    return _shaped_like(rsi, close)
+    return np.where(np.isnan(average_gain) | np.isnan(average_loss), np.nan, rsi)
+
+
+def wilder_rsi(close: np.ndarray, n: int = 14) -> np.ndarray:
+    """Wilder's RSI (0..100). With no losses in the average it is 100; with neither gains nor losses, 50."""
+    gains, losses = _gains_losses(_close_changes(_as_2d(close)))
+    return _shaped_like(_rsi_from_averages(_wilder(gains, n), _wilder(losses, n)), close)
+
+
+@dataclass(frozen=True)
+class RsiState:
+    """Wilder's RSI after the completed rows: both averages and the last close present."""
+
+    n: int
+    gain: Smoothing
+    loss: Smoothing
+    last_close: np.ndarray
+
+
+def rsi_state(close: np.ndarray, n: int = 14) -> RsiState:
+    closes = _as_2d(close)
+    gains, losses = _gains_losses(_close_changes(closes))
+    update = _Wilder(n)
+    return RsiState(n, smoothing_state(gains, n, update)[1], smoothing_state(losses, n, update)[1],
+                    last_present(closes))
+
+
+def rsi_step(state: RsiState, close: np.ndarray) -> np.ndarray:
+    """The RSI at one more row whose close is `close` (what `wilder_rsi` gives for that row)."""
+    gains, losses = _gains_losses(np.asarray(close, dtype=float) - state.last_close)
+    update = _Wilder(state.n)
+    average_gain = smoothing_step(state.gain, gains, state.n, update)[0]
+    average_loss = smoothing_step(state.loss, losses, state.n, update)[0]
+    return _rsi_from_averages(average_gain, average_loss)
+
+
+def last_present(values: np.ndarray) -> np.ndarray:
+    """The last finite value of each column (NaN when it has none): `forward_fill(values)[-1]` without filling."""
+    array = _as_2d(values)
+    finite = np.isfinite(array)
+    if array.shape[0] == 0:
+        return np.full(array.shape[1], np.nan)
+    last_row = array.shape[0] - 1 - np.argmax(finite[::-1], axis=0)
+    return np.where(finite.any(axis=0), array[last_row, np.arange(array.shape[1])], np.nan)
+
+
+def _ranges(highs: np.ndarray, lows: np.ndarray, closes: np.ndarray, previous_close: np.ndarray) -> np.ndarray:
+    ranges = np.maximum.reduce([highs - lows, np.abs(highs - previous_close), np.abs(lows - previous_close)])
+    missing = ~(np.isfinite(highs) & np.isfinite(lows) & np.isfinite(closes) & np.isfinite(previous_close))
+    return np.where(missing, np.nan, ranges)
 
 
 def true_range(high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
     """max(high - low, |high - prev close|, |low - prev close|); NaN where a field or the previous close is missing."""
     highs, lows, closes = _as_2d(high), _as_2d(low), _as_2d(close)
-    previous_close = previous_present(closes)
-    ranges = np.maximum.reduce([highs - lows, np.abs(highs - previous_close), np.abs(lows - previous_close)])
-    missing = ~(np.isfinite(highs) & np.isfinite(lows) & np.isfinite(closes) & np.isfinite(previous_close))
-    return _shaped_like(np.where(missing, np.nan, ranges), close)
+    return _shaped_like(_ranges(highs, lows, closes, previous_present(closes)), close)
 
 
 def wilder_atr(high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int = 14) -> np.ndarray:
     """Wilder's average true range, seeded with the mean of the first n true ranges."""
     return _shaped_like(_wilder(_as_2d(true_range(high, low, close)), n), close)
+
+
+@dataclass(frozen=True)
+class AtrState:
+    n: int
+    average: Smoothing
+    last_close: np.ndarray
+
+
+def atr_state(high: np.ndarray, low: np.ndarray, close: np.ndarray, n: int = 14) -> AtrState:
+    ranges = _as_2d(true_range(high, low, close))
+    return AtrState(n, smoothing_state(ranges, n, _Wilder(n))[1], last_present(close))
+
+
+def atr_step(state: AtrState, high: np.ndarray, low: np.ndarray, close: np.ndarray) -> np.ndarray:
+    """The ATR at one more row with this high, low and close (what `wilder_atr` gives for that row)."""
+    highs, lows, closes = (np.asarray(a, dtype=float) for a in (high, low, close))
+    ranges = _ranges(highs, lows, closes, state.last_close)
+    return smoothing_step(state.average, ranges, state.n, _Wilder(state.n))[0]
 
 
 def roc(close: np.ndarray, n: int) -> np.ndarray:
@@ -216,3 +368,31 @@ def macd_histogram(close: np.ndarray, fast: int = 12, slow: int = 26, signal: in
     macd_line = ema(closes, fast) - ema(closes, slow)
     histogram = macd_line - ema(macd_line, signal)
     return _shaped_like(histogram, close)
+
+
+@dataclass(frozen=True)
+class MacdState:
+    """The MACD after the completed rows: both EMAs, the signal EMA, and the histogram of the last two rows."""
+
+    fast: Smoothing
+    slow: Smoothing
+    signal: Smoothing
+    recent_histogram: np.ndarray  # the last min(2, rows) rows
+    periods: tuple[int, int, int]
+
+
+def macd_state(close: np.ndarray, fast: int = 12, slow: int = 26, signal: int = 9) -> MacdState:
+    closes = _as_2d(close)
+    fast_rows, fast_state = smoothing_state(closes, fast, ema_update(fast))
+    slow_rows, slow_state = smoothing_state(closes, slow, ema_update(slow))
+    macd_line = fast_rows - slow_rows
+    signal_rows, signal_state = smoothing_state(macd_line, signal, ema_update(signal))
+    return MacdState(fast_state, slow_state, signal_state, (macd_line - signal_rows)[-2:], (fast, slow, signal))
+
+
+def macd_step(state: MacdState, close: np.ndarray) -> np.ndarray:
+    """The MACD histogram at one more row whose close is `close` (what `macd_histogram` gives for that row)."""
+    fast, slow, signal = state.periods
+    macd_line = (smoothing_step(state.fast, close, fast, ema_update(fast))[0]
+                 - smoothing_step(state.slow, close, slow, ema_update(slow))[0])
+    return macd_line - smoothing_step(state.signal, macd_line, signal, ema_update(signal))[0]

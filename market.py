@@ -69,6 +69,7 @@ class SimMarket:
     """A deterministic synthetic market for any symbol, plus SPY and VIX, from SIM_EPOCH on (see simmarket.py)."""
 
     name = "sim"
+    static_history = True  # completed sessions never change (history_cache.py)
     first_date = SIM_EPOCH
     market_first_date = SIM_EPOCH
 
@@ -267,6 +268,7 @@ class CsvMarket:
     """Replays real daily bars from a long-format CSV; SPY and VIX come from a market file."""
 
     name = "csv"
+    static_history = True  # the file does not change while it is open (history_cache.py)
 
     def __init__(self, path: str | Path, market_path: str | Path | None = None, cache_dir: Path | None = None):
         self.path = Path(path)

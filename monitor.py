@@ -25,6 +25,7 @@ import reconciler
 import reversal
 import scanner
 from executor import cancel_and_confirm, next_order_id, refresh, settle_fills, submit, working_stops
+from history_cache import prepared
 from models import LIMIT, MARKET, SELL, OrderRequest
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ def evaluate_positions(rt, flags: exits.PortfolioFlags, report: MonitorReport, d
     snap = quotes.current(rt, symbols)
     history = rt.market.bars(symbols, rt.calendar.sessions_back(session.day, agent.HISTORY_SESSIONS),
                              rt.calendar.previous_session(session.day))
-    signals = scanner.scan(history, snap, scanner.CapRules(1.3, 0.01, 0.03))
-    scores = reversal.reversal_scores(history, snap, agent.peak_closes(history, snap, trades))
+    signals = scanner.scan(prepared(rt, scanner.prepare, history, snap.session, snap.symbols), snap,
+                           scanner.CapRules(1.3, 0.01, 0.03))
+    scores = reversal.reversal_scores(prepared(rt, reversal.prepare, history, snap.session, snap.symbols), snap,
+                                      agent.peak_closes(history, snap, trades))
     rules = exits.ExitRules.from_config(rt.config)
     context = _portfolio_context(rt, trades)
     for trade in trades:

@@ -9,15 +9,17 @@ without a valid price today scores 0 and carries a skip_reason.
 """
 from __future__ import annotations
 
-from typing import Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 import indicators
 from models import Panel, Snapshot
-from scanner import (above, align_history, at_least, at_most, average_volume, below, intraday_strength, last_value,
-                     normalised_volume, ratio, window_min_count, with_today)
+from scanner import (above, align_history, at_least, at_most, average_volume, below, intraday_strength,
+                     normalised_volume, prepared_for, ratio, window_min_count)
 
 REVERSAL_WEIGHTS: dict[str, int] = {
     "below_sma5": 1,
@@ -47,40 +49,71 @@ def _peaks(highest_close_since_entry: Mapping[str, float] | np.ndarray | list, s
     return np.asarray(highest_close_since_entry, dtype=float)
 
 
-def _trend_signals(bars: Panel, price: np.ndarray) -> dict[str, np.ndarray]:
-    close = with_today(bars.close, price)
-    moving_average = {n: indicators.sma(close[-n:], n, window_min_count(n))[-1] for n in (5, 10, 20)}
-    histogram = indicators.macd_histogram(close)
-    previous_two = histogram[-3:-1] if histogram.shape[0] >= 3 else np.full((2, len(price)), np.nan)
+@dataclass(frozen=True)
+class History:
+    """What the reversal score needs from the completed sessions before `session`, per symbol of `symbols`
+    (prepared once a session, then combined with each snapshot, as the scanner's history)."""
+
+    session: date
+    symbols: list[str]
+    rows: int
+    sma5: indicators.SmaTail
+    sma10: indicators.SmaTail
+    sma20: indicators.SmaTail
+    macd: indicators.MacdState
+    rsi: indicators.RsiState
+    yesterday_open: np.ndarray
+    yesterday_high: np.ndarray
+    yesterday_low: np.ndarray
+    yesterday_close: np.ndarray
+    avg_volume: np.ndarray
+
+
+def prepare(history: Panel, session: date, symbols: Sequence[str]) -> History:
+    bars = align_history(history, session, symbols)
+    rows = bars.close.shape[0]
+    yesterday = {name: getattr(bars, name)[-1] if rows else np.full(len(symbols), np.nan)
+                 for name in ("open", "high", "low", "close")}
+    return History(session=session, symbols=list(symbols), rows=rows,
+                   sma5=indicators.sma_tail(bars.close, 5), sma10=indicators.sma_tail(bars.close, 10),
+                   sma20=indicators.sma_tail(bars.close, 20), macd=indicators.macd_state(bars.close),
+                   rsi=indicators.rsi_state(bars.close, 14), avg_volume=average_volume(bars),
+                   **{f"yesterday_{name}": values for name, values in yesterday.items()})
+
+
+def _trend_signals(history: History, price: np.ndarray) -> dict[str, np.ndarray]:
+    moving_average = {n: indicators.sma_step(tail, price, window_min_count(n))
+                      for n, tail in ((5, history.sma5), (10, history.sma10), (20, history.sma20))}
+    histogram = indicators.macd_step(history.macd, price)
+    previous_two = (history.macd.recent_histogram if history.rows >= 2
+                    else np.full((2, len(price)), np.nan))
     with np.errstate(invalid="ignore"):
-        turned = (histogram[-1] < 0) & (previous_two >= 0).any(axis=0)
+        turned = (histogram < 0) & (previous_two >= 0).any(axis=0)
     return {
         "below_sma5": below(price, moving_average[5]),
         "below_sma10": below(price, moving_average[10]),
         "below_sma20": below(price, moving_average[20]),
-        "rsi_below_45": below(last_value(indicators.wilder_rsi(close, 14), len(price)), RSI_WEAK),
+        "rsi_below_45": below(indicators.rsi_step(history.rsi, price), RSI_WEAK),
         "macd_turned_negative": turned,
     }
 
 
-def _candle_signals(bars: Panel, snap: Snapshot) -> dict[str, np.ndarray]:
+def _candle_signals(history: History, snap: Snapshot) -> dict[str, np.ndarray]:
     price, open_ = np.asarray(snap.price, dtype=float), np.asarray(snap.open, dtype=float)
     high, low = np.asarray(snap.high, dtype=float), np.asarray(snap.low, dtype=float)
-    n_symbols = len(price)
-    yesterday = {name: last_value(getattr(bars, name), n_symbols) for name in ("open", "high", "low", "close")}
-    yesterday_up = above(yesterday["close"], yesterday["open"])
+    yesterday_up = above(history.yesterday_close, history.yesterday_open)
     return {
-        "lower_high_lower_low": below(high, yesterday["high"]) & below(low, yesterday["low"]),
+        "lower_high_lower_low": below(high, history.yesterday_high) & below(low, history.yesterday_low),
         "close_bottom_quartile": at_most(intraday_strength(price, high, low), BOTTOM_QUARTILE),
-        "bearish_engulfing": (yesterday_up & below(price, open_) & at_least(open_, yesterday["close"])
-                              & at_most(price, yesterday["open"])),
+        "bearish_engulfing": (yesterday_up & below(price, open_) & at_least(open_, history.yesterday_close)
+                              & at_most(price, history.yesterday_open)),
     }
 
 
-def _session_signals(bars: Panel, snap: Snapshot, peaks: np.ndarray) -> dict[str, np.ndarray]:
+def _session_signals(history: History, snap: Snapshot, peaks: np.ndarray) -> dict[str, np.ndarray]:
     price, open_ = np.asarray(snap.price, dtype=float), np.asarray(snap.open, dtype=float)
     prev_close = np.asarray(snap.prev_close, dtype=float)
-    volume_ratio = ratio(normalised_volume(snap), average_volume(bars))
+    volume_ratio = ratio(normalised_volume(snap), history.avg_volume)
     return {
         "down_day_high_volume": below(price, prev_close) & at_least(volume_ratio, HIGH_VOLUME_MULTIPLE),
         "gap_down": at_most(open_, prev_close * GAP_DOWN_FACTOR),
@@ -88,21 +121,22 @@ def _session_signals(bars: Panel, snap: Snapshot, peaks: np.ndarray) -> dict[str
     }
 
 
-def reversal_scores(history: Panel, snap: Snapshot,
+def reversal_scores(history: Panel | History, snap: Snapshot,
                     highest_close_since_entry: Mapping[str, float] | np.ndarray | list) -> pd.DataFrame:
     """Reversal signals and score for every snapshot symbol (the held positions), indexed by symbol.
 
-    highest_close_since_entry: per symbol, a mapping or an array in snapshot order.
+    history: completed daily bars before the snapshot's session, or the same prepared for this session and these
+    symbols. highest_close_since_entry: per symbol, a mapping or an array in snapshot order.
     Columns: one bool per signal of REVERSAL_WEIGHTS (below_sma5 .. off_peak), score (0-13, the sum of the weights
     of the triggered signals), signals (list of triggered names, JSON-ready), skip_reason (None, or why no signal
     could be evaluated).
     """
-    bars = align_history(history, snap)
+    history = prepared_for(history, snap, prepare)
     price = np.asarray(snap.price, dtype=float)
     with np.errstate(invalid="ignore"):
         usable = price > 0
-    triggered = {**_trend_signals(bars, price), **_candle_signals(bars, snap),
-                 **_session_signals(bars, snap, _peaks(highest_close_since_entry, list(snap.symbols)))}
+    triggered = {**_trend_signals(history, price), **_candle_signals(history, snap),
+                 **_session_signals(history, snap, _peaks(highest_close_since_entry, list(snap.symbols)))}
     names = list(REVERSAL_WEIGHTS)
     flags = np.column_stack([triggered[name] & usable for name in names]) if len(price) else np.zeros((0, len(names)),
                                                                                                      dtype=bool)

@@ -74,6 +74,14 @@ class Runtime:
                            cache_dir=Path(self.config.cache_dir))
 
     @cached_property
+    def history_cache(self):
+        """Prepared scanner and reversal histories for the rest of a session (see history_cache.py); None over a
+        market whose completed sessions may still change (a live feed)."""
+        from history_cache import HistoryCache
+
+        return HistoryCache() if getattr(self.market, "static_history", False) else None
+
+    @cached_property
     def broker(self) -> Broker:
         if self.config.broker == "alpaca":
             from alpaca_adapter import AlpacaBroker

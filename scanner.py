@@ -24,6 +24,7 @@ Conventions (all ratios and *_pct values are fractions: 0.01 means 1%):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import date
 from typing import Sequence
 
 import numpy as np
@@ -109,27 +110,22 @@ def _select(field: np.ndarray, rows: slice, columns: np.ndarray | None) -> np.nd
     return picked
 
 
-def align_history(history: Panel, snap: Snapshot) -> Panel:
-    """History restricted to sessions strictly before the snapshot's, with the snapshot's columns in its order.
+def align_history(history: Panel, session: date, symbols: Sequence[str]) -> Panel:
+    """History restricted to sessions strictly before `session`, with the columns of `symbols` in that order.
 
-    Rows on or after the snapshot session are dropped (no look-ahead even when the caller passes too much); an
-    unknown symbol gets all-NaN columns; a row without a usable bar is blanked in every field (a missing session).
+    Rows on or after the session are dropped (no look-ahead even when the caller passes too much); an unknown
+    symbol gets all-NaN columns; a row without a usable bar is blanked in every field (a missing session).
     """
-    cutoff = int(np.searchsorted(np.asarray(history.dates).astype("datetime64[D]"), np.datetime64(snap.session, "D")))
-    rows, columns = slice(0, cutoff), _column_order(history, snap.symbols)
+    cutoff = int(np.searchsorted(np.asarray(history.dates).astype("datetime64[D]"), np.datetime64(session, "D")))
+    rows, columns = slice(0, cutoff), _column_order(history, symbols)
     open_, high, low, close, volume = (_select(getattr(history, name), rows, columns)
                                        for name in ("open", "high", "low", "close", "volume"))
     with np.errstate(invalid="ignore"):
         usable = (close > 0) & (high > 0) & (low > 0) & (volume >= 0)
         open_ = np.where(usable & (open_ > 0), open_, np.nan)
     high, low, close, volume = (np.where(usable, values, np.nan) for values in (high, low, close, volume))
-    return Panel(dates=np.asarray(history.dates)[rows].astype("datetime64[D]"), symbols=list(snap.symbols),
+    return Panel(dates=np.asarray(history.dates)[rows].astype("datetime64[D]"), symbols=list(symbols),
                  open=open_, high=high, low=low, close=close, volume=volume)
-
-
-def with_today(history_field: np.ndarray, today: np.ndarray) -> np.ndarray:
-    """History rows with today's partial values appended as the latest row."""
-    return np.vstack([history_field, np.asarray(today, dtype=float)[None, :]])
 
 
 def normalised_volume(snap: Snapshot) -> np.ndarray:
@@ -150,10 +146,6 @@ def ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     """numerator / denominator, NaN where the denominator is missing or not positive."""
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(denominator > 0, numerator / denominator, np.nan)
-
-
-def last_value(series_2d: np.ndarray, n_symbols: int) -> np.ndarray:
-    return series_2d[-1] if series_2d.shape[0] else np.full(n_symbols, np.nan)
 
 
 # ---- data quality -------------------------------------------------------------------------------------------------
@@ -213,18 +205,27 @@ def _today_jump_fault(reasons: np.ndarray, change: np.ndarray, surge: np.ndarray
     _record(reasons, above(np.abs(change), MAX_ONE_DAY_MOVE) & unbacked, "suspect price jump today")
 
 
-def skip_reasons(bars: Panel, snap: Snapshot, change: np.ndarray, surge: np.ndarray,
-                 avg_volume: np.ndarray) -> np.ndarray:
-    """One reason per symbol (None when the data is usable), the most basic fault first."""
-    reasons = np.full(len(snap.symbols), None, dtype=object)
-    _today_faults(reasons, snap)
+def history_reasons(bars: Panel) -> np.ndarray:
+    """Why each symbol's completed sessions cannot be trusted (None when they can), the most basic fault first."""
+    reasons = np.full(len(bars.symbols), None, dtype=object)
     if bars.close.shape[0] < LOOKBACK:
         _record(reasons, np.ones(len(reasons), dtype=bool), f"fewer than 60 valid bars ({bars.close.shape[0]})")
         return reasons
     _coverage_faults(reasons, bars)
     _bar_faults(reasons, bars)
+    return reasons
+
+
+def skip_reasons(history: "History", snap: Snapshot, change: np.ndarray, surge: np.ndarray) -> np.ndarray:
+    """One reason per symbol (None when the data is usable), the most basic fault first: today's bar, then the
+    history, then today's move against the volume, then the volume average."""
+    reasons = np.full(len(snap.symbols), None, dtype=object)
+    _today_faults(reasons, snap)
+    _record(reasons, ~np.equal(history.reasons, None), history.reasons)
+    if history.rows < LOOKBACK:
+        return reasons
     _today_jump_fault(reasons, change, surge)
-    _record(reasons, ~(avg_volume > 0), "no volume in the last 20 sessions")
+    _record(reasons, ~(history.avg_volume > 0), "no volume in the last 20 sessions")
     return reasons
 
 
@@ -244,24 +245,19 @@ def intraday_strength(price: np.ndarray, high: np.ndarray, low: np.ndarray) -> n
     return np.clip(position, 0.0, 1.0)  # a last trade a tick outside a lagging high/low counts as at the edge
 
 
-def _price_signals(bars: Panel, today: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    n_symbols, price = len(bars.symbols), today["price"]
-    prior_high = np.fmax.reduce(bars.high[-BREAKOUT_SESSIONS:], axis=0) if bars.high.shape[0] else np.nan
-    reference_close = (indicators.forward_fill(bars.close)[-ROC_SESSIONS] if bars.close.shape[0] >= ROC_SESSIONS
-                       else np.full(n_symbols, np.nan))
-    close = with_today(bars.close, price)
+def _price_signals(history: "History", today: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    price = today["price"]
     return {
         "change_pct": ratio(price, today["prev_close"]) - 1.0,
         "gap_up": ratio(today["open"], today["prev_close"]) - 1.0,
         "follow_through": above(price, today["open"]),
-        "breakout_5d": above(price, prior_high),
-        "roc_10d": ratio(price, reference_close) - 1.0,
-        "sma20": indicators.sma(close[-20:], 20, window_min_count(20))[-1],
-        "sma50": indicators.sma(close[-50:], 50, window_min_count(50))[-1],
+        "breakout_5d": above(price, history.prior_high),
+        "roc_10d": ratio(price, history.reference_close) - 1.0,
+        "sma20": indicators.sma_step(history.sma20, price, window_min_count(20)),
+        "sma50": indicators.sma_step(history.sma50, price, window_min_count(50)),
         "intraday_strength": intraday_strength(price, today["high"], today["low"]),
-        "rsi_14": last_value(indicators.wilder_rsi(close, 14), n_symbols),
-        "atr_14": last_value(indicators.wilder_atr(with_today(bars.high, today["high"]),
-                                                   with_today(bars.low, today["low"]), close, 14), n_symbols),
+        "rsi_14": indicators.rsi_step(history.rsi, price),
+        "atr_14": indicators.atr_step(history.atr, today["high"], today["low"], price),
     }
 
 
@@ -309,11 +305,50 @@ def _decide(signals: dict[str, np.ndarray], usable: np.ndarray, rules: CapRules)
     return signals
 
 
-def scan(history: Panel, snap: Snapshot, rules: CapRules) -> pd.DataFrame:
+@dataclass(frozen=True)
+class History:
+    """What a scan needs from the completed sessions before `session`, one entry per symbol of `symbols`.
+
+    Every value depends on completed sessions only, so it is prepared once (`prepare`) and combined with each
+    intraday snapshot of the session; the recursive indicators and the moving averages hold the state they reached
+    after the last completed session, and one more step with today's partial bar gives exactly the values a
+    computation over the whole history plus today gives (indicators' resume functions).
+    """
+
+    session: date
+    symbols: list[str]
+    rows: int  # completed sessions in the window
+    reasons: np.ndarray  # why the history cannot be trusted (None when it can), per symbol
+    avg_volume: np.ndarray  # mean volume of the last 20 completed sessions
+    prior_high: np.ndarray  # highest high of the last 5 completed sessions
+    reference_close: np.ndarray  # the close 10 sessions before today (the last one present before it)
+    sma20: indicators.SmaTail
+    sma50: indicators.SmaTail
+    rsi: indicators.RsiState
+    atr: indicators.AtrState
+
+
+def prepare(history: Panel, session: date, symbols: Sequence[str]) -> History:
+    """The completed-session part of a scan of `symbols` on `session` (rows on or after it are ignored)."""
+    bars = align_history(history, session, symbols)
+    rows, n_symbols = bars.close.shape
+    return History(
+        session=session, symbols=list(symbols), rows=rows, reasons=history_reasons(bars),
+        avg_volume=average_volume(bars),
+        prior_high=(np.fmax.reduce(bars.high[-BREAKOUT_SESSIONS:], axis=0) if rows
+                    else np.full(n_symbols, np.nan)),
+        reference_close=(indicators.last_present(bars.close[:rows - ROC_SESSIONS + 1]) if rows >= ROC_SESSIONS
+                         else np.full(n_symbols, np.nan)),
+        sma20=indicators.sma_tail(bars.close, 20), sma50=indicators.sma_tail(bars.close, 50),
+        rsi=indicators.rsi_state(bars.close, 14), atr=indicators.atr_state(bars.high, bars.low, bars.close, 14))
+
+
+def scan(history: Panel | History, snap: Snapshot, rules: CapRules) -> pd.DataFrame:
     """Both scanner stages for every snapshot symbol: one row per symbol, indexed by symbol in snapshot order.
 
     `history` holds completed daily bars before `snap.session` (at least LOOKBACK sessions; more is fine, rows on
-    or after the session are ignored). Columns (fractions, not percent):
+    or after the session are ignored), or the same prepared for this session and these symbols. Columns (fractions,
+    not percent):
     price, prev_close; change_pct = price / prev_close - 1; rvol and volume_surge = time-normalised volume / 20-day
     average volume (the same ratio, used by stage 1 and stage 2); stage1; gap_up = open / prev_close - 1;
     follow_through = price > open; breakout_5d = price > highest high of the 5 prior sessions; roc_10d = price /
@@ -322,18 +357,28 @@ def scan(history: Panel, snap: Snapshot, rules: CapRules) -> pd.DataFrame:
     momentum_breakout; stage2; score (0-20, every non-skipped symbol); skip_reason (None, or why the symbol's data
     was not trusted).
     """
-    bars = align_history(history, snap)
+    history = prepared_for(history, snap, prepare)
     today = _snapshot_arrays(snap)
-    avg_volume = average_volume(bars)
-    surge = ratio(normalised_volume(snap), avg_volume)
-    signals = _price_signals(bars, today)
+    surge = ratio(normalised_volume(snap), history.avg_volume)
+    signals = _price_signals(history, today)
     signals.update(price=today["price"], prev_close=today["prev_close"], rvol=surge, volume_surge=surge.copy())
-    reasons = skip_reasons(bars, snap, signals["change_pct"], surge, avg_volume)
+    reasons = skip_reasons(history, snap, signals["change_pct"], surge)
     usable = np.equal(reasons, None)
     signals = _decide(signals, usable, rules)
     frame = pd.DataFrame({name: signals[name] for name in COLUMNS[:-1]}, index=pd.Index(snap.symbols, name="symbol"))
     frame["skip_reason"] = pd.Series(reasons, index=frame.index, dtype=object)
     return frame
+
+
+def prepared_for(history, snap: Snapshot, prepare_history):
+    """`history` prepared for the snapshot's session and symbols (a Panel is prepared here; a prepared history
+    must already be for exactly that session and those symbols)."""
+    if isinstance(history, Panel):
+        return prepare_history(history, snap.session, snap.symbols)
+    if history.session != snap.session or list(history.symbols) != list(snap.symbols):
+        raise ValueError(f"history prepared for {history.session} and {len(history.symbols)} symbols does not match "
+                         f"the snapshot of {snap.session} with {len(snap.symbols)} symbols")
+    return history
 
 
 # ---- market context -----------------------------------------------------------------------------------------------

@@ -1,0 +1,88 @@
+"""Prepared histories kept for the rest of their session.
+
+The scanner and the reversal score split their work in two: a history part that depends on completed sessions
+only (`scanner.prepare`, `reversal.prepare`) and a step that adds the snapshot. A live cron command runs one scan
+or monitor and prepares its history once; a backtest replays a whole session's scans and monitor runs in one
+process, and without this store would prepare the same completed sessions for the same symbols a dozen times.
+
+Every prepared value is computed column by column (one symbol never affects another), so the store keeps one
+prepared history per kind, session and window, grows it by the symbols it has not seen yet, and hands out the
+requested columns. It is used only over a market port whose completed sessions cannot change while it is open
+(`static_history`: the csv and sim markets); with a live data feed every run prepares its own.
+"""
+from __future__ import annotations
+
+import dataclasses
+from datetime import date
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from models import Panel
+
+Prepare = Callable[[Panel, date, Sequence[str]], Any]
+
+
+class HistoryCache:
+    def __init__(self) -> None:
+        self._entries: dict[tuple, Any] = {}
+        self._columns: dict[tuple, dict[str, int]] = {}
+
+    def get(self, prepare: Prepare, history: Panel, session: date, symbols: Sequence[str]) -> Any:
+        """`prepare(history, session, symbols)`, from the columns prepared earlier in this session where it can."""
+        symbols = list(symbols)
+        if not symbols:
+            return prepare(history, session, symbols)
+        dates = np.asarray(history.dates)
+        window = (str(dates[0]), str(dates[-1]), len(dates)) if len(dates) else ("", "", 0)
+        key = (prepare.__module__, prepare.__qualname__, session, window)
+        if key not in self._entries:
+            self._forget_other_sessions(session)
+        entry, column = self._entries.get(key), self._columns.setdefault(key, {})
+        missing = [symbol for symbol in dict.fromkeys(symbols) if symbol not in column]
+        if missing:
+            fresh = prepare(history.select(missing), session, missing)
+            entry = fresh if entry is None else join_columns(entry, fresh)
+            column.update({symbol: len(column) + i for i, symbol in enumerate(missing)})
+            self._entries[key] = entry
+        return take_columns(entry, np.array([column[symbol] for symbol in symbols], dtype=int))
+
+    def _forget_other_sessions(self, session: date) -> None:
+        for key in [key for key in self._entries if key[2] != session]:
+            del self._entries[key], self._columns[key]
+
+
+def prepared(rt, prepare: Prepare, history: Panel, session: date, symbols: Sequence[str]) -> Any:
+    """The prepared history of `symbols` through the runtime's store when it has one."""
+    cache = rt.history_cache
+    return prepare(history, session, symbols) if cache is None else cache.get(prepare, history, session, symbols)
+
+
+# --- per-symbol columns of a prepared history ---------------------------------------------------------------------
+# A prepared history is a dataclass (possibly nested) whose arrays hold one entry per symbol along their last axis,
+# whose `symbols` list names them, and whose other values (session, row count, periods) are shared by all symbols.
+
+def take_columns(value: Any, index: np.ndarray) -> Any:
+    """The same prepared history restricted to (and reordered as) the columns `index`."""
+    if isinstance(value, np.ndarray):
+        return value[..., index]
+    if isinstance(value, list):
+        return [value[i] for i in index]
+    if dataclasses.is_dataclass(value):
+        return dataclasses.replace(value, **{f.name: take_columns(getattr(value, f.name), index)
+                                             for f in dataclasses.fields(value)})
+    return value
+
+
+def join_columns(first: Any, second: Any) -> Any:
+    """Two prepared histories of the same kind, session and window side by side (first's columns, then second's)."""
+    if isinstance(first, np.ndarray):
+        return np.concatenate([first, second], axis=-1)
+    if isinstance(first, list):
+        return first + second
+    if dataclasses.is_dataclass(first):
+        return dataclasses.replace(first, **{f.name: join_columns(getattr(first, f.name), getattr(second, f.name))
+                                             for f in dataclasses.fields(first)})
+    if first != second:
+        raise ValueError(f"prepared histories disagree on a shared value: {first!r} != {second!r}")
+    return first

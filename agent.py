@@ -96,23 +96,31 @@ def market_context(rt, session: Session, fraction: float, snap: Snapshot) -> dic
     except DataError as err:
         log.warning("no market series: %s", err)
         series = pd.DataFrame()
-    day = pd.Timestamp(session.day)
-    before = series[series.index < day] if len(series) else series
-    today = series.loc[day] if len(series) and day in series.index else None
+    dates = series.index.values if len(series) else np.array([], dtype="datetime64[ns]")
+    day = np.datetime64(session.day, "ns")
+    column = {name: series[name].to_numpy() if name in series else np.full(len(series), np.nan)
+              for name in ("spy_open", "spy_high", "spy_low", "spy_close", "vix_open", "vix_high", "vix_low",
+                           "vix_close")}
+    before = dates < day
+    today_rows = np.flatnonzero(dates == day)
     spy_price = vix = np.nan
-    if today is not None:
+    if today_rows.size:
+        today = {name: values[today_rows[0]] for name, values in column.items()}
         spy_price = float(pathmodel.price_at(today["spy_open"], today["spy_high"], today["spy_low"],
                                              today["spy_close"], fraction))
         vix_open = today["vix_open"] if np.isfinite(today["vix_open"]) else today["vix_close"]
         vix = float(pathmodel.price_at(vix_open, today["vix_high"], today["vix_low"], today["vix_close"], fraction))
-    if not np.isfinite(spy_price) and len(before):
-        spy_price = float(before["spy_close"].iloc[-1])
-    if not np.isfinite(vix) and len(before) and "vix_close" in before:
-        vix = float(before["vix_close"].dropna().iloc[-1]) if before["vix_close"].notna().any() else np.nan
+    spy_before = column["spy_close"][before]
+    if not np.isfinite(spy_price) and spy_before.size:
+        spy_price = float(spy_before[-1])
+    vix_before = column["vix_close"][before]
+    vix_before = vix_before[~np.isnan(vix_before)]
+    if not np.isfinite(vix) and spy_before.size:
+        vix = float(vix_before[-1]) if vix_before.size else np.nan
     if not np.isfinite(spy_price):
         return {"spy_price": None, "trend": None, "vix": None, "breadth": None, "spy_change_pct": None}
     change = np.asarray(snap.price) / np.asarray(snap.prev_close) - 1.0
-    return scanner.market_context(before, spy_price, vix, change)
+    return scanner.market_context(spy_before, spy_price, vix, change)
 
 
 def peak_closes(history: Panel, snap: Snapshot, trades: list[dict]) -> dict[str, float]:
@@ -132,17 +140,22 @@ def peak_closes(history: Panel, snap: Snapshot, trades: list[dict]) -> dict[str,
 
 
 def position_views(trades: list[dict], frame: pd.DataFrame, rev: pd.DataFrame) -> list[dict]:
+    # Columns read once and rows found by position: a row Series per holding costs far more than its values.
+    in_frame = {symbol: i for i, symbol in enumerate(frame.index)}
+    in_rev = {symbol: i for i, symbol in enumerate(rev.index)}
+    price, roc_10d, sma20 = (frame[name].to_numpy() for name in ("price", "roc_10d", "sma20"))
+    scores, signals = rev["score"].to_numpy(), rev["signals"].to_numpy()
     views = []
     for trade in trades:
         symbol = trade["symbol"]
-        row = frame.loc[symbol] if symbol in frame.index else None
+        row, rev_row = in_frame.get(symbol), in_rev.get(symbol)
         views.append({
             "trade_id": trade["id"], "symbol": symbol, "cap": trade["cap"],
-            "reversal_score": int(rev.loc[symbol, "score"]) if symbol in rev.index else None,
-            "signals": list(rev.loc[symbol, "signals"]) if symbol in rev.index else [],
-            "price": _num(row["price"]) if row is not None else None,
-            "roc_10d": _num(row["roc_10d"]) if row is not None else None,
-            "sma20": _num(row["sma20"]) if row is not None else None,
+            "reversal_score": int(scores[rev_row]) if rev_row is not None else None,
+            "signals": list(signals[rev_row]) if rev_row is not None else [],
+            "price": _num(price[row]) if row is not None else None,
+            "roc_10d": _num(roc_10d[row]) if row is not None else None,
+            "sma20": _num(sma20[row]) if row is not None else None,
             "entry_price": trade["entry_price"],
         })
     return views
@@ -226,15 +239,16 @@ def start_scan_row(rt, scan_type: str, cap: str, session: Session, fraction: flo
 def candidate_rows(result: CapScan, asof: str) -> list[dict]:
     rows = []
     frame = result.frame
-    # Column lists read once: looking each candidate's row up in the frame costs far more than the values.
+    decisions = result.decision.candidate_decisions
+    # The candidates' values read column by column: looking each candidate's row up in the frame costs far more.
     position = {symbol: i for i, symbol in enumerate(frame.index)}
-    columns = {name: frame[name].tolist() for name in ("score", *CANDIDATE_FLOATS, *CANDIDATE_FLAGS)}
-    for symbol, (choice, reason) in result.decision.candidate_decisions.items():
-        i = position[symbol]
+    at = np.array([position[symbol] for symbol in decisions], dtype=int)
+    columns = {name: frame[name].to_numpy()[at].tolist() for name in ("score", *CANDIDATE_FLOATS, *CANDIDATE_FLAGS)}
+    for k, (symbol, (choice, reason)) in enumerate(decisions.items()):
         row = {"scan_id": result.scan_id, "symbol": symbol, "cap": result.cap, "session": str(result.session),
-               "asof": asof, "score": int(columns["score"][i]), "decision": choice, "reason": reason}
-        row.update({name: _num(columns[name][i]) for name in CANDIDATE_FLOATS})
-        row.update({name: int(bool(columns[name][i])) for name in CANDIDATE_FLAGS})
+               "asof": asof, "score": int(columns["score"][k]), "decision": choice, "reason": reason}
+        row.update({name: _num(columns[name][k]) for name in CANDIDATE_FLOATS})
+        row.update({name: int(bool(columns[name][k])) for name in CANDIDATE_FLAGS})
         rows.append(row)
     return rows
 
@@ -336,7 +350,8 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
         context.update(regime=current_regime["regime"] if current_regime else None,
                        exposure_factor=current_regime["factor"] if current_regime else 1.0)
     with timer.step("decide"):
-        universe_frame = frame.loc[universe]
+        # the frame's rows are the universe, then holdings outside it (symbols above)
+        universe_frame = frame.iloc[:len(universe)] if len(universe) == len(set(universe)) else frame.loc[universe]
         limits = limits_for(rt, cap, trades, max_buys)
         limits = dataclasses.replace(limits, regime_blocks_buys=context["regime"] == "CRASH")
         decision = decide(rt, scan_id, universe_frame, positions, set(held), limits, context)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy as np
 import pandas as pd
 
 HEALTHY_REVERSAL_SCORE = 3  # below this a position is healthy (skip-buy mode counts these)
@@ -88,10 +89,12 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     decision.skip_mode = in_skip_mode(positions, limits)
     block = buy_block_reason(limits, decision.skip_mode)
     slots = max(0, min(limits.free_slots, limits.free_cap_slots, limits.max_buys))
-    ranked = candidates[candidates["stage1"]].sort_values(
-        ["score", "volume_surge"], ascending=[False, False], kind="mergesort")
-    # Only the score and the stage-2 flag decide; reading the two columns once is much cheaper than a Series a row.
-    for symbol, score, stage2 in zip(ranked.index, ranked["score"].tolist(), ranked["stage2"].tolist()):
+    # Only the score and the stage-2 flag decide; reading the columns once is much cheaper than a Series a row.
+    order = rank_stage1(candidates)
+    symbols, scores, stage2s = (np.asarray(candidates.index)[order].tolist(),
+                                candidates["score"].to_numpy()[order].tolist(),
+                                candidates["stage2"].to_numpy()[order].tolist())
+    for symbol, score, stage2 in zip(symbols, scores, stage2s):
         row = {"score": score, "stage2": stage2}
         decision.candidate_decisions[symbol] = _decide_one(symbol, row, held, block, slots - len(decision.buys),
                                                            limits)
@@ -102,6 +105,16 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     for symbol in watch[WATCHLIST_SIZE:]:
         decision.candidate_decisions[symbol] = ("SKIP", "watchlist full")
     return decision
+
+
+def rank_stage1(candidates: pd.DataFrame) -> np.ndarray:
+    """Row positions of the stage-1 candidates by score, then volume surge (both highest first, a missing surge
+    last), ties in their original order."""
+    rows = np.flatnonzero(candidates["stage1"].to_numpy(dtype=bool))
+    score = candidates["score"].to_numpy(dtype=float)[rows]
+    surge = candidates["volume_surge"].to_numpy(dtype=float)[rows]
+    # np.lexsort is stable and sorts by its last key first; negating makes both descending and leaves NaN last
+    return rows[np.lexsort((-surge, -score))]
 
 
 def _decide_one(symbol: str, row: Mapping[str, Any], held: set[str], block: str | None, slots_left: int,

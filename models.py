@@ -24,10 +24,14 @@ OPEN_STATUSES = frozenset(
 FINAL_STATUSES = frozenset({"filled", "canceled", "expired", "rejected", "replaced", "stopped", "suspended"})
 
 
-def _take_columns(values: np.ndarray, have: Sequence[str], want: Sequence[str]) -> np.ndarray:
-    """Columns of a 2-D array reordered to `want`; a symbol not in `have` gives a NaN column."""
+def _positions(have: Sequence[str], want: Sequence[str]) -> np.ndarray:
+    """Where each wanted symbol is in `have` (-1 when it is not there)."""
     position = {symbol: i for i, symbol in enumerate(have)}
-    index = np.array([position.get(symbol, -1) for symbol in want], dtype=int)
+    return np.array([position.get(symbol, -1) for symbol in want], dtype=int)
+
+
+def _take_at(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """Columns `index` of a 2-D array, as a float copy (-1 gives a NaN column)."""
     out = values[:, np.maximum(index, 0)] if len(index) else np.empty((values.shape[0], 0))
     out = out.astype(float, copy=True)
     out[:, index < 0] = np.nan
@@ -51,8 +55,8 @@ class Panel:
 
     def select(self, symbols: Sequence[str]) -> "Panel":
         """The same dates for a subset of symbols (unknown symbols become all-NaN columns)."""
-        return Panel(self.dates, list(symbols), *(_take_columns(getattr(self, name), self.symbols, symbols)
-                                                  for name in BAR_FIELDS))
+        index = _positions(self.symbols, symbols)
+        return Panel(self.dates, list(symbols), *(_take_at(getattr(self, name), index) for name in BAR_FIELDS))
 
     def frame(self, symbol: str) -> pd.DataFrame:
         """One symbol's bars as a DataFrame indexed by date (for reports and tests, not hot paths)."""
@@ -86,7 +90,8 @@ class Snapshot:
 
     def select(self, symbols: Sequence[str]) -> "Snapshot":
         """The same session for a subset of symbols (unknown symbols get NaN)."""
-        arrays = {name: _take_columns(getattr(self, name)[None, :], self.symbols, symbols)[0]
+        index = _positions(self.symbols, symbols)
+        arrays = {name: _take_at(np.asarray(getattr(self, name))[None, :], index)[0]
                   for name in ("open", "high", "low", "price", "volume", "prev_close", "bid", "ask")}
         return Snapshot(self.session, self.fraction, list(symbols), **arrays)
 

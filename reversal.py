@@ -140,8 +140,9 @@ def reversal_scores(history: Panel | History, snap: Snapshot,
     names = list(REVERSAL_WEIGHTS)
     flags = np.column_stack([triggered[name] & usable for name in names]) if len(price) else np.zeros((0, len(names)),
                                                                                                      dtype=bool)
-    frame = pd.DataFrame(flags, columns=names, index=pd.Index(snap.symbols, name="symbol"))
-    frame["score"] = (flags * np.array([REVERSAL_WEIGHTS[name] for name in names])).sum(axis=1).astype(int)
-    frame["signals"] = [[name for name, on in zip(names, row) if on] for row in flags]
-    frame["skip_reason"] = pd.Series(np.where(usable, None, "no valid price today"), index=frame.index, dtype=object)
-    return frame
+    signals = np.empty(len(flags), dtype=object)
+    signals[:] = [[name for name, on in zip(names, row) if on] for row in flags]
+    return pd.DataFrame({**{name: flags[:, k] for k, name in enumerate(names)},
+                         "score": (flags * np.array([REVERSAL_WEIGHTS[name] for name in names])).sum(axis=1).astype(int),
+                         "signals": signals, "skip_reason": np.where(usable, None, "no valid price today")},
+                        index=pd.Index(snap.symbols, name="symbol"))

@@ -365,9 +365,8 @@ def scan(history: Panel | History, snap: Snapshot, rules: CapRules) -> pd.DataFr
     reasons = skip_reasons(history, snap, signals["change_pct"], surge)
     usable = np.equal(reasons, None)
     signals = _decide(signals, usable, rules)
-    frame = pd.DataFrame({name: signals[name] for name in COLUMNS[:-1]}, index=pd.Index(snap.symbols, name="symbol"))
-    frame["skip_reason"] = pd.Series(reasons, index=frame.index, dtype=object)
-    return frame
+    columns = {name: signals[name] for name in COLUMNS[:-1]}
+    return pd.DataFrame({**columns, "skip_reason": reasons}, index=pd.Index(snap.symbols, name="symbol"))
 
 
 def prepared_for(history, snap: Snapshot, prepare_history):

@@ -1,6 +1,8 @@
+import numpy as np
 import pandas as pd
 import pytest
 
+import decider
 from decider import Limits, decide, decide_positions, in_skip_mode
 
 LIMITS = Limits(free_slots=6, free_cap_slots=2, max_buys=2)
@@ -77,3 +79,15 @@ def test_autoclose_off_keeps_a_high_reversal_score():
     position = {"symbol": "A", "reversal_score": 9, "roc_10d": 0.05, "price": 11, "sma20": 10}
     assert decide_positions([position], Limits(6, 2, 2, autoclose=False)) == ([], ["A"])
     assert decide_positions([position], Limits(6, 2, 2, autoclose_threshold=10))[0] == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_stage1_ranking_matches_a_stable_sort_by_score_then_surge(seed):
+    rng = np.random.default_rng(seed)
+    n = 300
+    surge = rng.choice([1.2, 1.5, 2.0, np.nan, 3.0], n)  # many ties, some missing
+    frame = pd.DataFrame({"stage1": rng.random(n) < 0.6, "score": rng.integers(0, 6, n),
+                          "volume_surge": surge}, index=[f"S{i:03d}" for i in range(n)])
+    expected = frame[frame["stage1"]].sort_values(["score", "volume_surge"], ascending=[False, False],
+                                                  kind="mergesort").index.tolist()
+    assert frame.index[decider.rank_stage1(frame)].tolist() == expected

@@ -109,15 +109,29 @@ def evaluate_positions(rt, flags: exits.PortfolioFlags, report: MonitorReport, d
                                       agent.peak_closes(history, snap, trades))
     rules = exits.ExitRules.from_config(rt.config)
     context = _portfolio_context(rt, trades)
+    context["settings"] = rt.journal.settings()
+    views = symbol_views(signals, scores)
     for trade in trades:
-        position = position_state(rt, trade, snap, signals, scores, context)
+        view = views[trade["symbol"]]
+        position = position_state(rt, trade, snap, view, context)
         if position is None:
             continue
         due = is_due(rt, trade, position, rules)
         if not due:
             report.not_due.append(trade["symbol"])
             continue
-        _check_one(rt, trade, position, flags, rules, scores, report, dry_run)
+        _check_one(rt, trade, position, flags, rules, view, report, dry_run)
+
+
+def symbol_views(signals, scores) -> dict[str, dict]:
+    """What the exit rules read of each holding's scanner and reversal rows (columns read once, not a row
+    Series per holding)."""
+    columns = {name: signals[name].tolist() for name in ("roc_10d", "sma20", "volume_surge")}
+    views = {symbol: {name: values[i] for name, values in columns.items()}
+             for i, symbol in enumerate(signals.index)}
+    for symbol, score, triggered in zip(scores.index, scores["score"].tolist(), scores["signals"].tolist()):
+        views.setdefault(symbol, {}).update(score=score, signals=triggered)
+    return views
 
 
 def is_due(rt, trade: dict, position: exits.PositionState, rules: exits.ExitRules) -> bool:
@@ -141,23 +155,23 @@ def _num(value) -> float | None:
     return number if np.isfinite(number) else None
 
 
-def position_state(rt, trade: dict, snap, signals, scores, context: dict) -> exits.PositionState | None:
+def position_state(rt, trade: dict, snap, view: dict, context: dict) -> exits.PositionState | None:
     symbol = trade["symbol"]
     i = snap.index(symbol)
     price = _num(snap.price[i])
     if price is None or not trade["entry_price"]:
         log.warning("monitor: no price for %s; skipped this run", symbol)
         return None
-    settings = rt.journal.settings()
+    settings = context["settings"]
     peak = max(v for v in (trade["peak_price"], trade["entry_price"], price) if v)
     entry_score = trade["composite_score"]
     return exits.PositionState(
         trade_id=trade["id"], symbol=symbol, qty=trade["qty"], original_qty=trade["original_qty"] or trade["qty"],
         entry_price=trade["entry_price"], price=price, bid=_num(snap.bid[i]), ask=_num(snap.ask[i]),
         peak_price=peak, sessions_held=_sessions_held(rt, trade),
-        reversal_score=int(scores.loc[symbol, "score"]), autoclose=settings["autoclose"] == "on",
-        autoclose_threshold=int(settings["autoclose_threshold"]), roc_10d=_num(signals.loc[symbol, "roc_10d"]),
-        sma20=_num(signals.loc[symbol, "sma20"]), projected_volume_ratio=_num(signals.loc[symbol, "volume_surge"]),
+        reversal_score=int(view["score"]), autoclose=settings["autoclose"] == "on",
+        autoclose_threshold=int(settings["autoclose_threshold"]), roc_10d=_num(view["roc_10d"]),
+        sma20=_num(view["sma20"]), projected_volume_ratio=_num(view["volume_surge"]),
         partial_15_done=bool(trade["partial_15_done"]), partial_25_done=bool(trade["partial_25_done"]),
         target_price=trade["target_price"], is_weakest=trade["id"] == context["weakest_id"],
         best_candidate_score_gap=(context["best_score"] - entry_score
@@ -172,7 +186,7 @@ def _sessions_held(rt, trade: dict) -> int:
 
 
 def _check_one(rt, trade: dict, position: exits.PositionState, flags: exits.PortfolioFlags,
-               rules: exits.ExitRules, scores, report: MonitorReport, dry_run: bool) -> None:
+               rules: exits.ExitRules, view: dict, report: MonitorReport, dry_run: bool) -> None:
     journal = rt.journal
     triggers = exits.evaluate(position, flags, rules)
     chosen = exits.choose(triggers)
@@ -181,7 +195,7 @@ def _check_one(rt, trade: dict, position: exits.PositionState, flags: exits.Port
     journal.insert_row("position_checks", {
         "trade_id": trade["id"], "symbol": trade["symbol"], "checked_at": journal.now(), "price": position.price,
         "pnl_pct": round(position.gain_frac * 100, 4), "reversal_score": position.reversal_score,
-        "signals": json.dumps({"reversal": list(scores.loc[trade["symbol"], "signals"]),
+        "signals": json.dumps({"reversal": list(view["signals"]),
                                "triggered": [t.reason for t in triggers]}),
         "urgent": int(exits.is_urgent(position, rules)), "action": action, "run_id": journal.run_id})
     journal.update_row("trades", "id", trade["id"], {

@@ -156,8 +156,25 @@ def replay(rt, sessions: list[Session], system: str, cap: str,
 
 def _replay_sessions(rt, sessions: list[Session], system: str, cap: str,
                      progress: Callable[[int, int, date], None] | None) -> tuple[int, list[str]]:
+    from prefetch import HistoryPrefetch
+
+    with HistoryPrefetch(rt, [s.day for s in sessions], _prefetch_symbols(rt, system)) as ahead:
+        return _replay_with(rt, sessions, system, cap, progress, ahead)
+
+
+def _prefetch_symbols(rt, system: str) -> list[str]:
+    """The universe the scans read (momentum only: a rebalance reads its own wider history), or nothing when the
+    market may change under a second reader."""
+    if system != "momentum" or rt.history_cache is None:
+        return []
+    return rt.universe.symbols("all")
+
+
+def _replay_with(rt, sessions: list[Session], system: str, cap: str,
+                 progress: Callable[[int, int, date], None] | None, ahead) -> tuple[int, list[str]]:
     steps, failures = 0, []
     for n, session in enumerate(sessions, start=1):
+        ahead.seed(session.day)
         for step in session_steps(session, system, cap):
             try:
                 run_step(rt, step, system)

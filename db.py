@@ -103,7 +103,12 @@ def _migrate(db: sqlite_utils.Database, path: Path, clock: Clock) -> None:
     log.info("journal migrated", extra={"applied": [m.name for m in pending]})
 
 
-_stored = sqlite_utils.db.jsonify_if_needed
+_PLAIN = (str, int, float, type(None))
+
+
+def _stored(value: Any) -> Any:
+    """A value as sqlite_utils stores it (dicts and lists as JSON, dates as ISO text...); plain values as they are."""
+    return value if type(value) in _PLAIN else sqlite_utils.db.jsonify_if_needed(value)
 
 
 class Journal:

@@ -33,9 +33,7 @@ class HistoryCache:
         symbols = list(symbols)
         if not symbols:
             return prepare(history, session, symbols)
-        dates = np.asarray(history.dates)
-        window = (str(dates[0]), str(dates[-1]), len(dates)) if len(dates) else ("", "", 0)
-        key = (prepare.__module__, prepare.__qualname__, session, window)
+        key = _key(prepare, history.dates, session)
         if key not in self._entries:
             self._forget_other_sessions(session)
         entry, column = self._entries.get(key), self._columns.setdefault(key, {})
@@ -47,9 +45,22 @@ class HistoryCache:
             self._entries[key] = entry
         return take_columns(entry, np.array([column[symbol] for symbol in symbols], dtype=int))
 
+    def seed(self, prepare: Prepare, dates: np.ndarray, session: date, symbols: Sequence[str], prepared: Any) -> None:
+        """Store `prepared` as what `prepare` gives for `symbols` over a history with these dates."""
+        key = _key(prepare, dates, session)
+        self._forget_other_sessions(session)
+        self._entries[key] = prepared
+        self._columns[key] = {symbol: i for i, symbol in enumerate(symbols)}
+
     def _forget_other_sessions(self, session: date) -> None:
         for key in [key for key in self._entries if key[2] != session]:
             del self._entries[key], self._columns[key]
+
+
+def _key(prepare: Prepare, dates: np.ndarray, session: date) -> tuple:
+    dates = np.asarray(dates)
+    window = (str(dates[0]), str(dates[-1]), len(dates)) if len(dates) else ("", "", 0)
+    return prepare.__module__, prepare.__qualname__, session, window
 
 
 def prepared(rt, prepare: Prepare, history: Panel, session: date, symbols: Sequence[str]) -> Any:

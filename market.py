@@ -325,12 +325,16 @@ class CsvMarket:
 
     # --- bars and snapshots
 
-    def _gather(self, name: str, rows: np.ndarray, symbols: Sequence[str]) -> np.ndarray:
-        """Field `name` at stock-file rows `rows` (-1 = no such date) for `symbols` (unknown = NaN)."""
+    def _columns(self, symbols: Sequence[str]) -> np.ndarray:
+        """Each symbol's column in the stock file (-1 when the file does not have it)."""
+        return np.array([self._column.get(s, -1) for s in symbols], dtype=np.int64)
+
+    def _gather(self, name: str, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Field `name` at stock-file rows `rows` (-1 = no such date) and `columns` (-1 = unknown symbol: NaN)."""
         if name not in self._fields:  # the derived "_close_before" table, built on first use
             self._fields[name] = self._close_before_table()
-        columns = np.array([self._column.get(s, -1) for s in symbols], dtype=np.int64)
-        out = self._fields[name][np.maximum(rows, 0)[:, None], np.maximum(columns, 0)[None, :]]
+        # rows first, then columns: two plain takes cost less than one two-dimensional fancy index
+        out = self._fields[name].take(np.maximum(rows, 0), axis=0).take(np.maximum(columns, 0), axis=1)
         out[:, columns < 0] = np.nan
         out[rows < 0, :] = np.nan
         return out
@@ -354,8 +358,8 @@ class CsvMarket:
         if serve_spy:
             market_dates = self._market_arrays()["dates"]
             dates = np.union1d(dates, market_dates[_window(market_dates, start, end)])
-        rows = _positions(self.dates, dates)
-        fields = {name: self._gather(name, rows, symbols) for name in BAR_FIELDS}
+        rows, columns = _positions(self.dates, dates), self._columns(symbols)
+        fields = {name: self._gather(name, rows, columns) for name in BAR_FIELDS}
         if serve_spy:
             self._fill_spy(fields, symbols, dates)
         return Panel(dates, symbols, *(fields[name] for name in BAR_FIELDS))
@@ -375,21 +379,21 @@ class CsvMarket:
         if row < 0:
             raise DataError(f"no data for session {session} in {self.path} "
                             f"(covers {self.first_date} .. {self.last_date})")
-        rows = np.array([row])
-        bar = {name: self._gather(name, rows, symbols)[0] for name in BAR_FIELDS}
-        prev_close = self._last_close_before(row, symbols)
+        rows, columns = np.array([row]), self._columns(symbols)
+        bar = {name: self._gather(name, rows, columns)[0] for name in BAR_FIELDS}
+        prev_close = self._last_close_before(row, columns)
         if self._spy_from_market(symbols):
             self._spy_snapshot_bar(bar, prev_close, symbols, session)
         return intraday_snapshot(session, fraction, symbols, bar, prev_close)
 
-    def _last_close_before(self, row: int, symbols: Sequence[str]) -> np.ndarray:
+    def _last_close_before(self, row: int, columns: np.ndarray) -> np.ndarray:
         """Each symbol's last close before stock-file row `row` (a symbol may have skipped days).
 
         Read from a table of every symbol's last close before every row, built once: the data never changes
         while the market is open, and gathering the whole history per snapshot grew with the date."""
         if row == 0:
-            return np.full(len(symbols), np.nan)
-        return self._gather("_close_before", np.array([row]), symbols)[0]
+            return np.full(len(columns), np.nan)
+        return self._gather("_close_before", np.array([row]), columns)[0]
 
     def _close_before_table(self) -> np.ndarray:
         """Row r, column j: symbol j's last non-NaN close in rows < r (NaN when it has none)."""

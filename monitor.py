@@ -103,14 +103,13 @@ def evaluate_positions(rt, flags: exits.PortfolioFlags, report: MonitorReport, d
     snap = quotes.current(rt, symbols)
     history = rt.market.bars(symbols, rt.calendar.sessions_back(session.day, agent.HISTORY_SESSIONS),
                              rt.calendar.previous_session(session.day))
-    signals = scanner.scan(prepared(rt, scanner.prepare, history, snap.session, snap.symbols), snap,
-                           scanner.CapRules(1.3, 0.01, 0.03))
+    signals = scanner.holding_signals(prepared(rt, scanner.prepare, history, snap.session, snap.symbols), snap)
     scores = reversal.reversal_scores(prepared(rt, reversal.prepare, history, snap.session, snap.symbols), snap,
                                       agent.peak_closes(history, snap, trades))
     rules = exits.ExitRules.from_config(rt.config)
     context = _portfolio_context(rt, trades)
     context["settings"] = rt.journal.settings()
-    views = symbol_views(signals, scores)
+    views = symbol_views(snap.symbols, signals, scores)
     for trade in trades:
         view = views[trade["symbol"]]
         position = position_state(rt, trade, snap, view, context)
@@ -123,12 +122,10 @@ def evaluate_positions(rt, flags: exits.PortfolioFlags, report: MonitorReport, d
         _check_one(rt, trade, position, flags, rules, view, report, dry_run)
 
 
-def symbol_views(signals, scores) -> dict[str, dict]:
-    """What the exit rules read of each holding's scanner and reversal rows (columns read once, not a row
-    Series per holding)."""
+def symbol_views(symbols: list[str], signals: dict, scores) -> dict[str, dict]:
+    """What the exit rules read of each holding: its scanner values and reversal row."""
     columns = {name: signals[name].tolist() for name in ("roc_10d", "sma20", "volume_surge")}
-    views = {symbol: {name: values[i] for name, values in columns.items()}
-             for i, symbol in enumerate(signals.index)}
+    views = {symbol: {name: values[i] for name, values in columns.items()} for i, symbol in enumerate(symbols)}
     for symbol, score, triggered in zip(scores.index, scores["score"].tolist(), scores["signals"].tolist()):
         views.setdefault(symbol, {}).update(score=score, signals=triggered)
     return views

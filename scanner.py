@@ -245,6 +245,11 @@ def intraday_strength(price: np.ndarray, high: np.ndarray, low: np.ndarray) -> n
     return np.clip(position, 0.0, 1.0)  # a last trade a tick outside a lagging high/low counts as at the edge
 
 
+def _roc_and_sma20(history: "History", price: np.ndarray) -> dict[str, np.ndarray]:
+    return {"roc_10d": ratio(price, history.reference_close) - 1.0,
+            "sma20": indicators.sma_step(history.sma20, price, window_min_count(20))}
+
+
 def _price_signals(history: "History", today: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     price = today["price"]
     return {
@@ -252,8 +257,7 @@ def _price_signals(history: "History", today: dict[str, np.ndarray]) -> dict[str
         "gap_up": ratio(today["open"], today["prev_close"]) - 1.0,
         "follow_through": above(price, today["open"]),
         "breakout_5d": above(price, history.prior_high),
-        "roc_10d": ratio(price, history.reference_close) - 1.0,
-        "sma20": indicators.sma_step(history.sma20, price, window_min_count(20)),
+        **_roc_and_sma20(history, price),
         "sma50": indicators.sma_step(history.sma50, price, window_min_count(50)),
         "intraday_strength": intraday_strength(price, today["high"], today["low"]),
         "rsi_14": indicators.rsi_step(history.rsi, price),
@@ -367,6 +371,14 @@ def scan(history: Panel | History, snap: Snapshot, rules: CapRules) -> pd.DataFr
     signals = _decide(signals, usable, rules)
     columns = {name: signals[name] for name in COLUMNS[:-1]}
     return pd.DataFrame({**columns, "skip_reason": reasons}, index=pd.Index(snap.symbols, name="symbol"))
+
+
+def holding_signals(history: Panel | History, snap: Snapshot) -> dict[str, np.ndarray]:
+    """What the exit rules read of held symbols (roc_10d, sma20, volume_surge), exactly as `scan` computes them,
+    without the rest of the scan."""
+    history = prepared_for(history, snap, prepare)
+    price = np.asarray(snap.price, dtype=float)
+    return {**_roc_and_sma20(history, price), "volume_surge": ratio(normalised_volume(snap), history.avg_volume)}
 
 
 def prepared_for(history, snap: Snapshot, prepare_history):

@@ -125,3 +125,14 @@ def test_join_refuses_histories_of_different_windows(daily):  # noqa: F811
                                                                                          daily.symbols[3:6]))
     one = scanner.prepare(long, session, daily.symbols[:3])
     assert take_columns(one, np.array([2, 0])).symbols == [daily.symbols[2], daily.symbols[0]]
+
+
+def test_holding_signals_are_the_scan_columns(daily):  # noqa: F811
+    session = date(2015, 8, 24)
+    history = history_before(daily, session)
+    snap = snapshot_of(daily, session, 0.3).select(daily.symbols[::7])
+    frame = scanner.scan(history, snap, scanner.CAP_RULES["large"])
+    signals = scanner.holding_signals(history, snap)
+    for name in ("roc_10d", "sma20", "volume_surge"):
+        np.testing.assert_array_equal(signals[name], frame[name].to_numpy())
+    assert np.isfinite(signals["volume_surge"]).sum() > 50

@@ -1,0 +1,94 @@
+"""Histories prepared ahead by the backtest's worker process: the same columns the replay would prepare itself,
+and a worker that fails leaves the replay preparing in process."""
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pytest
+
+import agent
+import backtest
+import reversal
+import scanner
+from prefetch import HistoryPrefetch
+from realdata import BARS
+
+DAYS = [date(2014, 3, 3), date(2014, 3, 4), date(2014, 3, 5)]
+
+
+@pytest.fixture
+def rt(real_universe, shared_cache, tmp_path):  # noqa: F811
+    from config import load_config
+
+    config = load_config({"UNIVERSE_FILE": str(real_universe), "DATA_SOURCE": f"csv:{BARS}", "BROKER": "sim",
+                          "CACHE_DIR": str(shared_cache), "LOG_DIR": str(tmp_path / "logs"), "MOMENTUM_ASOF": ""})
+    runtime = backtest.backtest_runtime(config, tmp_path / "bt")
+    yield runtime
+    runtime.close()
+
+
+def _history(rt, day: date, symbols: list[str]):
+    cal = rt.calendar
+    return rt.market.bars(symbols, cal.sessions_back(day, agent.HISTORY_SESSIONS), cal.previous_session(day))
+
+
+def _equal(first, second) -> None:
+    for name in first.__dataclass_fields__:
+        a, b = getattr(first, name), getattr(second, name)
+        if hasattr(a, "__dataclass_fields__"):
+            _equal(a, b)
+        elif isinstance(a, np.ndarray):
+            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
+        else:
+            assert a == b, name
+
+
+def test_the_worker_seeds_the_columns_the_replay_would_prepare(rt):
+    universe = rt.universe.symbols("all")
+    wanted = rt.universe.symbols("small")[:30] + rt.universe.symbols("large")[:5]
+    with HistoryPrefetch(rt, DAYS, universe) as ahead:
+        for day in DAYS:
+            assert ahead.seed(day)
+            history = _history(rt, day, wanted)
+            for prepare in (scanner.prepare, reversal.prepare):
+                key_count = len(rt.history_cache._entries)
+                _equal(rt.history_cache.get(prepare, history, day, wanted), prepare(history, day, wanted))
+                assert len(rt.history_cache._entries) == key_count  # served from the seeded entry
+
+
+class FailingMarket:
+    """The real market, except that bars for the worker's whole universe fail after the first session."""
+
+    def __init__(self, inner, fail_after: date):
+        self.inner, self.fail_after = inner, fail_after
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def bars(self, symbols, start, end):
+        if end >= self.fail_after and len(symbols) > 100:
+            raise RuntimeError("disk went away")
+        return self.inner.bars(symbols, start, end)
+
+
+def test_a_failing_worker_leaves_the_replay_to_prepare_in_process(rt, caplog):
+    rt.__dict__["market"] = FailingMarket(rt.market, DAYS[0])  # the history of DAYS[1] ends on DAYS[0]
+    with HistoryPrefetch(rt, DAYS, rt.universe.symbols("all")) as ahead:
+        assert ahead.seed(DAYS[0])
+        assert not ahead.seed(DAYS[1])
+        assert not ahead.seed(DAYS[2])
+    assert "history prefetch stopped: RuntimeError: disk went away" in caplog.text
+    wanted = rt.universe.symbols("mid")[:10]
+    history = _history(rt, DAYS[2], wanted)
+    _equal(rt.history_cache.get(scanner.prepare, history, DAYS[2], wanted),
+           scanner.prepare(history, DAYS[2], wanted))
+
+
+def test_nothing_is_prefetched_for_a_live_feed_or_a_rebalance(rt):
+    assert backtest._prefetch_symbols(rt, "rebalance") == []
+    assert len(backtest._prefetch_symbols(rt, "momentum")) > 400
+    rt.__dict__["history_cache"] = None
+    assert backtest._prefetch_symbols(rt, "momentum") == []
+    with HistoryPrefetch(rt, DAYS, []) as ahead:
+        assert not ahead.seed(DAYS[0])

@@ -31,6 +31,7 @@ JOB_NAMES = ("daily-snapshot", "update-outcomes", "update-tracking", "cleanup")
 NOT_A_TRADING_DAY = "not a trading day: nothing to do"
 OUTCOME_HORIZONS = (1, 3, 5, 10)
 OUTCOME_WINDOW = 10
+OUTCOME_COLUMNS = (*(f"price_{k}d" for k in OUTCOME_HORIZONS), "max_gain_10d", "max_drawdown_10d")
 # A candidate whose 10-session outcome stays unknown (missing bars) is retried this many sessions, then left alone.
 OUTCOME_RETRY_SESSIONS = 20
 RETENTION_DAYS = 90
@@ -139,11 +140,9 @@ def snapshot_row(rt, today: date) -> dict[str, Any]:
 def daily_snapshot(rt) -> JobResult:
     today = rt.clock.today()
     row = snapshot_row(rt, today)
-    table = rt.journal.db.table("daily_performance")
     stored = rt.journal.one("SELECT * FROM daily_performance WHERE date = ?", [row["date"]])
     if stored is None or _changed(stored, row):
-        with rt.journal.atomic():
-            table.upsert({**row, "created_at": rt.journal.now()}, pk="date")
+        rt.journal.upsert_rows("daily_performance", [{**row, "created_at": rt.journal.now()}], key="date")
     message = (f"{row['date']} equity {row['equity']:,.2f}, day P&L {row['day_pnl']:+,.2f}, "
                f"cumulative {row['cum_return_pct']:+.2f}%")
     if row["spy_cum_return_pct"] is not None:
@@ -154,13 +153,39 @@ def daily_snapshot(rt) -> JobResult:
 
 # --- update-outcomes -----------------------------------------------------------------------------------------------
 
-def _pending_candidates(rt, last_session: date) -> list[dict]:
+@dataclass
+class PendingOutcomes:
+    """Candidates whose outcome is still open, column by column; a stored NULL outcome is NaN in `stored`."""
+    ids: list[int]
+    symbols: list[str]
+    sessions: np.ndarray  # datetime64[D]
+    price: np.ndarray
+    stored: np.ndarray  # one row per candidate, one column per OUTCOME_COLUMNS
+    stamped: np.ndarray  # bool: its outcome has been measured at least once
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+# Parameters: the last completed session, the oldest session still retried. ORDER BY session, id is the order of the
+# partial index candidates_outcome_pending (migration 0005), so SQLite reads just the open rows through it rather
+# than scanning the whole table, which grows by every candidate of every scan.
+PENDING_OUTCOMES_SQL = (
+    f"SELECT id, symbol, session, price, {', '.join(OUTCOME_COLUMNS)}, outcome_updated_at IS NOT NULL "
+    "FROM candidates WHERE price_10d IS NULL AND price > 0 AND session < ? "
+    "AND (outcome_updated_at IS NULL OR session >= ?) ORDER BY session, id")
+
+
+def _pending_candidates(rt, last_session: date) -> PendingOutcomes | None:
     oldest_retry = rt.calendar.sessions_back(last_session, OUTCOME_RETRY_SESSIONS).isoformat()
-    return rt.journal.query(
-        "SELECT id, symbol, session, price, price_1d, price_3d, price_5d, price_10d, max_gain_10d, "
-        "max_drawdown_10d, outcome_updated_at FROM candidates WHERE price_10d IS NULL AND price > 0 AND session < ? "
-        "AND (outcome_updated_at IS NULL OR session >= ?) ORDER BY id",
-        [last_session.isoformat(), oldest_retry])
+    # tuples straight into arrays: a dict per row would cost more than the query
+    rows = rt.journal.db.execute(PENDING_OUTCOMES_SQL, [last_session.isoformat(), oldest_retry]).fetchall()
+    if not rows:
+        return None
+    ids, symbols, sessions, price, *stored, stamped = zip(*rows)
+    return PendingOutcomes(list(ids), list(symbols), np.array(sessions, dtype="datetime64[D]"),
+                           np.array(price, dtype=float), np.array(stored, dtype=float).T,
+                           np.array(stamped, dtype=bool))
 
 
 def candidate_outcomes(close: np.ndarray, high: np.ndarray, low: np.ndarray, row: np.ndarray, col: np.ndarray,
@@ -186,45 +211,73 @@ def candidate_outcomes(close: np.ndarray, high: np.ndarray, low: np.ndarray, row
     return out
 
 
-def _outcome_updates(rt, pending: list[dict], last_session: date) -> list[tuple[int, dict]]:
-    first_session = date.fromisoformat(min(c["session"] for c in pending))
-    symbols = sorted({c["symbol"] for c in pending})
-    panel = rt.market.bars(symbols, first_session, last_session)
+def outcomes_changed(new: np.ndarray, stored: np.ndarray, tolerance: float = 1e-9) -> np.ndarray:
+    """Per row, whether any value differs from the stored one (NaN = unknown): `_changed` over whole arrays."""
+    new_known, stored_known = ~np.isnan(new), ~np.isnan(stored)
+    with np.errstate(invalid="ignore"):
+        moved = np.abs(new - stored) > tolerance
+    return ((new_known != stored_known) | (new_known & stored_known & moved)).any(axis=1)
+
+
+def _measured_outcomes(rt, pending: PendingOutcomes, last_session: date) -> np.ndarray | None:
+    """Every pending candidate's OUTCOME_COLUMNS as they stand after `last_session`, NaN where unknown."""
+    symbols = sorted(set(pending.symbols))
+    panel = rt.market.bars(symbols, pending.sessions.min().item(), last_session)
     days = panel.dates.astype("datetime64[D]")
     if len(days) == 0:
-        return []
-    sessions = np.array([np.datetime64(c["session"], "D") for c in pending])
-    row = np.searchsorted(days, sessions)
-    on_axis = (row < len(days)) & (days[np.minimum(row, len(days) - 1)] == sessions)
-    col = np.array([panel.symbols.index(c["symbol"]) for c in pending])
-    price = np.array([c["price"] for c in pending], dtype=float)
+        return None
+    row = np.searchsorted(days, pending.sessions)
+    on_axis = (row < len(days)) & (days[np.minimum(row, len(days) - 1)] == pending.sessions)
+    column_of = {symbol: i for i, symbol in enumerate(panel.symbols)}
+    col = np.array([column_of[symbol] for symbol in pending.symbols])
     last_row = int(np.searchsorted(days, np.datetime64(last_session, "D"), side="right")) - 1
-    values = candidate_outcomes(panel.close, panel.high, panel.low, row, col, price, last_row)
-    updates = []
-    for i, candidate in enumerate(pending):
-        # without a bar on the candidate's own session nothing can be measured yet; the row is still stamped, so
-        # the retry window (OUTCOME_RETRY_SESSIONS) bounds how long it is looked at
-        new = {name: _finite(array[i]) if on_axis[i] else None for name, array in values.items()}
-        if candidate["outcome_updated_at"] is None or _changed(candidate, new):
-            updates.append((candidate["id"], new))
-    return updates
+    values = candidate_outcomes(panel.close, panel.high, panel.low, row, col, pending.price, last_row)
+    measured = np.column_stack([values[name] for name in OUTCOME_COLUMNS])
+    # without a bar on the candidate's own session nothing can be measured yet; the row is still stamped, so the
+    # retry window (OUTCOME_RETRY_SESSIONS) bounds how long it is looked at
+    return np.where(on_axis[:, None] & np.isfinite(measured), measured, np.nan)
+
+
+def _outcome_updates(rt, pending: PendingOutcomes, last_session: date) -> list[tuple[int, list]]:
+    """(id, OUTCOME_COLUMNS values) of the candidates never stamped before or whose outcome moved."""
+    measured = _measured_outcomes(rt, pending, last_session)
+    if measured is None:
+        return []
+    chosen = np.flatnonzero(~pending.stamped | outcomes_changed(measured, pending.stored))
+    values = measured[chosen].astype(object)  # Python floats, and None for SQL NULL
+    values[np.isnan(measured[chosen])] = None
+    return [(pending.ids[i], row) for i, row in zip(chosen.tolist(), values.tolist())]
+
+
+def _write_outcomes(rt, updates: list[tuple[int, list]], now: str) -> int:
+    """Store the updates, stamped `now`, in one transaction; returns how many outcomes they complete.
+
+    A candidate still open leaves price_10d (NULL before and after) out of its UPDATE: SQLite then keeps its entry in
+    the partial index candidates_outcome_pending as it is, where setting the column would delete and re-insert it.
+    """
+    if not updates:
+        return 0
+    tenth = OUTCOME_COLUMNS.index("price_10d")
+    completed = [(candidate_id, values) for candidate_id, values in updates if values[tenth] is not None]
+    still_open = [(candidate_id, values[:tenth] + values[tenth + 1:])
+                  for candidate_id, values in updates if values[tenth] is None]
+    open_columns = OUTCOME_COLUMNS[:tenth] + OUTCOME_COLUMNS[tenth + 1:]
+    with rt.journal.atomic():
+        for columns, batch in ((OUTCOME_COLUMNS, completed), (open_columns, still_open)):
+            if batch:  # one statement a batch; the rows are many on a busy day
+                assignments = ", ".join(f"{name} = ?" for name in (*columns, "outcome_updated_at"))
+                rt.journal.db.conn.executemany(f"UPDATE candidates SET {assignments} WHERE id = ?",
+                                               [[*values, now, candidate_id] for candidate_id, values in batch])
+    return len(completed)
 
 
 def update_outcomes(rt) -> JobResult:
     last_session = last_completed_session(rt)
     pending = _pending_candidates(rt, last_session)
-    if not pending:
+    if pending is None:
         return JobResult("update-outcomes", "done", "no candidate outcomes to update", {"candidates": 0})
     updates = _outcome_updates(rt, pending, last_session)
-    now = rt.journal.now()
-    if updates:
-        columns = [*updates[0][1], "outcome_updated_at"]
-        assignments = ", ".join(f"{name} = ?" for name in columns)
-        with rt.journal.atomic():
-            rt.journal.db.conn.executemany(  # one statement for the batch; the rows are many on a busy day
-                f"UPDATE candidates SET {assignments} WHERE id = ?",
-                [[*values.values(), now, candidate_id] for candidate_id, values in updates])
-    complete = sum(1 for _, values in updates if values["price_10d"] is not None)
+    complete = _write_outcomes(rt, updates, rt.journal.now())
     return JobResult("update-outcomes", "done", f"outcomes up to {last_session}",
                      {"checked": len(pending), "updated": len(updates), "completed": complete})
 

@@ -153,10 +153,18 @@ ALTER TABLE trades ADD COLUMN partial_15_done INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE trades ADD COLUMN partial_25_done INTEGER NOT NULL DEFAULT 0;
 """
 
+# update-outcomes reads the candidates whose 10-session outcome is still open: a few sessions' worth, while the table
+# grows by every candidate of every scan. A partial index holds just those rows (an entry leaves it when price_10d is
+# filled in), ordered by session as the job reads them.
+MIGRATION_0005 = """
+CREATE INDEX candidates_outcome_pending ON candidates(session) WHERE price_10d IS NULL;
+"""
+
 # (name, sql) in order; names are stored in _sqlite_migrations and must never change.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", MIGRATION_0001),
     ("0002_quote_cache", MIGRATION_0002),
     ("0003_fill_ledger", MIGRATION_0003),
     ("0004_exit_plans", MIGRATION_0004),
+    ("0005_pending_outcomes_index", MIGRATION_0005),
 ]

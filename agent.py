@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import date
@@ -166,7 +167,7 @@ def _num(value) -> float | None:
         number = float(value)
     except (TypeError, ValueError):
         return None
-    return number if np.isfinite(number) else None
+    return number if math.isfinite(number) else None
 
 
 def limits_for(rt, cap: str, trades: list[dict], max_buys: int | None) -> decider.Limits:

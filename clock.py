@@ -103,55 +103,60 @@ class Calendar:
         self._days = np.array(cal.sessions.values.astype("datetime64[D]"))
         self._opens = cal.opens.values.astype("datetime64[s]").astype(np.int64)
         self._closes = cal.closes.values.astype("datetime64[s]").astype(np.int64)
+        self._dates: list[date] = self._days.tolist()  # datetime64[D] converts to datetime.date
+        self._first, self._last = self._dates[0], self._dates[-1]
+        self._indexes: dict[date, int] = {}  # every command asks about the same few days many times
 
     def _index(self, day: date) -> int:
         """Index of the first session on or after `day`."""
-        self._check_range(day)
-        return int(np.searchsorted(self._days, np.datetime64(day, "D")))
+        index = self._indexes.get(day)
+        if index is None:
+            self._check_range(day)
+            index = self._indexes[day] = int(np.searchsorted(self._days, np.datetime64(day, "D")))
+        return index
 
     def _check_range(self, day: date) -> None:
-        first, last = self._days[0].astype(date), self._days[-1].astype(date)
-        if not first <= day <= last:
-            raise ConfigError(f"date {day} is outside the NYSE calendar ({first} .. {last})")
+        if not self._first <= day <= self._last:
+            raise ConfigError(f"date {day} is outside the NYSE calendar ({self._first} .. {self._last})")
 
     def is_session(self, day: date) -> bool:
         i = self._index(day)
-        return i < len(self._days) and self._days[i].astype(date) == day
+        return i < len(self._days) and self._dates[i] == day
 
     def session(self, day: date) -> Session:
         i = self._index(day)
-        if i >= len(self._days) or self._days[i].astype(date) != day:
+        if i >= len(self._days) or self._dates[i] != day:
             raise ConfigError(f"{day} is not an NYSE trading day")
         return self._session_at(i)
 
     def _session_at(self, i: int) -> Session:
         to_dt = lambda secs: datetime.fromtimestamp(int(secs), UTC)  # noqa: E731
-        return Session(self._days[i].astype(date), to_dt(self._opens[i]), to_dt(self._closes[i]))
+        return Session(self._dates[i], to_dt(self._opens[i]), to_dt(self._closes[i]))
 
     def next_session(self, day: date) -> date:
         """The first session strictly after `day`."""
         i = self._index(day + timedelta(days=1))
-        return self._days[i].astype(date)
+        return self._dates[i]
 
     def previous_session(self, day: date) -> date:
         """The last session strictly before `day`."""
         i = self._index(day) - 1
         if i < 0:
             raise ConfigError(f"no NYSE session before {day} in the calendar")
-        return self._days[i].astype(date)
+        return self._dates[i]
 
     def sessions(self, start: date, end: date) -> list[date]:
         """Sessions with start <= day <= end."""
         lo = np.searchsorted(self._days, np.datetime64(start, "D"))
         hi = np.searchsorted(self._days, np.datetime64(end, "D"), side="right")
-        return [d.astype(date) for d in self._days[lo:hi]]
+        return self._dates[lo:hi]
 
     def sessions_back(self, day: date, count: int) -> date:
         """The date `count` sessions before `day` (day itself need not be a session)."""
         i = self._index(day) - count
         if i < 0:
             raise ConfigError(f"not enough NYSE history before {day}")
-        return self._days[i].astype(date)
+        return self._dates[i]
 
     def is_open(self, moment: datetime) -> bool:
         """True inside a regular session (open inclusive, close exclusive)."""

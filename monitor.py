@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -148,8 +149,8 @@ def _portfolio_context(rt, trades: list[dict]) -> dict:
 
 
 def _num(value) -> float | None:
-    number = float(value) if value is not None else np.nan
-    return number if np.isfinite(number) else None
+    number = float(value) if value is not None else math.nan
+    return number if math.isfinite(number) else None
 
 
 def position_state(rt, trade: dict, snap, view: dict, context: dict) -> exits.PositionState | None:

@@ -238,20 +238,24 @@ def start_scan_row(rt, scan_type: str, cap: str, session: Session, fraction: flo
 
 
 def candidate_rows(result: CapScan, asof: str) -> list[dict]:
-    rows = []
     frame = result.frame
     decisions = result.decision.candidate_decisions
-    # The candidates' values read column by column: looking each candidate's row up in the frame costs far more.
+    # The candidates' values read column by column and converted as whole arrays (a missing or infinite float is
+    # NULL, flags are 0/1): looking each candidate's row up in the frame costs far more.
     position = {symbol: i for i, symbol in enumerate(frame.index)}
     at = np.array([position[symbol] for symbol in decisions], dtype=int)
-    columns = {name: frame[name].to_numpy()[at].tolist() for name in ("score", *CANDIDATE_FLOATS, *CANDIDATE_FLAGS)}
-    for k, (symbol, (choice, reason)) in enumerate(decisions.items()):
-        row = {"scan_id": result.scan_id, "symbol": symbol, "cap": result.cap, "session": str(result.session),
-               "asof": asof, "score": int(columns["score"][k]), "decision": choice, "reason": reason}
-        row.update({name: _num(columns[name][k]) for name in CANDIDATE_FLOATS})
-        row.update({name: int(bool(columns[name][k])) for name in CANDIDATE_FLAGS})
-        rows.append(row)
-    return rows
+    floats = np.array([frame[name].to_numpy(dtype=float)[at] for name in CANDIDATE_FLOATS]).reshape(
+        len(CANDIDATE_FLOATS), len(at))
+    stored = floats.astype(object)
+    stored[~np.isfinite(floats)] = None
+    flags = np.array([frame[name].to_numpy(dtype=bool)[at] for name in CANDIDATE_FLAGS]).reshape(
+        len(CANDIDATE_FLAGS), len(at)).astype(int)
+    columns = dict(zip(CANDIDATE_FLOATS, stored.tolist())) | dict(zip(CANDIDATE_FLAGS, flags.tolist()))
+    scores = frame["score"].to_numpy()[at].tolist()
+    common = {"scan_id": result.scan_id, "cap": result.cap, "session": str(result.session), "asof": asof}
+    return [{**common, "symbol": symbol, "score": int(scores[k]), "decision": choice, "reason": reason,
+             **{name: values[k] for name, values in columns.items()}}
+            for k, (symbol, (choice, reason)) in enumerate(decisions.items())]
 
 
 def record_cap_scan(rt, result: CapScan, status: str) -> None:

@@ -46,8 +46,7 @@ def intraday_snapshot(session: date, fraction: float, symbols: Sequence[str], ba
     """The Snapshot of one session's daily bars (arrays per field, one entry per symbol) at `fraction`."""
     fraction = float(min(1.0, max(0.0, fraction)))
     o, h, lo, c = bar["open"], bar["high"], bar["low"], bar["close"]
-    price = pathmodel.price_at(o, h, lo, c, fraction)
-    high_so_far, low_so_far = pathmodel.range_so_far(o, h, lo, c, fraction)
+    price, high_so_far, low_so_far = pathmodel.intraday_view(o, h, lo, c, fraction)
     half_spread = price * SPREAD / 2.0
     # At the close the whole day's volume has traded; the profile's float rounding would leave it a hair short.
     volume_share = 1.0 if fraction >= 1.0 else float(pathmodel.volume_fraction(fraction))
@@ -287,6 +286,7 @@ class CsvMarket:
         self.market_path = Path(market_path) if market_path is not None else companion_market_file(self.path)
         self._market: dict[str, np.ndarray] | None = None
         self._bars_memo: dict[tuple, Panel] = {}
+        self._series_memo: dict[tuple, pd.DataFrame] = {}
 
     @property
     def first_date(self) -> date:
@@ -318,10 +318,18 @@ class CsvMarket:
         return "SPY" in symbols and "SPY" not in self._column and self.market_path is not None
 
     def market_series(self, start: date, end: date) -> pd.DataFrame:
-        market = self._market_arrays()
-        rows = _window(market["dates"], start, end)
-        index = pd.DatetimeIndex(market["dates"][rows], name="date")
-        return pd.DataFrame({name: market[name][rows] for name in MARKET_COLUMNS[1:]}, index=index)
+        """Memoised like `bars` (every scan of a session asks for the same window); each caller gets a copy."""
+        key = (start, end)
+        stored = self._series_memo.get(key)
+        if stored is None:
+            market = self._market_arrays()
+            rows = _window(market["dates"], start, end)
+            index = pd.DatetimeIndex(market["dates"][rows], name="date")
+            stored = pd.DataFrame({name: market[name][rows] for name in MARKET_COLUMNS[1:]}, index=index)
+            if len(self._series_memo) >= _BARS_MEMO_SIZE:
+                self._series_memo.pop(next(iter(self._series_memo)))
+            self._series_memo[key] = stored
+        return stored.copy()
 
     # --- bars and snapshots
 

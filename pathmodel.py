@@ -46,7 +46,10 @@ def _aligned(open_, high, low, close, fraction) -> tuple[np.ndarray, np.ndarray]
 
 def price_at(open_, high, low, close, fraction) -> np.ndarray:
     """The path price at session fraction f (vectorised over symbols; f may be a scalar or an array)."""
-    v, f = _aligned(open_, high, low, close, fraction)
+    return _price_on(*_aligned(open_, high, low, close, fraction))
+
+
+def _price_on(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     seg = np.minimum((f * 3.0).astype(int), 2)  # segment 0, 1 or 2
     t0 = seg / 3.0
     w = (f - t0) * 3.0
@@ -57,12 +60,17 @@ def price_at(open_, high, low, close, fraction) -> np.ndarray:
 
 def range_so_far(open_, high, low, close, fraction) -> tuple[np.ndarray, np.ndarray]:
     """(high so far, low so far) along the path up to session fraction f."""
+    return intraday_view(open_, high, low, close, fraction)[1:]
+
+
+def intraday_view(open_, high, low, close, fraction) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(price, high so far, low so far) at session fraction f: `price_at` and `range_so_far` from one path."""
     v, f = _aligned(open_, high, low, close, fraction)
-    now = price_at(open_, high, low, close, f)
+    now = _price_on(v, f)
     passed = VERTEX_TIMES <= f[..., None]  # vertices already reached
     masked_hi = np.where(passed, v, -np.inf)
     masked_lo = np.where(passed, v, np.inf)
-    return np.maximum(masked_hi.max(axis=-1), now), np.minimum(masked_lo.min(axis=-1), now)
+    return now, np.maximum(masked_hi.max(axis=-1), now), np.minimum(masked_lo.min(axis=-1), now)
 
 
 def path_points(open_: float, high: float, low: float, close: float, f_from: float, f_to: float

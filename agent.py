@@ -26,7 +26,7 @@ import reversal
 import scanner
 from clock import Session
 from errors import ConfigError, DataError
-from history_cache import prepared
+from history_cache import market_snapshot, prepared, scan_frame
 from locks import scan_lock
 from models import Panel, Snapshot
 
@@ -84,7 +84,7 @@ def load_market(rt, symbols: list[str], session: Session, fraction: float) -> tu
     cal = rt.calendar
     start = cal.sessions_back(session.day, HISTORY_SESSIONS)
     history = rt.market.bars(symbols, start, cal.previous_session(session.day))
-    snap = rt.market.snapshot(symbols, session.day, fraction)
+    snap = market_snapshot(rt, symbols, session.day, fraction)
     return history, snap
 
 
@@ -342,8 +342,7 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
     with timer.step("market_data"):
         history, snap = load_market(rt, symbols, session, fraction)
     with timer.step("scanner"):
-        frame = scanner.scan(prepared(rt, scanner.prepare, history, session.day, snap.symbols), snap,
-                             cap_rules(rt.config, cap))
+        frame = scan_frame(rt, history, snap, cap_rules(rt.config, cap))
     with timer.step("reversal"):
         held_snap = snap.select(held)
         rev = reversal.reversal_scores(prepared(rt, reversal.prepare, history, session.day, held), held_snap,

@@ -158,8 +158,21 @@ def _replay_sessions(rt, sessions: list[Session], system: str, cap: str,
                      progress: Callable[[int, int, date], None] | None) -> tuple[int, list[str]]:
     from prefetch import HistoryPrefetch
 
-    with HistoryPrefetch(rt, [s.day for s in sessions], _prefetch_symbols(rt, system)) as ahead:
+    moments = {session.day: _step_moments(rt, session, system, cap) for session in sessions}
+    with HistoryPrefetch(rt, [s.day for s in sessions], _prefetch_symbols(rt, system), moments) as ahead:
         return _replay_with(rt, sessions, system, cap, progress, ahead)
+
+
+def _step_moments(rt, session: Session, system: str, cap: str) -> list[tuple]:
+    """(session fraction, scan rules or None) of each step that reads a snapshot, as the step will see it."""
+    import agent
+
+    moments = []
+    for step in session_steps(session, system, cap):
+        if step.kind in ("scan", "monitor"):
+            fraction = rt.calendar.current_or_last_session(step.moment)[1]
+            moments.append((fraction, agent.cap_rules(rt.config, step.cap) if step.kind == "scan" else None))
+    return moments
 
 
 def _prefetch_symbols(rt, system: str) -> list[str]:

@@ -9,6 +9,11 @@ Every prepared value is computed column by column (one symbol never affects anot
 prepared history per kind, session and window, grows it by the symbols it has not seen yet, and hands out the
 requested columns. It is used only over a market port whose completed sessions cannot change while it is open
 (`static_history`: the csv and sim markets); with a live data feed every run prepares its own.
+
+A backtest's worker (prefetch.py) also computes, ahead of the replay, each session's snapshots of the whole
+universe at the cron moments and the scan frames of those snapshots. Snapshots and scan rows are computed symbol
+by symbol too, so the rows of the requested symbols are what a direct computation would give; anything not seeded
+(another moment, a symbol outside the universe, another history window) is computed directly.
 """
 from __future__ import annotations
 
@@ -17,8 +22,9 @@ from datetime import date
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pandas as pd
 
-from models import Panel
+from models import Panel, Snapshot
 
 Prepare = Callable[[Panel, date, Sequence[str]], Any]
 
@@ -27,6 +33,10 @@ class HistoryCache:
     def __init__(self) -> None:
         self._entries: dict[tuple, Any] = {}
         self._columns: dict[tuple, dict[str, int]] = {}
+        # computed ahead by a backtest's worker (prefetch.py): whole-universe snapshots by (session, fraction) and
+        # scan frames by (session, fraction, rules, history window), each with its symbols' positions
+        self._snapshots: dict[tuple, tuple[Snapshot, dict[str, int]]] = {}
+        self._frames: dict[tuple, tuple[pd.DataFrame, dict[str, int]]] = {}
 
     def get(self, prepare: Prepare, history: Panel, session: date, symbols: Sequence[str]) -> Any:
         """`prepare(history, session, symbols)`, from the columns prepared earlier in this session where it can."""
@@ -52,21 +62,73 @@ class HistoryCache:
         self._entries[key] = prepared
         self._columns[key] = {symbol: i for i, symbol in enumerate(symbols)}
 
+    def seed_snapshot(self, fraction: float, snap: Snapshot) -> None:
+        """`snap` as what the market gives at `fraction` of its session (asked with exactly that fraction)."""
+        self._forget_other_sessions(snap.session)
+        self._snapshots[(snap.session, fraction)] = (snap, _positions(snap.symbols))
+
+    def seed_frame(self, snap: Snapshot, rules: Any, dates: np.ndarray, frame: pd.DataFrame) -> None:
+        """`frame` as the scan of `snap` under `rules` over a history with these dates."""
+        self._forget_other_sessions(snap.session)
+        self._frames[(snap.session, snap.fraction, rules, _window(dates))] = (frame, _positions(frame.index))
+
+    def snapshot(self, symbols: Sequence[str], session: date, fraction: float) -> Snapshot | None:
+        """The seeded snapshot's columns for `symbols`, or None when none was seeded or it lacks one of them."""
+        seeded = self._snapshots.get((session, fraction))
+        if seeded is None or not all(symbol in seeded[1] for symbol in symbols):
+            return None
+        return seeded[0].select(symbols)
+
+    def frame(self, snap: Snapshot, rules: Any, dates: np.ndarray) -> pd.DataFrame | None:
+        """The seeded scan frame's rows for the snapshot's symbols, or None."""
+        seeded = self._frames.get((snap.session, snap.fraction, rules, _window(dates)))
+        if seeded is None or not all(symbol in seeded[1] for symbol in snap.symbols):
+            return None
+        return seeded[0].take([seeded[1][symbol] for symbol in snap.symbols])
+
     def _forget_other_sessions(self, session: date) -> None:
         for key in [key for key in self._entries if key[2] != session]:
             del self._entries[key], self._columns[key]
+        for store in (self._snapshots, self._frames):
+            for key in [key for key in store if key[0] != session]:
+                del store[key]
+
+
+def _positions(symbols) -> dict[str, int]:
+    return {symbol: i for i, symbol in enumerate(symbols)}
+
+
+def _window(dates: np.ndarray) -> tuple:
+    dates = np.asarray(dates)
+    return (str(dates[0]), str(dates[-1]), len(dates)) if len(dates) else ("", "", 0)
 
 
 def _key(prepare: Prepare, dates: np.ndarray, session: date) -> tuple:
-    dates = np.asarray(dates)
-    window = (str(dates[0]), str(dates[-1]), len(dates)) if len(dates) else ("", "", 0)
-    return prepare.__module__, prepare.__qualname__, session, window
+    return prepare.__module__, prepare.__qualname__, session, _window(dates)
 
 
 def prepared(rt, prepare: Prepare, history: Panel, session: date, symbols: Sequence[str]) -> Any:
     """The prepared history of `symbols` through the runtime's store when it has one."""
     cache = rt.history_cache
     return prepare(history, session, symbols) if cache is None else cache.get(prepare, history, session, symbols)
+
+
+def market_snapshot(rt, symbols: Sequence[str], session: date, fraction: float) -> Snapshot:
+    """`rt.market.snapshot(...)`, or the same columns of a snapshot computed ahead."""
+    cache = rt.history_cache
+    ready = cache.snapshot(symbols, session, fraction) if cache is not None else None
+    return ready if ready is not None else rt.market.snapshot(symbols, session, fraction)
+
+
+def scan_frame(rt, history: Panel, snap: Snapshot, rules: Any) -> pd.DataFrame:
+    """The scanner's frame for the snapshot, or the same rows of a frame computed ahead."""
+    import scanner
+
+    cache = rt.history_cache
+    ready = cache.frame(snap, rules, history.dates) if cache is not None else None
+    if ready is not None:
+        return ready
+    return scanner.scan(prepared(rt, scanner.prepare, history, snap.session, snap.symbols), snap, rules)
 
 
 # --- per-symbol columns of a prepared history ---------------------------------------------------------------------

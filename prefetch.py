@@ -1,9 +1,11 @@
-"""Completed-session histories prepared ahead of a backtest's replay, in a second process.
+"""Completed-session histories, snapshots and scan frames computed ahead of a backtest's replay, in a second
+process.
 
-A backtest replays sessions one after another in one process; preparing each session's scanner and reversal
-history for the whole universe (history_cache.py) is pure computation on market data that does not depend on
-anything the replay does, so a forked worker prepares upcoming sessions while the replay trades the current one,
-and hands them over through a bounded queue. The worker runs the same functions on the same market object (it
+A backtest replays sessions one after another in one process. Preparing each session's scanner and reversal
+history for the whole universe, its snapshots at the cron moments and the scan frames of the scan moments
+(history_cache.py) is pure computation on market data that does not depend on anything the replay does, so a
+forked worker computes upcoming sessions while the replay trades the current one, and hands them over through a
+bounded queue. The worker runs the same functions on the same market object (it
 is forked from the replaying process), so the columns it prepares are the ones the replay would have prepared.
 
 The replay takes each session's histories before its first step and seeds the runtime's history store with them;
@@ -24,8 +26,10 @@ SESSIONS_AHEAD = 6  # prepared sessions waiting in the queue at most (each is a 
 WAIT_SECONDS = 60.0  # a session the worker has not delivered by then is prepared in the replaying process
 
 
-def _prepare_sessions(market, calendar, days: list[date], symbols: list[str], out) -> None:
-    """The worker: every session's prepared histories, in order, then None."""
+def _prepare_sessions(market, calendar, days: list[date], symbols: list[str], moments: dict[date, list[tuple]],
+                      out) -> None:
+    """The worker: every session's prepared histories, snapshots at its moments and scan frames, in order, then
+    None. `moments[day]`: (fraction, scan rules or None) of each cron step of that session."""
     import agent
     import reversal
     import scanner
@@ -34,10 +38,18 @@ def _prepare_sessions(market, calendar, days: list[date], symbols: list[str], ou
         for day in days:
             start = calendar.sessions_back(day, agent.HISTORY_SESSIONS)
             history = market.bars(symbols, start, calendar.previous_session(day))
-            out.put((day, history.dates, {"scanner": scanner.prepare(history, day, symbols),
-                                          "reversal": reversal.prepare(history, day, symbols)}))
-    except Exception as err:  # noqa: BLE001 - reported to the replay, which prepares in process from here on
-        out.put(("failed", None, f"{type(err).__name__}: {err}"))
+            histories = {"scanner": scanner.prepare(history, day, symbols),
+                         "reversal": reversal.prepare(history, day, symbols)}
+            snapshots: dict[float, Any] = {}
+            frames = []
+            for fraction, rules in moments.get(day, []):
+                if fraction not in snapshots:
+                    snapshots[fraction] = market.snapshot(symbols, day, fraction)
+                if rules is not None:
+                    frames.append((fraction, rules, scanner.scan(histories["scanner"], snapshots[fraction], rules)))
+            out.put((day, history.dates, histories, snapshots, frames))
+    except Exception as err:  # noqa: BLE001 - reported to the replay, which computes in process from here on
+        out.put(("failed", None, f"{type(err).__name__}: {err}", None, None))
         return
     out.put(None)
 
@@ -45,10 +57,11 @@ def _prepare_sessions(market, calendar, days: list[date], symbols: list[str], ou
 class HistoryPrefetch:
     """Prepared histories of `symbols` for each of `days`, computed by a forked worker."""
 
-    def __init__(self, rt, days: list[date], symbols: list[str]):
+    def __init__(self, rt, days: list[date], symbols: list[str], moments: dict[date, list[tuple]] | None = None):
         self.rt = rt
         self.days = list(days)
         self.symbols = list(symbols)
+        self.moments = moments or {}
         self._queue: Any = None
         self._worker: Any = None
         self._done = False
@@ -61,7 +74,7 @@ class HistoryPrefetch:
         self._queue = context.Queue(maxsize=SESSIONS_AHEAD)
         market, calendar = self.rt.market, self.rt.calendar  # built before the fork, shared by both processes
         self._worker = context.Process(target=_prepare_sessions, name="history-prefetch", daemon=True,
-                                       args=(market, calendar, self.days, self.symbols, self._queue))
+                                       args=(market, calendar, self.days, self.symbols, self.moments, self._queue))
         self._worker.start()
         return self
 
@@ -91,7 +104,7 @@ class HistoryPrefetch:
                     log.warning("history prefetch stopped: %s; preparing in process", item[2])
                 self._done = True
                 return False
-            prepared_day, dates, prepared = item
+            prepared_day, dates, prepared, snapshots, frames = item
             if prepared_day < day:
                 continue  # a session the replay skipped
             if prepared_day > day:
@@ -103,4 +116,8 @@ class HistoryPrefetch:
 
             cache.seed(scanner.prepare, dates, day, self.symbols, prepared["scanner"])
             cache.seed(reversal.prepare, dates, day, self.symbols, prepared["reversal"])
+            for fraction, snap in snapshots.items():
+                cache.seed_snapshot(fraction, snap)
+            for fraction, rules, frame in frames:
+                cache.seed_frame(snapshots[fraction], rules, dates, frame)
             return True

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import numpy as np
 
 from clock import iso_utc
+from history_cache import market_snapshot
 from models import Snapshot
 
 QUOTE_TTL_S = 10.0
@@ -36,7 +37,7 @@ def current(rt, symbols: list[str]) -> Snapshot:
                                   for s in symbols]) for name in FIELDS}
         return Snapshot(session.day, float(cached[symbols[0]]["fraction"]) if symbols else fraction, list(symbols),
                         **arrays)
-    snap = rt.market.snapshot(symbols, session.day, fraction)
+    snap = market_snapshot(rt, symbols, session.day, fraction)
     stamp = iso_utc(now)
     rows = [{"symbol": s, "session": str(session.day), "fraction": fraction, "fetched_at": stamp,
              **{name: _plain(getattr(snap, name)[i]) for name in FIELDS}} for i, s in enumerate(snap.symbols)]

@@ -92,3 +92,35 @@ def test_nothing_is_prefetched_for_a_live_feed_or_a_rebalance(rt):
     assert backtest._prefetch_symbols(rt, "momentum") == []
     with HistoryPrefetch(rt, DAYS, []) as ahead:
         assert not ahead.seed(DAYS[0])
+
+
+def test_seeded_snapshots_and_scan_frames_are_the_direct_ones(rt):
+    import pandas as pd
+
+    from history_cache import market_snapshot, scan_frame
+
+    day = DAYS[1]
+    session = rt.calendar.session(day)
+    small = rt.universe.symbols("small")
+    steps = [s for s in backtest.session_steps(session, "momentum", "all") if s.kind in ("scan", "monitor")]
+    moments = {day: backtest._step_moments(rt, session, "momentum", "all")}
+    with HistoryPrefetch(rt, [day], rt.universe.symbols("all"), moments) as ahead:
+        assert ahead.seed(day)
+    scans = [s for s in steps if s.kind == "scan" and s.cap == "small"]
+    assert len(scans) == 3
+    for step in scans:
+        fraction = rt.calendar.current_or_last_session(step.moment)[1]
+        wanted = small + rt.universe.symbols("large")[:3]  # a scan's universe plus holdings of another cap
+        seeded = rt.history_cache.snapshot(wanted, day, fraction)
+        assert seeded is not None
+        direct = rt.market.snapshot(wanted, day, fraction)
+        for name in ("open", "high", "low", "price", "volume", "prev_close", "bid", "ask"):
+            np.testing.assert_array_equal(getattr(seeded, name), getattr(direct, name))
+        history = _history(rt, day, wanted)
+        rules = agent.cap_rules(rt.config, "small")
+        assert rt.history_cache.frame(seeded, rules, history.dates) is not None
+        pd.testing.assert_frame_equal(scan_frame(rt, history, market_snapshot(rt, wanted, day, fraction), rules),
+                                      scanner.scan(history, direct, rules))
+    # a moment the worker did not compute, or a symbol outside its universe, is computed directly
+    assert rt.history_cache.snapshot(small, day, 0.123) is None
+    assert rt.history_cache.snapshot(["NOT_A_SYMBOL"], day, fraction) is None

@@ -190,16 +190,17 @@ def _check_one(rt, trade: dict, position: exits.PositionState, flags: exits.Port
     chosen = exits.choose(triggers)
     exiting = exit_in_progress(journal, trade["id"])
     action = "monitor:" + ("EXITING" if exiting else (chosen.reason if chosen else "HOLD"))
-    journal.insert_row("position_checks", {
-        "trade_id": trade["id"], "symbol": trade["symbol"], "checked_at": journal.now(), "price": position.price,
-        "pnl_pct": round(position.gain_frac * 100, 4), "reversal_score": position.reversal_score,
-        "signals": json.dumps({"reversal": list(view["signals"]),
-                               "triggered": [t.reason for t in triggers]}),
-        "urgent": int(exits.is_urgent(position, rules)), "action": action, "run_id": journal.run_id})
-    journal.update_row("trades", "id", trade["id"], {
-        "current_price": position.price, "peak_price": position.peak_price,
-        "unrealized_pnl": round((position.price - position.entry_price) * position.qty, 2),
-        "unrealized_pnl_pct": round(position.gain_frac * 100, 4), "last_update": journal.now()})
+    with journal.atomic():  # the check and the trade's marks it records, together
+        journal.insert_row("position_checks", {
+            "trade_id": trade["id"], "symbol": trade["symbol"], "checked_at": journal.now(),
+            "price": position.price, "pnl_pct": round(position.gain_frac * 100, 4),
+            "reversal_score": position.reversal_score,
+            "signals": json.dumps({"reversal": list(view["signals"]), "triggered": [t.reason for t in triggers]}),
+            "urgent": int(exits.is_urgent(position, rules)), "action": action, "run_id": journal.run_id})
+        journal.update_row("trades", "id", trade["id"], {
+            "current_price": position.price, "peak_price": position.peak_price,
+            "unrealized_pnl": round((position.price - position.entry_price) * position.qty, 2),
+            "unrealized_pnl_pct": round(position.gain_frac * 100, 4), "last_update": journal.now()})
     report.checked.append(trade["symbol"])
     if position.reversal_score in REVERSAL_ALERT_SCORES:
         message = f"{trade['symbol']} reversal score {position.reversal_score}/13: watch it"

@@ -60,7 +60,7 @@ class HistoryCache:
         key = _key(prepare, dates, session)
         self._forget_other_sessions(session)
         self._entries[key] = prepared
-        self._columns[key] = {symbol: i for i, symbol in enumerate(symbols)}
+        self._columns[key] = dict(_positions(symbols))  # its own copy: `get` adds to it
 
     def seed_snapshot(self, fraction: float, snap: Snapshot) -> None:
         """`snap` as what the market gives at `fraction` of its session (asked with exactly that fraction)."""
@@ -95,7 +95,14 @@ class HistoryCache:
 
 
 def _positions(symbols) -> dict[str, int]:
-    return {symbol: i for i, symbol in enumerate(symbols)}
+    """Each symbol's position, shared by every seeded snapshot and frame of the same symbol list (read only)."""
+    key = tuple(symbols)
+    if _last_positions[0] != key:
+        _last_positions[:] = [key, {symbol: i for i, symbol in enumerate(key)}]
+    return _last_positions[1]
+
+
+_last_positions: list = [None, {}]
 
 
 def _window(dates: np.ndarray) -> tuple:

@@ -3,12 +3,13 @@
 - The full momentum system on the 505-stock real data set (../shared/data/sp500_daily_2013_2018.csv.gz, data from
   2013-02-08 to 2018-02-07). A scan needs 120 sessions of history before its day, so the run starts on 2013-08-01
   (the first session with that much data) and ends on 2018-02-07. Measured in a child process: wall time from process
-  start to exit, and its peak memory (resource.getrusage maxrss).
+  start to exit, and its peak memory (resource.getrusage maxrss), with that of the backtest's prefetch worker.
 - Alpaca requests per dry-run scan (`scan --cap all --dry-run`, DATA_SOURCE=alpaca, BROKER=alpaca) counted by path
   at the local fake Alpaca server (tests/fake_alpaca.py, started in this process), for universes of 200, 400 and
   800 synthetic symbols written to a temporary universe file.
 
-Run as `python bench/bench_backtest.py`; `run_backtest()` and `run_alpaca_requests()` return the figures.
+Run as `python bench/bench_backtest.py` (add `--all-systems` for the two rebalance systems too, `--no-alpaca` to skip
+the request count); `run_backtest()` and `run_alpaca_requests()` return the figures.
 """
 from __future__ import annotations
 
@@ -27,20 +28,24 @@ FIVE_YEARS = ("2013-08-01", "2018-02-07")
 UNIVERSE_SIZES = (200, 400, 800)
 
 
-def _child_backtest(out_dir: str, universe: str, cache: str, start: str, end: str) -> None:
-    """Runs inside the measured child: the backtest command, then its own peak memory as JSON on stdout."""
+def _child_backtest(out_dir: str, universe: str, cache: str, start: str, end: str, system: str) -> None:
+    """Runs inside the measured child: the backtest command, then its own peak memory and that of its prefetch
+    worker (a forked process: its resident set counts the pages it shares with this one) as JSON on stdout."""
     sys.path.insert(0, str(ROOT))
     from click.testing import CliRunner
 
     from main import cli
 
     result = CliRunner().invoke(cli, ["--universe", universe, "backtest", "--start", start, "--end", end, "--data",
-                                      f"csv:{REAL_BARS}", "--out", out_dir], catch_exceptions=False)
+                                      f"csv:{REAL_BARS}", "--system", system, "--out", out_dir],
+                                catch_exceptions=False)
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"exit_code": result.exit_code, "output": result.output, "peak_mb": peak_kb / 1024}))
+    worker_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"exit_code": result.exit_code, "output": result.output, "peak_mb": peak_kb / 1024,
+                      "worker_peak_mb": worker_kb / 1024}))
 
 
-def run_backtest(start: str = FIVE_YEARS[0], end: str = FIVE_YEARS[1]) -> dict | None:
+def run_backtest(start: str = FIVE_YEARS[0], end: str = FIVE_YEARS[1], system: str = "momentum") -> dict | None:
     if not REAL_BARS.exists():
         return None
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,13 +60,14 @@ def run_backtest(start: str = FIVE_YEARS[0], end: str = FIVE_YEARS[1]) -> dict |
                        check=True, capture_output=True, env=env)  # fills the parsed-data cache first
         started = time.perf_counter()
         proc = subprocess.run([sys.executable, __file__, "--child", str(base / "bt"), str(universe),
-                               str(base / "cache"), start, end], capture_output=True, text=True, env=env)
+                               str(base / "cache"), start, end, system], capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - started
         if proc.returncode != 0:
             raise RuntimeError(f"backtest failed: {proc.stderr.strip()[-2000:]}")
         report = json.loads(proc.stdout.strip().splitlines()[-1])
         metrics = json.loads((base / "bt" / "metrics.json").read_text())
-    return {"seconds": seconds, "peak_mb": report["peak_mb"], "metrics": metrics, "text": report["output"]}
+    return {"seconds": seconds, "peak_mb": report["peak_mb"], "worker_peak_mb": report["worker_peak_mb"],
+            "metrics": metrics, "text": report["output"]}
 
 
 def _universe_file(path: Path, count: int) -> None:
@@ -104,14 +110,18 @@ def run_alpaca_requests(sizes=UNIVERSE_SIZES) -> list[dict]:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        _child_backtest(*sys.argv[2:7])
+        _child_backtest(*sys.argv[2:8])
         return
-    for row in run_alpaca_requests():
-        print(row)
-    result = run_backtest()
-    if result:
-        print(result["text"])
-        print(f"wall {result['seconds']:.1f} s, peak memory {result['peak_mb']:.0f} MB")
+    systems = ["momentum", "rebalance", "rebalance-regime"] if "--all-systems" in sys.argv else ["momentum"]
+    if "--no-alpaca" not in sys.argv:
+        for row in run_alpaca_requests():
+            print(row)
+    for system in systems:
+        result = run_backtest(system=system)
+        if result:
+            print(result["text"])
+            print(f"{system}: wall {result['seconds']:.1f} s, peak memory {result['peak_mb']:.0f} MB "
+                  f"(prefetch worker {result['worker_peak_mb']:.0f} MB)")
 
 
 if __name__ == "__main__":

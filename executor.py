@@ -69,15 +69,13 @@ def next_order_id(journal, kind: str, trade_id: int) -> str:
 # --- submission ---------------------------------------------------------------------------------------------------
 
 def record_intent(journal, request: OrderRequest, purpose: str, trade_id: int | None) -> None:
-    """The journal row, committed before the broker hears of the order."""
-    now = journal.now()
-    with journal.atomic():
-        journal.db.table("orders").insert({
-            "client_order_id": request.client_order_id, "trade_id": trade_id, "symbol": request.symbol,
-            "side": request.side, "type": request.type, "qty": request.qty, "time_in_force": request.time_in_force,
-            "limit_price": request.limit_price, "stop_price": request.stop_price,
-            "trail_percent": request.trail_percent, "purpose": purpose, "status": "pending_submit",
-            "created_at": now, "run_id": journal.run_id})
+    """The journal row, committed before the broker hears of the order (insert_row is a transaction of its own)."""
+    journal.insert_row("orders", {
+        "client_order_id": request.client_order_id, "trade_id": trade_id, "symbol": request.symbol,
+        "side": request.side, "type": request.type, "qty": request.qty, "time_in_force": request.time_in_force,
+        "limit_price": request.limit_price, "stop_price": request.stop_price,
+        "trail_percent": request.trail_percent, "purpose": purpose, "status": "pending_submit",
+        "created_at": journal.now(), "run_id": journal.run_id})
 
 
 def store_order(journal, order: Order) -> None:
@@ -85,7 +83,7 @@ def store_order(journal, order: Order) -> None:
     if previous is None or (previous["status"], previous["filled_qty"]) != (order.status, order.filled_qty):
         filled_more = previous is not None and order.filled_qty > previous["filled_qty"]
         _audit(journal, order, "fill" if filled_more or (previous is None and order.filled_qty) else "order")
-    journal.db.table("orders").update(order.client_order_id, {
+    journal.update_row("orders", "client_order_id", order.client_order_id, {
         "broker_order_id": order.id, "status": order.status, "filled_qty": order.filled_qty,
         "filled_avg_price": order.filled_avg_price, "stop_price": order.stop_price,
         "filled_at": order.filled_at.isoformat() if order.filled_at else None,
@@ -122,11 +120,11 @@ def submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Ord
     elif existing["status"] not in ("pending_submit", "not_sent"):
         return refresh(rt, request.client_order_id)  # already sent once: never a second time
     else:
-        journal.db.table("orders").update(request.client_order_id, {"status": "pending_submit"})
+        journal.update_row("orders", "client_order_id", request.client_order_id, {"status": "pending_submit"})
     try:
         order = rt.broker.submit(request)
     except OrderRejected as err:
-        journal.db.table("orders").update(request.client_order_id, {
+        journal.update_row("orders", "client_order_id", request.client_order_id, {
             "status": "rejected", "error": str(err)[:300], "updated_at": journal.now()})
         journal.event("error", "order_rejected", f"{request.side} {request.symbol} x{request.qty} "
                       f"({purpose}) rejected: {err}", source="executor")
@@ -159,10 +157,24 @@ def wait_filled(rt, order: Order, timeout: float) -> Order:
 
 # --- stops --------------------------------------------------------------------------------------------------------
 
+def _protects(order: Order) -> bool:
+    """A sell stop that still protects its position (an order being canceled no longer counts)."""
+    return (order.side == SELL and order.type in ("stop", TRAILING_STOP) and order.is_open
+            and order.status != "pending_cancel")
+
+
 def working_stops(rt, symbol: str) -> list[Order]:
-    """Sell stops that still protect the position (an order being canceled no longer counts)."""
-    return [o for o in rt.broker.orders("open", [symbol]) if o.side == SELL and o.type in ("stop", TRAILING_STOP)
-            and o.is_open and o.status != "pending_cancel"]
+    """The symbol's protecting stops, newest first."""
+    return [o for o in rt.broker.orders("open", [symbol]) if _protects(o)]
+
+
+def working_stops_by_symbol(rt, symbols: list[str]) -> dict[str, list[Order]]:
+    """working_stops of several symbols from one broker call."""
+    found: dict[str, list[Order]] = {symbol: [] for symbol in symbols}
+    for order in rt.broker.orders("open", list(found)) if found else []:
+        if order.symbol in found and _protects(order):
+            found[order.symbol].append(order)
+    return found
 
 
 def cancel_and_confirm(rt, orders: list[Order], timeout: float = CLOSE_WAIT_S) -> bool:
@@ -206,7 +218,7 @@ def place_stop(rt, trade: dict) -> Order | None:
             last_error = str(err)
             continue
         if order is not None and order.status not in FINAL:
-            journal.db.table("trades").update(trade["id"], {
+            journal.update_row("trades", "id", trade["id"], {
                 "stop_order_id": order.client_order_id, "status": "open" if trade["status"] != "external"
                 else "external", "trailing_stop_price": order.stop_price, "last_update": journal.now()})
             return order
@@ -216,18 +228,20 @@ def place_stop(rt, trade: dict) -> Order | None:
 
 def _unprotected(rt, trade: dict, why: str) -> None:
     journal = rt.journal
-    journal.db.table("trades").update(trade["id"], {"status": "unprotected", "last_update": journal.now()})
+    journal.update_row("trades", "id", trade["id"], {"status": "unprotected", "last_update": journal.now()})
     journal.event("critical", "alert", f"{trade['symbol']} is UNPROTECTED: no stop could be placed ({why}); "
                   "the monitor retries every run", source="executor")
     return None
 
 
+# Shares of trade t already offered by working exit orders: they cannot also sit under a stop (the broker refuses).
+EXIT_HELD_SQL = ("SELECT COALESCE(SUM(o.qty - o.filled_qty), 0) FROM orders o WHERE o.trade_id = t.id "
+                 "AND o.side = 'sell' AND o.purpose IN ('exit', 'partial') AND o.status NOT IN "
+                 "('filled', 'canceled', 'expired', 'rejected', 'replaced', 'not_sent')")
+
+
 def exit_held_qty(journal, trade: dict) -> int:
-    """Shares already offered by working exit orders: they cannot also sit under a stop (the broker refuses)."""
-    row = journal.one("SELECT COALESCE(SUM(qty - filled_qty), 0) AS n FROM orders WHERE trade_id = ? AND side = 'sell' "
-                      "AND purpose IN ('exit', 'partial') AND status NOT IN "
-                      "('filled', 'canceled', 'expired', 'rejected', 'replaced', 'not_sent')", [trade["id"]])
-    return int(row["n"])
+    return int(journal.one(f"SELECT ({EXIT_HELD_SQL}) AS n FROM trades t WHERE t.id = ?", [trade["id"]])["n"])
 
 
 def stop_qty(journal, trade: dict) -> int:
@@ -235,29 +249,41 @@ def stop_qty(journal, trade: dict) -> int:
     return int(trade["qty"]) - exit_held_qty(journal, trade)
 
 
-def is_protected(journal, trade: dict, stops: list[Order]) -> bool:
-    needed = stop_qty(journal, trade)
+def covers(needed: int, stops: list[Order]) -> bool:
+    """Exactly one stop for the `needed` shares, or none when no share needs one."""
     if needed <= 0:
         return not stops
     return len(stops) == 1 and stops[0].qty == needed
 
 
 def protect_all(rt) -> list[str]:
-    """The invariant: each open position has exactly one working stop for its whole quantity, or it is flagged."""
+    """The invariant: each open position has exactly one working stop for its whole quantity, or it is flagged.
+
+    The stops and exit quantities of all trades are read at once (one broker call, one query), and read again
+    only after a fix has changed them. A trade row here holds only what place_stop reads (the other columns
+    include the large JSON of the entry signals, and this runs twice in every scan and monitor run).
+    """
     fixed = []
-    trades = rt.journal.query("SELECT * FROM trades WHERE status IN ('open', 'unprotected', 'external') "
-                              "AND asset_class = 'us_equity' ORDER BY id")
+    trades = rt.journal.query(f"SELECT t.id, t.symbol, t.qty, t.status, ({EXIT_HELD_SQL}) AS exit_held_qty "
+                              "FROM trades t WHERE t.status IN ('open', 'unprotected', 'external') "
+                              "AND t.asset_class = 'us_equity' ORDER BY t.id")
+    held_by_trade = {trade["id"]: int(trade.pop("exit_held_qty")) for trade in trades}
+    stops_by_symbol = None
     for trade in trades:
-        stops = working_stops(rt, trade["symbol"])
-        if is_protected(rt.journal, trade, stops):
+        if stops_by_symbol is None:
+            stops_by_symbol = working_stops_by_symbol(rt, [t["symbol"] for t in trades])
+        stops, needed = stops_by_symbol[trade["symbol"]], int(trade["qty"]) - held_by_trade[trade["id"]]
+        if covers(needed, stops):
             if trade["status"] == "unprotected":
-                rt.journal.db.table("trades").update(trade["id"], {"status": "open"})
+                rt.journal.update_row("trades", "id", trade["id"], {"status": "open"})
             continue
-        if stop_qty(rt.journal, trade) <= 0:
+        if needed <= 0:
             cancel_and_confirm(rt, stops)  # every share is being sold by an exit order
         else:
             place_stop(rt, trade)
         fixed.append(trade["symbol"])
+        stops_by_symbol = None  # the fix changed orders at the broker and in the journal
+        held_by_trade = {t["id"]: exit_held_qty(rt.journal, t) for t in trades}
     return fixed
 
 
@@ -277,9 +303,9 @@ def open_position(rt, *, symbol: str, cap: str, qty: int, session: str, scan_typ
         return None
     request = OrderRequest(client_order_id, symbol, BUY, MARKET, qty, time_in_force="day")
     with journal.atomic():
-        trade_id = journal.db.table("trades").insert({
+        trade_id = journal.insert_row("trades", {
             **trade_fields, "symbol": symbol, "cap": cap, "qty": qty, "original_qty": qty, "status": "pending",
-            "entry_order_id": client_order_id, "run_id": journal.run_id, "last_update": journal.now()}).last_pk
+            "entry_order_id": client_order_id, "run_id": journal.run_id, "last_update": journal.now()})
         record_intent(journal, request, "entry", trade_id)
     order = submit(rt, request, "entry", trade_id)
     if order is not None and order.status not in FINAL:
@@ -344,7 +370,7 @@ def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
 def _sell_attempt(rt, trade: dict, exit_id: int, attempt: int, qty: int) -> Order | None:
     journal = rt.journal
     request = OrderRequest(next_order_id(journal, "x", trade["id"]), trade["symbol"], SELL, MARKET, qty)
-    journal.db.table("exit_attempts").insert({
+    journal.insert_row("exit_attempts", {
         "exit_id": exit_id, "attempt": attempt, "order_type": MARKET, "qty": qty, "status": "submitted",
         "client_order_id": request.client_order_id, "created_at": journal.now()})
     try:
@@ -377,9 +403,8 @@ def _sell_available(rt, trade: dict, exit_id: int, qty: int) -> Order | None:
 
 
 def _record_exit(journal, trade: dict, reason: str, priority: str, qty: int) -> int:
-    with journal.atomic():
-        return journal.db.table("exits").insert({
-            "trade_id": trade["id"], "symbol": trade["symbol"], "reason": reason, "priority": priority,
-            "triggered": None, "qty": qty, "partial": int(qty < trade["qty"]), "strategy": "market",
-            "state": "submitted", "created_at": journal.now(), "updated_at": journal.now(),
-            "run_id": journal.run_id}).last_pk
+    return journal.insert_row("exits", {
+        "trade_id": trade["id"], "symbol": trade["symbol"], "reason": reason, "priority": priority,
+        "triggered": None, "qty": qty, "partial": int(qty < trade["qty"]), "strategy": "market",
+        "state": "submitted", "created_at": journal.now(), "updated_at": journal.now(),
+        "run_id": journal.run_id})

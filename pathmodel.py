@@ -73,6 +73,32 @@ def intraday_view(open_, high, low, close, fraction) -> tuple[np.ndarray, np.nda
     return now, np.maximum(masked_hi.max(axis=-1), now), np.minimum(masked_lo.min(axis=-1), now)
 
 
+# --- one bar in plain floats -------------------------------------------------------------------------------------
+# The sim broker walks every held symbol's bar at every call that moves its clock; numpy costs some forty times more
+# than float arithmetic on single values. These perform the same IEEE operations in the same order as the array
+# functions above, so they give the same bits (tests/test_sim_broker.py holds them equal on many bars). The bar
+# must be complete (no NaN).
+
+def bar_vertices(open_: float, high: float, low: float, close: float) -> tuple[float, float, float, float]:
+    """`vertices` of one bar: open, the extreme nearer the open, the other extreme, close."""
+    top, bottom = max(high, low, open_, close), min(high, low, open_, close)  # bad rows clamped into the range
+    if (open_ - bottom) < (top - open_):
+        return open_, bottom, top, close
+    return open_, top, bottom, close
+
+
+def _on_path(points: tuple[float, float, float, float], fraction: float) -> float:
+    segment = min(int(fraction * 3.0), 2)
+    weight = (fraction - segment / 3.0) * 3.0
+    start, end = points[segment], points[segment + 1]
+    return start + (end - start) * weight
+
+
+def bar_price(open_: float, high: float, low: float, close: float, fraction: float) -> float:
+    """`price_at` for one bar."""
+    return _on_path(bar_vertices(open_, high, low, close), max(0.0, min(1.0, fraction)))
+
+
 def path_points(open_: float, high: float, low: float, close: float, f_from: float, f_to: float
                 ) -> list[tuple[float, float]]:
     """The path of one bar between two session fractions as (fraction, price) points, both ends included.
@@ -80,11 +106,9 @@ def path_points(open_: float, high: float, low: float, close: float, f_from: flo
     The sim broker walks these straight segments to find where a stop or limit is crossed.
     """
     f_from, f_to = max(0.0, min(1.0, f_from)), max(0.0, min(1.0, f_to))
-    v = vertices(open_, high, low, close)
-    points = [(f_from, float(price_at(open_, high, low, close, f_from)))]
-    for t, p in zip(VERTEX_TIMES, v):
-        if f_from < t < f_to:
-            points.append((float(t), float(p)))
+    points = bar_vertices(open_, high, low, close)
+    path = [(f_from, _on_path(points, f_from))]
+    path += [(float(t), p) for t, p in zip(VERTEX_TIMES, points) if f_from < t < f_to]
     if f_to > f_from:
-        points.append((f_to, float(price_at(open_, high, low, close, f_to))))
-    return points
+        path.append((f_to, _on_path(points, f_to)))
+    return path

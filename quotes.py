@@ -4,6 +4,7 @@ The cache is keyed by the clock's time, so a simulated `--asof` never sees a quo
 """
 from __future__ import annotations
 
+import math
 from datetime import datetime, timedelta
 
 import numpy as np
@@ -39,13 +40,13 @@ def current(rt, symbols: list[str]) -> Snapshot:
                         **arrays)
     snap = market_snapshot(rt, symbols, session.day, fraction)
     stamp = iso_utc(now)
+    columns = {name: [_plain(value) for value in np.asarray(getattr(snap, name)).tolist()] for name in FIELDS}
     rows = [{"symbol": s, "session": str(session.day), "fraction": fraction, "fetched_at": stamp,
-             **{name: _plain(getattr(snap, name)[i]) for name in FIELDS}} for i, s in enumerate(snap.symbols)]
-    with rt.journal.atomic():
-        rt.journal.upsert_rows("quote_cache", rows, "symbol")
+             **{name: columns[name][i] for name in FIELDS}} for i, s in enumerate(snap.symbols)]
+    rt.journal.upsert_rows("quote_cache", rows, "symbol")  # one transaction
     return snap
 
 
 def _plain(value) -> float | None:
     number = float(value)
-    return number if np.isfinite(number) else None
+    return number if math.isfinite(number) else None

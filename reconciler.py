@@ -73,21 +73,26 @@ def refresh_orders(rt, report: ReconcileReport) -> list[dict]:
                          sorted(FINAL_STATUSES))
     changed = []
     known = _known_orders(broker, rows)
+    now = journal.now()
     for row in rows:
         order = _fetch(broker, row, known)
         if order is None:
             if row["status"] == "pending_submit":
                 # The process stopped before the broker accepted it: it was never sent.
-                journal.db.table("orders").update(row["client_order_id"],
-                                                  {"status": "not_sent", "updated_at": journal.now()})
+                journal.update_row("orders", "client_order_id", row["client_order_id"],
+                                   {"status": "not_sent", "updated_at": now})
                 report.orders_missing.append(row["client_order_id"])
             continue
-        update = _order_update(order, journal.now())
+        update = _order_update(order, now)
         if any(row.get(k) != v for k, v in update.items() if k != "updated_at"):
             journal.update_row("orders", "client_order_id", row["client_order_id"], update)
             report.orders_refreshed += 1
             changed.append({**row, **update})
     return changed
+
+
+def _whole(journal, trade: dict) -> dict:
+    return journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
 
 
 def reconcile(rt) -> ReconcileReport:
@@ -99,20 +104,23 @@ def reconcile(rt) -> ReconcileReport:
     refresh_orders(rt, report)
     trade_book.apply_order_fills(rt, report)
     broker_positions = {p.symbol: p for p in rt.broker.positions()}
-    open_trades = journal.query(
-        f"SELECT * FROM trades WHERE status IN ({','.join('?' * len(LIVE_TRADE_STATUSES))}) ORDER BY id",
-        list(LIVE_TRADE_STATUSES))
+    statuses = [*LIVE_TRADE_STATUSES, "pending"]
+    # Only the columns the comparison needs (a whole trade row carries the large JSON of its entry signals); a
+    # trade that must change is read whole.
+    trades = journal.query(f"SELECT id, symbol, qty, status FROM trades WHERE status IN "
+                           f"({','.join('?' * len(statuses))}) ORDER BY id", statuses)
+    open_trades = [t for t in trades if t["status"] != "pending"]
     tracked = {t["symbol"] for t in open_trades}
-    pending = {r["symbol"] for r in journal.query("SELECT symbol FROM trades WHERE status = 'pending'")}
+    pending = {t["symbol"] for t in trades if t["status"] == "pending"}
     for symbol, position in broker_positions.items():
         if symbol not in tracked and symbol not in pending:
             trade_book.adopt_external(rt, position, report)
     for trade in open_trades:
         position = broker_positions.get(trade["symbol"])
         if position is None:
-            trade_book.close_unknown(rt, trade, report)
+            trade_book.close_unknown(rt, _whole(journal, trade), report)
         elif position.qty != trade["qty"]:
-            trade_book.correct_qty(rt, trade, position.qty, report)
+            trade_book.correct_qty(rt, _whole(journal, trade), position.qty, report)
     for message in report.alerts:
         journal.event("warning", "alert", message, source="reconcile")
     return report

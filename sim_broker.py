@@ -7,7 +7,9 @@ crosses them (`sim_fills`), expires DAY orders at the close and records the equi
 sessions the price jumps from the close to the next open, so a stop gapped through fills at the open.
 
 Each call is one SQLite transaction (WAL, busy timeout), so a process killed at any instant leaves the file as it
-was before or after the whole call, and two processes sharing the file take turns.
+was before or after the whole call, and two processes sharing the file take turns. As in the journal, WAL commits
+are not synced to disk one by one (synchronous NORMAL): a killed process loses nothing it committed, a power cut
+may lose the last calls, never the file's consistency; a synced commit costs about twenty times the call itself.
 
 Tables: `account` (one row: cash, starting cash, last processed time), `positions` (qty, average entry price, last
 path price), `orders` (Alpaca-shaped, client_order_id unique for good, cash reserved by open buys), `fills`, and
@@ -18,6 +20,7 @@ their cash, market value and P&L are premium x contracts x 100 (options.multipli
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import sqlite3
@@ -28,7 +31,6 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-import numpy as np
 
 from clock import NY, UTC, Clock, Session, calendar
 from errors import (
@@ -40,7 +42,7 @@ from models import (
 )
 from option_market import with_options
 from options import EQUITY, OPTION, is_occ, multiplier
-from pathmodel import path_points, price_at
+from pathmodel import bar_price, path_points
 from sim_fills import Resting, cost_rate, immediate_fill, trailing_stop_price, walk
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ WORKING = ("new", "accepted")  # the open statuses this broker uses
 ORDER_TYPES = (MARKET, LIMIT, STOP, TRAILING_STOP)
 TIME_IN_FORCE = ("day", "gtc")
 Bar = tuple[float, float, float, float]
+ORDER_MEMO_SIZE = 4096
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS account (
@@ -101,6 +104,11 @@ SCHEMA = (
 )
 
 
+# _held_for_orders of position p, as a subquery of a positions query; parameters: SELL, *WORKING.
+HELD_FOR_ORDERS_SQL = (f"SELECT COALESCE(SUM(o.qty - o.filled_qty), 0) FROM orders o WHERE o.symbol = p.symbol "
+                       f"AND o.side = ? AND o.status IN ({','.join('?' * len(WORKING))})")
+
+
 def _iso(moment: datetime) -> str:
     """Storage form: ISO-8601 UTC with a fixed layout, so stored times also compare correctly as text."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds")
@@ -114,6 +122,13 @@ def _shown(moment: datetime) -> str:
     """New York time for messages, to the minute unless seconds matter."""
     local = moment.astimezone(NY)
     return local.strftime("%Y-%m-%dT%H:%M:%S" if local.second else "%Y-%m-%dT%H:%M")
+
+
+@functools.lru_cache(maxsize=256)
+def _sessions_between(first: date, last: date) -> tuple[Session, ...]:
+    """The NYSE sessions first..last (the calendar never changes while the program runs)."""
+    cal = calendar()
+    return tuple(map(cal.session, cal.sessions(first, last)))
 
 
 def _moment(session: Session, fraction: float) -> datetime:
@@ -136,6 +151,7 @@ class SimBroker:
         self._bar_source = with_options(market)  # OCC option symbols priced from their underlying (Black-Scholes)
         self.clock = clock
         self.cap_of = cap_of or (lambda symbol: "small")
+        self._orders_built: dict[tuple, Order] = {}
         self._db = self._open(starting_cash)
 
     # ----- file and transactions
@@ -147,6 +163,7 @@ class SimBroker:
             db.row_factory = sqlite3.Row
             db.execute("PRAGMA busy_timeout = 10000")
             db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = NORMAL")  # see the module docstring
             self._db = db  # the transaction helper works on self._db
             with self._transaction():
                 self._apply_schema(db, starting_cash)
@@ -208,8 +225,9 @@ class SimBroker:
     def positions(self) -> list[Position]:
         with self._transaction() as db:
             self._advance(db)
-            rows = db.execute("SELECT * FROM positions ORDER BY symbol").fetchall()
-            return [self._position(db, row) for row in rows]
+            rows = db.execute(f"SELECT p.*, ({HELD_FOR_ORDERS_SQL}) AS held FROM positions p ORDER BY p.symbol",
+                              (SELL, *WORKING)).fetchall()
+            return [_to_position(row, int(row["held"])) for row in rows]
 
     def submit(self, request: OrderRequest) -> Order:
         with self._transaction() as db:
@@ -241,14 +259,14 @@ class SimBroker:
             for start in range(0, len(wanted), 500):  # stay far below SQLite's limit on bound parameters
                 chunk = wanted[start:start + 500]
                 for row in db.execute(f"SELECT * FROM orders WHERE id IN ({_placeholders(chunk)})", chunk):
-                    found[row["id"]] = _to_order(row)
+                    found[row["id"]] = self._order(row)
             return found
 
     def get_order_by_client_id(self, client_order_id: str) -> Order | None:
         with self._transaction() as db:
             self._advance(db)
             row = db.execute("SELECT * FROM orders WHERE client_order_id = ?", (client_order_id,)).fetchone()
-            return _to_order(row) if row else None
+            return self._order(row) if row else None
 
     def orders(self, status: str = "open", symbols: Sequence[str] | None = None) -> list[Order]:
         """Newest first, like Alpaca; no page limit."""
@@ -267,7 +285,7 @@ class SimBroker:
             chosen = [row for row in chosen if row["status"] in WORKING]
         elif status == "closed":
             chosen = [row for row in chosen if row["status"] not in WORKING]
-        return [_to_order(row) for row in chosen]
+        return [self._order(row) for row in chosen]
 
     def cancel(self, order_id: str) -> None:
         """Cancels at once (Alpaca may take a moment; callers poll the order either way)."""
@@ -290,15 +308,19 @@ class SimBroker:
         return row
 
     def _order_of(self, db: sqlite3.Connection, order_id: str) -> Order:
-        return _to_order(self._order_row(db, order_id))
+        return self._order(self._order_row(db, order_id))
 
-    def _position(self, db: sqlite3.Connection, row: sqlite3.Row) -> Position:
-        qty, price, size = row["qty"], row["last_price"], multiplier(row["symbol"])
-        return Position(symbol=row["symbol"], qty=qty, qty_available=qty - self._held_for_orders(db, row["symbol"]),
-                        avg_entry_price=row["avg_entry_price"], current_price=price,
-                        market_value=round(qty * price * size, 2),
-                        unrealized_pl=round(qty * (price - row["avg_entry_price"]) * size, 2),
-                        asset_class=OPTION if is_occ(row["symbol"]) else EQUITY)
+    def _order(self, row: sqlite3.Row) -> Order:
+        """The Order of a row, built once per distinct row content: the working stops are read again and again,
+        unchanged, and building an Order costs more than the read. Keyed by every column, so a changed row is a
+        new entry and the memo can never answer with another state of the order."""
+        content = tuple(row)
+        order = self._orders_built.get(content)
+        if order is None:
+            if len(self._orders_built) >= ORDER_MEMO_SIZE:
+                self._orders_built.clear()
+            order = self._orders_built[content] = _to_order(row)
+        return order
 
     def _held_for_orders(self, db: sqlite3.Connection, symbol: str) -> int:
         """Shares reserved by open sell orders (Alpaca's held_for_orders)."""
@@ -333,7 +355,7 @@ class SimBroker:
         session, fraction = cal.current_or_last_session(now)
         bar = self._daily_bars([symbol], session.day, session.day).get((symbol, session.day))
         if bar is not None:
-            return float(price_at(*bar, fraction)), cal.is_open(now)
+            return bar_price(*bar, fraction), cal.is_open(now)
         row = db.execute("SELECT last_price FROM positions WHERE symbol = ?", (symbol,)).fetchone()
         return (float(row[0]) if row else None), False
 
@@ -342,12 +364,14 @@ class SimBroker:
         if not symbols:
             return {}
         panel = self._bar_source.bars(list(symbols), first, last)
-        stacked = np.stack([panel.open, panel.high, panel.low, panel.close], axis=-1)
-        complete = np.isfinite(stacked).all(axis=-1)
+        days = panel.dates.astype("datetime64[D]").tolist()  # datetime.date objects
+        fields = [field.tolist() for field in (panel.open, panel.high, panel.low, panel.close)]
         bars: dict[tuple[str, date], Bar] = {}
-        for i, j in zip(*np.nonzero(complete)):
-            day = panel.dates[i].astype("datetime64[D]").astype(date)
-            bars[(panel.symbols[j], day)] = tuple(float(x) for x in stacked[i, j])
+        for i, day in enumerate(days):
+            for j, symbol in enumerate(panel.symbols):
+                bar = tuple(float(field[i][j]) for field in fields)
+                if all(map(math.isfinite, bar)):
+                    bars[(symbol, day)] = bar
         return bars
 
     # ----- submission
@@ -416,9 +440,8 @@ class SimBroker:
         return now
 
     def _walk_sessions(self, db: sqlite3.Connection, start: datetime, end: datetime) -> None:
-        cal = calendar()
-        days = cal.sessions(start.astimezone(NY).date(), end.astimezone(NY).date())
-        sessions = [s for s in map(cal.session, days) if s.close > start and s.open <= end]
+        sessions = [s for s in _sessions_between(start.astimezone(NY).date(), end.astimezone(NY).date())
+                    if s.close > start and s.open <= end]
         if not sessions:
             return
         bars = self._daily_bars(self._active_symbols(db), sessions[0].day, sessions[-1].day)
@@ -440,8 +463,8 @@ class SimBroker:
         events, end_prices = self._walk_orders(db, session, f_from, f_to, bars)
         for fraction, _, row, price in sorted(events, key=lambda event: event[:2]):
             self._fill(db, row, price, _moment(session, fraction), mark=price)
-        for symbol, price in end_prices.items():
-            db.execute("UPDATE positions SET last_price = ? WHERE symbol = ?", (price, symbol))
+        db.executemany("UPDATE positions SET last_price = ? WHERE symbol = ?",
+                       [(price, symbol) for symbol, price in end_prices.items()])
         if session.close <= end:
             self._close_session(db, session)
 
@@ -573,6 +596,15 @@ def _check_prices(request: OrderRequest, reject: Callable[[str], OrderRejected])
 def _resting(row: sqlite3.Row) -> Resting:
     return Resting(type=row["type"], side=row["side"], cost_rate=row["cost_rate"], limit_price=row["limit_price"],
                    stop_price=row["stop_price"], trail_percent=row["trail_percent"], hwm=row["hwm"])
+
+
+def _to_position(row: sqlite3.Row, held_for_orders: int) -> Position:
+    qty, price, size = row["qty"], row["last_price"], multiplier(row["symbol"])
+    return Position(symbol=row["symbol"], qty=qty, qty_available=qty - held_for_orders,
+                    avg_entry_price=row["avg_entry_price"], current_price=price,
+                    market_value=round(qty * price * size, 2),
+                    unrealized_pl=round(qty * (price - row["avg_entry_price"]) * size, 2),
+                    asset_class=OPTION if is_occ(row["symbol"]) else EQUITY)
 
 
 def _to_order(row: sqlite3.Row) -> Order:

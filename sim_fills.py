@@ -10,6 +10,7 @@ stop's high-water mark follows the path highs and its stop is the mark less the 
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Sequence
@@ -60,6 +61,7 @@ def market_price(side: str, price: float, rate: float) -> float:
     return round_price(price * (1.0 + rate) if side == BUY else price * (1.0 - rate))
 
 
+@functools.lru_cache(maxsize=65536)  # a mark that has not moved is priced again at every walk
 def trailing_stop_price(hwm: float, trail_percent: float) -> float:
     return round_price(hwm * (1.0 - trail_percent / 100.0))
 

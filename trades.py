@@ -42,13 +42,13 @@ def close_trade(rt, trade: dict, *, price: float | None, reason: str, priority: 
               "exit_priority": priority, "pnl": round(pnl, 2) if pnl is not None else None,
               "pnl_pct": round(pnl_pct, 4) if pnl_pct is not None else None,
               "holding_days": holding_sessions(rt, trade["entry_time"], when), "last_update": when}
-    rt.journal.db.table("trades").update(trade["id"], update)
+    rt.journal.update_row("trades", "id", trade["id"], update)
     return update
 
 
 def _cancel_unfilled_entry(rt, trade: dict, order: dict) -> None:
-    rt.journal.db.table("trades").update(trade["id"], {"status": "canceled", "last_update": rt.journal.now()})
-    rt.journal.db.table("orders").update(order["client_order_id"], {"applied_qty": order["filled_qty"]})
+    rt.journal.update_row("trades", "id", trade["id"], {"status": "canceled", "last_update": rt.journal.now()})
+    rt.journal.update_row("orders", "client_order_id", order["client_order_id"], {"applied_qty": order["filled_qty"]})
 
 
 def _apply_buy(rt, trade: dict, order: dict, qty: int, report) -> None:
@@ -62,7 +62,7 @@ def _apply_buy(rt, trade: dict, order: dict, qty: int, report) -> None:
         total = trade["qty"] + qty
         update = {"qty": total, "original_qty": max(trade["original_qty"] or 0, total),
                   "entry_price": round((trade["entry_price"] * trade["qty"] + price * qty) / total, 4)}
-    rt.journal.db.table("trades").update(trade["id"], {**update, "last_update": rt.journal.now()})
+    rt.journal.update_row("trades", "id", trade["id"], {**update, "last_update": rt.journal.now()})
 
 
 def _apply_sell(rt, trade: dict, order: dict, qty: int, report) -> None:
@@ -72,10 +72,10 @@ def _apply_sell(rt, trade: dict, order: dict, qty: int, report) -> None:
     remaining = trade["qty"] - qty
     reason, priority = _exit_reason(rt.journal, order)
     if remaining > 0:
-        rt.journal.db.table("trades").update(trade["id"], {"qty": remaining, "realized_pnl": round(realized, 2),
-                                                           "last_update": rt.journal.now()})
+        rt.journal.update_row("trades", "id", trade["id"], {"qty": remaining, "realized_pnl": round(realized, 2),
+                                                            "last_update": rt.journal.now()})
         return
-    rt.journal.db.table("trades").update(trade["id"], {"realized_pnl": round(realized, 2)})
+    rt.journal.update_row("trades", "id", trade["id"], {"realized_pnl": round(realized, 2)})
     closed = {**trade, "qty": trade["original_qty"] or trade["qty"]}
     close_trade(rt, closed, price=price, reason=reason, priority=priority, when=order["filled_at"],
                 realized=realized)
@@ -108,7 +108,8 @@ def apply_order_fills(rt, report) -> None:
                 if order["purpose"] == "stop":
                     record_stop_exit(journal, trade, order, qty)
                 _apply_sell(rt, trade, order, qty, report)
-            journal.db.table("orders").update(order["client_order_id"], {"applied_qty": order["filled_qty"]})
+            journal.update_row("orders", "client_order_id", order["client_order_id"],
+                               {"applied_qty": order["filled_qty"]})
             _finish_exit(journal, order)
 
 
@@ -140,20 +141,20 @@ def _finish_exit(journal, order: dict) -> None:
     if filled >= attempt["exit_qty"]:
         update.update(state="filled", completed_at=order["filled_at"] or journal.now())
         _mark_tranche(journal, attempt["exit_id"], order["trade_id"])
-    journal.db.table("exits").update(attempt["exit_id"], update)
+    journal.update_row("exits", "id", attempt["exit_id"], update)
 
 
 def _mark_tranche(journal, exit_id: int, trade_id: int) -> None:
     """A filled partial-exit tranche is never taken again, however the fill was learned."""
     tranche = journal.one("SELECT tranche FROM exits WHERE id = ?", [exit_id])["tranche"]
     if tranche:
-        journal.db.table("trades").update(trade_id, {"partial_15_done" if tranche == 1 else "partial_25_done": 1})
+        journal.update_row("trades", "id", trade_id, {"partial_15_done" if tranche == 1 else "partial_25_done": 1})
 
 
 def record_stop_exit(journal, trade: dict, order: dict, qty: int) -> None:
     """A broker-side stop fill is an exit like any other: reason trailing_stop, HIGH, in `exits`."""
     price = order["filled_avg_price"]
-    journal.db.table("exits").insert({
+    journal.insert_row("exits", {
         "trade_id": trade["id"], "symbol": trade["symbol"], "reason": "trailing_stop", "priority": "HIGH",
         "triggered": None, "qty": qty, "partial": int(qty < trade["qty"]), "strategy": "broker_stop",
         "state": "filled", "price": price, "pnl": round((price - trade["entry_price"]) * qty, 2),
@@ -164,7 +165,7 @@ def record_stop_exit(journal, trade: dict, order: dict, qty: int) -> None:
 def adopt_external(rt, position: Position, report) -> None:
     """A broker position the journal does not know: track it so the monitor protects and reports it."""
     now = rt.journal.now()
-    rt.journal.db.table("trades").insert({
+    rt.journal.insert_row("trades", {
         "symbol": position.symbol, "cap": rt.cap_of(position.symbol), "strategy": "external",
         "asset_class": position.asset_class, "qty": position.qty, "original_qty": position.qty,
         "entry_time": now, "entry_price": position.avg_entry_price, "status": "external",
@@ -185,7 +186,7 @@ def close_unknown(rt, trade: dict, report) -> None:
 
 
 def correct_qty(rt, trade: dict, broker_qty: int, report) -> None:
-    rt.journal.db.table("trades").update(trade["id"], {"qty": broker_qty, "last_update": rt.journal.now()})
+    rt.journal.update_row("trades", "id", trade["id"], {"qty": broker_qty, "last_update": rt.journal.now()})
     report.qty_corrected.append((trade["symbol"], trade["qty"], broker_qty))
     report.alerts.append(f"reconcile: {trade['symbol']} quantity corrected to the broker's {broker_qty} "
                          f"(journal had {trade['qty']})")

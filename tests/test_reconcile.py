@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import executor
 from clock import Clock, parse_asof
+from config import load_config
 from market import CsvMarket
 from models import OrderRequest
+from runtime import Runtime
 from realdata import BARS, cli, rows
 from sim_broker import SimBroker
 
@@ -83,3 +86,29 @@ def test_five_refusals_in_five_minutes_halt_buying(real_env, monkeypatch):
     assert rows(real_env, "SELECT value FROM settings WHERE key = 'halt'")[0]["value"] == "on"
     assert any("five order refusals within five minutes" in m
                for m in (r["message"] for r in rows(real_env, "SELECT message FROM events WHERE level = 'critical'")))
+
+
+def test_protect_all_reads_the_broker_once_and_restores_each_missing_stop(real_env):
+    """Two positions that each lost their stop get exactly one again, the others are left alone; once all are
+    protected, one broker read answers for every trade."""
+    cli("set", "skip_buys", "off")
+    assert cli("--asof", "2016-11-09T10:30", "scan", "--cap", "all").exit_code == 0
+    trades = rows(real_env, "SELECT id, symbol, qty FROM trades WHERE status = 'open' ORDER BY id")
+    assert len(trades) >= 3
+    broker = broker_at(real_env, "2016-11-09T11:00")
+    for trade in trades[:2]:
+        for order in broker.orders("open", [trade["symbol"]]):
+            broker.cancel(order.id)
+    rt = Runtime(load_config({"MOMENTUM_ASOF": "2016-11-09T11:05"}))
+    reads = []
+    real_orders = rt.broker.orders
+    rt.broker.orders = lambda *args, **kwargs: reads.append(args) or real_orders(*args, **kwargs)
+    try:
+        assert executor.protect_all(rt) == [trades[0]["symbol"], trades[1]["symbol"]]
+        reads.clear()
+        assert executor.protect_all(rt) == []
+        assert reads == [("open", [t["symbol"] for t in trades])]
+    finally:
+        rt.close()
+    stops = [o for o in broker_at(real_env, "2016-11-09T11:06").orders("open") if o.type == "trailing_stop"]
+    assert sorted((o.symbol, o.qty) for o in stops) == sorted((t["symbol"], t["qty"]) for t in trades)

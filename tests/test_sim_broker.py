@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+import pathmodel
+
 from clock import NY, Clock
 from errors import (
     DataUnavailable, DuplicateClientOrderId, InsufficientQty, JournalError, OrderNotFound, OrderRejected, SimTimeError,
@@ -451,3 +453,59 @@ def test_a_call_that_fails_midway_leaves_the_file_as_it_was(make):
         "2016-11-01T20:30")  # 16:30 New York (EDT)
     broker.market.down = False
     assert broker.get_order(stop.id).filled_avg_price == 90.0
+
+
+# ----- the walk's own path arithmetic and what one connection sees of another's writes
+
+def _bars_to_check() -> list[tuple[float, float, float, float]]:
+    """Random bars plus every tie the path rule decides: open on either extreme, open half way, flat, bad rows."""
+    rng = np.random.default_rng(7)
+    bars = [tuple(float(x) for x in rng.uniform(1.0, 300.0, 4)) for _ in range(300)]
+    bars += [tuple(float(x) for x in rng.uniform(0.01, 1.0, 4)) for _ in range(50)]
+    bars += [(100.0, 110.0, 94.0, 105.0), (110.0, 110.0, 94.0, 100.0), (94.0, 110.0, 94.0, 100.0),
+             (102.0, 110.0, 94.0, 100.0), (50.0, 50.0, 50.0, 50.0), (113.0, 112.0, 105.0, 111.0),
+             (90.0, 112.0, 105.0, 111.0), (106.0, 112.0, 105.0, 120.0), (106.0, 105.0, 112.0, 111.0)]
+    return bars
+
+
+FRACTIONS = [0.0, 1e-9, 0.1, 1 / 6, 1 / 3, 0.4, 0.5, 2 / 3, 0.9, 389 / 390, 1.0, -0.2, 1.3]
+
+
+def _array_path(bar, f_from: float, f_to: float) -> list[tuple[float, float]]:
+    """The walk's points computed with pathmodel's array functions."""
+    f_from, f_to = max(0.0, min(1.0, f_from)), max(0.0, min(1.0, f_to))
+    points = [(f_from, float(pathmodel.price_at(*bar, f_from)))]
+    points += [(float(t), float(p)) for t, p in zip(pathmodel.VERTEX_TIMES, pathmodel.vertices(*bar))
+               if f_from < t < f_to]
+    return points + ([(f_to, float(pathmodel.price_at(*bar, f_to)))] if f_to > f_from else [])
+
+
+def test_the_walks_path_is_the_snapshots_path_to_the_bit():
+    """The sim broker walks bars with pathmodel's plain-float functions and snapshots use its array functions;
+    they must not differ by one bit: every point, every vertex, every clamped fraction."""
+    for bar in _bars_to_check():
+        for f_from in FRACTIONS:
+            assert pathmodel.bar_price(*bar, f_from) == float(pathmodel.price_at(*bar, f_from)), (bar, f_from)
+            for f_to in FRACTIONS:
+                assert pathmodel.path_points(*bar, f_from, f_to) == _array_path(bar, f_from, f_to), (bar, f_from,
+                                                                                                      f_to)
+
+
+def test_orders_changed_through_another_connection_are_seen_at_once(make, tmp_path):
+    """Another process's cancel, and another process's walk of the trailing mark, reach a broker that has already
+    read (and built) the same orders."""
+    broker, clock = bought(make, TRAIL_BARS)
+    trail = broker.submit(request("ts", "AAA", SELL, 100, TRAILING_STOP, trail_percent=5.0, time_in_force="gtc"))
+    limit = broker.submit(request("l1", "AAA", BUY, 1, LIMIT, limit_price=50.0))
+    assert [o.id for o in broker.orders("open")] == [limit.id, trail.id]
+    other, other_clock = make(TRAIL_BARS, ny(1, 10, 35))
+    other.cancel(limit.id)
+    assert [o.id for o in broker.orders("open")] == [trail.id]
+    assert broker.get_order(limit.id).status == "canceled"
+    other_clock.set(ny(2, 16, 30))
+    assert other.get_order(trail.id).hwm == 112.0  # the other process walked two sessions
+    clock.set(ny(2, 16, 30))  # the same moment: nothing left to walk here
+    seen = broker.orders("open")[0]
+    assert (seen.id, seen.hwm, seen.stop_price) == (trail.id, 112.0, 106.4)
+    assert broker.get_orders([trail.id])[trail.id] == seen
+    assert broker.positions()[0].current_price == 111.0

@@ -94,8 +94,8 @@ def _audit(journal, order: Order, event: str) -> None:
     """Every order state the broker reports, and every fill, also goes to logs/trades_YYYY-MM-DD.csv."""
     import exports
 
-    row = {"event": event, "client_order_id": order.client_order_id, "broker_order_id": order.id, "symbol": order.symbol,
-           "side": order.side, "type": order.type, "qty": order.qty, "status": order.status,
+    row = {"event": event, "client_order_id": order.client_order_id, "broker_order_id": order.id,
+           "symbol": order.symbol, "side": order.side, "type": order.type, "qty": order.qty, "status": order.status,
            "filled_qty": order.filled_qty, "filled_avg_price": order.filled_avg_price,
            "limit_price": order.limit_price, "stop_price": order.stop_price, "run_id": journal.run_id}
     try:

@@ -303,8 +303,8 @@ def tracking_update(trade: dict, price: float) -> dict[str, Any]:
 def update_tracking(rt) -> JobResult:
     placeholders = ",".join("?" * len(LIVE_TRADE_STATUSES))
     trades = rt.journal.query(
-        f"SELECT id, symbol, asset_class, qty, entry_price, current_price, unrealized_pnl, unrealized_pnl_pct, peak_price, "
-        f"max_gain_pct, max_drawdown_pct FROM trades WHERE status IN ({placeholders}) AND entry_price > 0",
+        f"SELECT id, symbol, asset_class, qty, entry_price, current_price, unrealized_pnl, unrealized_pnl_pct, "
+        f"peak_price, max_gain_pct, max_drawdown_pct FROM trades WHERE status IN ({placeholders}) AND entry_price > 0",
         list(LIVE_TRADE_STATUSES))
     prices = {p.symbol: p.current_price for p in rt.broker.positions()} if trades else {}
     now = rt.journal.now()

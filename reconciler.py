@@ -65,12 +65,18 @@ def _known_orders(broker, rows: list[dict]) -> dict[str, Order]:
     return broker.get_orders(ids)
 
 
+# Orders that are neither final (models.FINAL_STATUSES) nor known never to have been sent: the condition of the
+# partial index orders_live (schema.py, migration 0006), written out so that SQLite can match it to the index.
+FINAL_OR_UNSENT = (*sorted(FINAL_STATUSES), "not_sent")
+LIVE_ORDERS = f"status NOT IN ({', '.join(repr(status) for status in FINAL_OR_UNSENT)})"
+
+
 def refresh_orders(rt, report: ReconcileReport) -> list[dict]:
     """Refresh every non-final journal order; returns the rows whose state changed (with the new state)."""
     journal, broker = rt.journal, rt.broker
-    placeholders = ",".join("?" * len(FINAL_STATUSES))
-    rows = journal.query(f"SELECT * FROM orders WHERE status NOT IN ({placeholders}, 'not_sent')",
-                         sorted(FINAL_STATUSES))
+    # the live rows found through the partial index orders_live, read in the order they were written
+    rows = journal.query(f"SELECT * FROM orders WHERE rowid IN (SELECT rowid FROM orders WHERE {LIVE_ORDERS}) "
+                         "ORDER BY rowid")
     changed = []
     known = _known_orders(broker, rows)
     now = journal.now()

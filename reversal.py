@@ -142,7 +142,8 @@ def reversal_scores(history: Panel | History, snap: Snapshot,
                                                                                                      dtype=bool)
     signals = np.empty(len(flags), dtype=object)
     signals[:] = [[name for name, on in zip(names, row) if on] for row in flags]
+    weights = np.array([REVERSAL_WEIGHTS[name] for name in names])
     return pd.DataFrame({**{name: flags[:, k] for k, name in enumerate(names)},
-                         "score": (flags * np.array([REVERSAL_WEIGHTS[name] for name in names])).sum(axis=1).astype(int),
+                         "score": (flags * weights).sum(axis=1).astype(int),
                          "signals": signals, "skip_reason": np.where(usable, None, "no valid price today")},
                         index=pd.Index(snap.symbols, name="symbol"))

@@ -160,6 +160,16 @@ MIGRATION_0005 = """
 CREATE INDEX candidates_outcome_pending ON candidates(session) WHERE price_10d IS NULL;
 """
 
+# Every scan and monitor run refreshes the orders that are not final yet and applies fills not yet in the trade
+# book; both read a handful of rows out of every order ever sent. Two partial indexes hold just those rows. The
+# condition of orders_live must stay word for word the one reconciler.LIVE_ORDERS uses (SQLite uses a partial index
+# only for a query carrying its condition); the final statuses are models.FINAL_STATUSES plus 'not_sent'.
+MIGRATION_0006 = """
+CREATE INDEX orders_live ON orders(status)
+    WHERE status NOT IN ('canceled', 'expired', 'filled', 'rejected', 'replaced', 'stopped', 'suspended', 'not_sent');
+CREATE INDEX orders_unapplied ON orders(trade_id) WHERE filled_qty > applied_qty;
+"""
+
 # (name, sql) in order; names are stored in _sqlite_migrations and must never change.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", MIGRATION_0001),
@@ -167,4 +177,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0003_fill_ledger", MIGRATION_0003),
     ("0004_exit_plans", MIGRATION_0004),
     ("0005_pending_outcomes_index", MIGRATION_0005),
+    ("0006_live_order_indexes", MIGRATION_0006),
 ]

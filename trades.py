@@ -88,6 +88,11 @@ def apply_order_fills(rt, report) -> None:
     """Apply every fill not yet taken into the trade book, by quantity, exactly once; cancel entries that ended
     unfilled."""
     journal = rt.journal
+    # Most runs have nothing to apply: no fill beyond what was applied (the partial index orders_unapplied) and no
+    # pending trade. Both are one index probe; the query below reads every order.
+    if (journal.one("SELECT 1 FROM orders WHERE filled_qty > applied_qty LIMIT 1") is None
+            and journal.one("SELECT 1 FROM trades WHERE status = 'pending' LIMIT 1") is None):
+        return
     rows = journal.query(
         "SELECT o.* FROM orders o JOIN trades t ON t.id = o.trade_id "
         "WHERE o.filled_qty > o.applied_qty OR (o.purpose IN ('entry', 'option') AND t.status = 'pending' "

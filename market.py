@@ -349,16 +349,18 @@ class CsvMarket:
 
     def bars(self, symbols: Sequence[str], start: date, end: date) -> Panel:
         """Served from a small in-process memo of earlier identical requests (the file never changes while it is
-        open, and a backtest asks for the same symbols and window many times a session); every caller gets its own
-        copy of the arrays, so nothing it does to them reaches the memo."""
+        open, and a backtest asks for the same symbols and window many times a session). The arrays are shared and
+        read-only: a caller that wants to change values works on a copy (numpy refuses a write to them)."""
         key = (tuple(symbols), start, end)
         stored = self._bars_memo.get(key)
         if stored is None:
             stored = self._bars(list(symbols), start, end)
+            for array in (stored.dates, *(getattr(stored, name) for name in BAR_FIELDS)):
+                array.flags.writeable = False
             if len(self._bars_memo) >= _BARS_MEMO_SIZE:
                 self._bars_memo.pop(next(iter(self._bars_memo)))  # the oldest request goes first
             self._bars_memo[key] = stored
-        return Panel(stored.dates.copy(), list(stored.symbols), *(getattr(stored, name).copy() for name in BAR_FIELDS))
+        return Panel(stored.dates, list(stored.symbols), *(getattr(stored, name) for name in BAR_FIELDS))
 
     def _bars(self, symbols: list[str], start: date, end: date) -> Panel:
         dates = self.dates[_window(self.dates, start, end)]

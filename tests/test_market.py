@@ -165,6 +165,17 @@ def test_csv_bars_pivot_with_nan_for_absent_rows_and_unknown_symbols(small_csv, 
     assert data.known_symbols() == ["AAA", "BBB"]
 
 
+def test_csv_bars_repeat_from_memory_and_cannot_be_changed_through_a_caller(small_csv, tmp_path):
+    data = CsvMarket(small_csv, cache_dir=tmp_path / "cache")
+    first = data.bars(["AAA", "BBB"], date(2016, 3, 1), date(2016, 3, 3))
+    again = data.bars(["AAA", "BBB"], date(2016, 3, 1), date(2016, 3, 3))
+    assert again.close is first.close  # served from the memo, not gathered again
+    with pytest.raises(ValueError, match="read-only"):
+        first.close[0, 0] = 1.0
+    assert data.bars(["BBB", "AAA"], date(2016, 3, 1), date(2016, 3, 3)).close[:, 1].tolist() == \
+        first.close[:, 0].tolist()
+
+
 def test_csv_snapshot_uses_the_last_close_before_the_session(small_csv, tmp_path):
     data = CsvMarket(small_csv, cache_dir=tmp_path / "cache")
     snap = data.snapshot(["AAA", "BBB"], date(2016, 3, 3), 0.5)

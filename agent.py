@@ -124,6 +124,13 @@ def market_context(rt, session: Session, fraction: float, snap: Snapshot) -> dic
     return scanner.market_context(spy_before, spy_price, vix, change)
 
 
+def scan_context(rt, session: Session, fraction: float, snap: Snapshot, universe: list[str]) -> dict[str, Any]:
+    """`market_context` over the universe's part of the snapshot, or the same computed ahead (history_cache.py)."""
+    cache = rt.history_cache
+    ready = cache.context(session.day, fraction, universe) if cache is not None else None
+    return ready if ready is not None else market_context(rt, session, fraction, snap.select(universe))
+
+
 def peak_closes(history: Panel, snap: Snapshot, trades: list[dict]) -> dict[str, float]:
     """Highest close since entry for each held symbol (journal peak, history closes, and today's price)."""
     peaks: dict[str, float] = {}
@@ -349,7 +356,7 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
                                        peak_closes(history, held_snap, trades))
         positions = position_views(trades, frame, rev)
     with timer.step("context"):
-        context = market_context(rt, session, fraction, snap.select(universe))
+        context = scan_context(rt, session, fraction, snap, universe)
         current_regime = regimes.for_trading(rt, session.day)
         context.update(regime=current_regime["regime"] if current_regime else None,
                        exposure_factor=current_regime["factor"] if current_regime else 1.0)

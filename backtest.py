@@ -164,14 +164,17 @@ def _replay_sessions(rt, sessions: list[Session], system: str, cap: str,
 
 
 def _step_moments(rt, session: Session, system: str, cap: str) -> list[tuple]:
-    """(session fraction, scan rules or None) of each step that reads a snapshot, as the step will see it."""
+    """(session fraction, scan rules, scan universe) of each step that reads a snapshot, as the step will see it
+    (rules and universe None for a monitor run)."""
     import agent
 
     moments = []
     for step in session_steps(session, system, cap):
-        if step.kind in ("scan", "monitor"):
-            fraction = rt.calendar.current_or_last_session(step.moment)[1]
-            moments.append((fraction, agent.cap_rules(rt.config, step.cap) if step.kind == "scan" else None))
+        fraction = rt.calendar.current_or_last_session(step.moment)[1]
+        if step.kind == "scan":
+            moments.append((fraction, agent.cap_rules(rt.config, step.cap), tuple(rt.universe.symbols(step.cap))))
+        elif step.kind == "monitor":
+            moments.append((fraction, None, None))
     return moments
 
 

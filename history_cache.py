@@ -37,6 +37,7 @@ class HistoryCache:
         # scan frames by (session, fraction, rules, history window), each with its symbols' positions
         self._snapshots: dict[tuple, tuple[Snapshot, dict[str, int]]] = {}
         self._frames: dict[tuple, tuple[pd.DataFrame, dict[str, int]]] = {}
+        self._contexts: dict[tuple, dict] = {}  # market contexts by (session, fraction, universe)
 
     def get(self, prepare: Prepare, history: Panel, session: date, symbols: Sequence[str]) -> Any:
         """`prepare(history, session, symbols)`, from the columns prepared earlier in this session where it can."""
@@ -72,6 +73,16 @@ class HistoryCache:
         self._forget_other_sessions(snap.session)
         self._frames[(snap.session, snap.fraction, rules, _window(dates))] = (frame, _positions(frame.index))
 
+    def seed_context(self, session: date, fraction: float, universe: Sequence[str], context: dict) -> None:
+        """`context` as agent.market_context of the session at `fraction` over the snapshot of `universe`."""
+        self._forget_other_sessions(session)
+        self._contexts[(session, fraction, tuple(universe))] = context
+
+    def context(self, session: date, fraction: float, universe: Sequence[str]) -> dict | None:
+        """A copy of the seeded market context (the caller adds to it), or None."""
+        seeded = self._contexts.get((session, fraction, tuple(universe)))
+        return dict(seeded) if seeded is not None else None
+
     def snapshot(self, symbols: Sequence[str], session: date, fraction: float) -> Snapshot | None:
         """The seeded snapshot's columns for `symbols`, or None when none was seeded or it lacks one of them."""
         seeded = self._snapshots.get((session, fraction))
@@ -89,7 +100,7 @@ class HistoryCache:
     def _forget_other_sessions(self, session: date) -> None:
         for key in [key for key in self._entries if key[2] != session]:
             del self._entries[key], self._columns[key]
-        for store in (self._snapshots, self._frames):
+        for store in (self._snapshots, self._frames, self._contexts):
             for key in [key for key in store if key[0] != session]:
                 del store[key]
 

@@ -28,11 +28,16 @@ WAIT_SECONDS = 60.0  # a session the worker has not delivered by then is prepare
 
 def _prepare_sessions(market, calendar, days: list[date], symbols: list[str], moments: dict[date, list[tuple]],
                       out) -> None:
-    """The worker: every session's prepared histories, snapshots at its moments and scan frames, in order, then
-    None. `moments[day]`: (fraction, scan rules or None) of each cron step of that session."""
+    """The worker: every session's prepared histories, snapshots at its moments, scan frames and market contexts,
+    in order, then None. `moments[day]`: (fraction, scan rules, scan universe) of each cron step of that session
+    that reads a snapshot (rules and universe None for a monitor run)."""
+    import types
+
     import agent
     import reversal
     import scanner
+
+    ports = types.SimpleNamespace(market=market, calendar=calendar)  # what agent.market_context reads
 
     try:
         for day in days:
@@ -41,15 +46,17 @@ def _prepare_sessions(market, calendar, days: list[date], symbols: list[str], mo
             histories = {"scanner": scanner.prepare(history, day, symbols),
                          "reversal": reversal.prepare(history, day, symbols)}
             snapshots: dict[float, Any] = {}
-            frames = []
-            for fraction, rules in moments.get(day, []):
+            frames, contexts = [], []
+            for fraction, rules, universe in moments.get(day, []):
                 if fraction not in snapshots:
                     snapshots[fraction] = market.snapshot(symbols, day, fraction)
                 if rules is not None:
                     frames.append((fraction, rules, scanner.scan(histories["scanner"], snapshots[fraction], rules)))
-            out.put((day, history.dates, histories, snapshots, frames))
+                    contexts.append((fraction, universe, agent.market_context(
+                        ports, calendar.session(day), fraction, snapshots[fraction].select(universe))))
+            out.put((day, history.dates, histories, snapshots, (frames, contexts)))
     except Exception as err:  # noqa: BLE001 - reported to the replay, which computes in process from here on
-        out.put(("failed", None, f"{type(err).__name__}: {err}", None, None))
+        out.put(("failed", None, f"{type(err).__name__}: {err}", None, (None, None)))
         return
     out.put(None)
 
@@ -104,7 +111,7 @@ class HistoryPrefetch:
                     log.warning("history prefetch stopped: %s; preparing in process", item[2])
                 self._done = True
                 return False
-            prepared_day, dates, prepared, snapshots, frames = item
+            prepared_day, dates, prepared, snapshots, (frames, contexts) = item
             if prepared_day < day:
                 continue  # a session the replay skipped
             if prepared_day > day:
@@ -120,4 +127,6 @@ class HistoryPrefetch:
                 cache.seed_snapshot(fraction, snap)
             for fraction, rules, frame in frames:
                 cache.seed_frame(snapshots[fraction], rules, dates, frame)
+            for fraction, universe, context in contexts:
+                cache.seed_context(day, fraction, universe, context)
             return True

@@ -94,7 +94,7 @@ def test_nothing_is_prefetched_for_a_live_feed_or_a_rebalance(rt):
         assert not ahead.seed(DAYS[0])
 
 
-def test_seeded_snapshots_and_scan_frames_are_the_direct_ones(rt):
+def test_seeded_snapshots_scan_frames_and_contexts_are_the_direct_ones(rt):
     import pandas as pd
 
     from history_cache import market_snapshot, scan_frame
@@ -121,6 +121,9 @@ def test_seeded_snapshots_and_scan_frames_are_the_direct_ones(rt):
         assert rt.history_cache.frame(seeded, rules, history.dates) is not None
         pd.testing.assert_frame_equal(scan_frame(rt, history, market_snapshot(rt, wanted, day, fraction), rules),
                                       scanner.scan(history, direct, rules))
+        assert rt.history_cache.context(day, fraction, small) is not None
+        assert agent.scan_context(rt, session, fraction, seeded, small) == agent.market_context(
+            rt, session, fraction, direct.select(small))
     # a moment the worker did not compute, or a symbol outside its universe, is computed directly
     assert rt.history_cache.snapshot(small, day, 0.123) is None
     assert rt.history_cache.snapshot(["NOT_A_SYMBOL"], day, fraction) is None

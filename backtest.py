@@ -17,6 +17,12 @@ When two steps share a minute the monitor runs first, then the scan or rebalance
 
 The regime filter can be switched off for a comparison run (`Runtime.regime_filter = False`): the trading loop then
 sees no regime (allocation factor 1, no CRASH block).
+
+Speed without other answers: the regimes of the whole window come from one pass of the online model
+(`prefill_regimes`), and for the momentum system a forked worker computes each coming session's market-only work
+(prepared histories, snapshots at the cron moments, scan frames, market contexts; prefetch.py) while the replay
+trades the current one. Both give exactly what the steps would compute for themselves: the parity test runs the
+cron commands one by one against the backtest.
 """
 from __future__ import annotations
 
@@ -156,10 +162,10 @@ def replay(rt, sessions: list[Session], system: str, cap: str,
 
 def _replay_sessions(rt, sessions: list[Session], system: str, cap: str,
                      progress: Callable[[int, int, date], None] | None) -> tuple[int, list[str]]:
-    from prefetch import HistoryPrefetch
+    from prefetch import SessionPrefetch
 
     moments = {session.day: _step_moments(rt, session, system, cap) for session in sessions}
-    with HistoryPrefetch(rt, [s.day for s in sessions], _prefetch_symbols(rt, system), moments) as ahead:
+    with SessionPrefetch(rt, [s.day for s in sessions], _prefetch_symbols(rt, system), moments) as ahead:
         return _replay_with(rt, sessions, system, cap, progress, ahead)
 
 

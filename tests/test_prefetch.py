@@ -1,5 +1,6 @@
-"""Histories prepared ahead by the backtest's worker process: the same columns the replay would prepare itself,
-and a worker that fails leaves the replay preparing in process."""
+"""Sessions computed ahead by the backtest's worker process: the same prepared histories, snapshots, scan frames
+and market contexts the replay would compute itself, and a worker that fails leaves the replay computing in
+process."""
 from __future__ import annotations
 
 from datetime import date
@@ -11,7 +12,7 @@ import agent
 import backtest
 import reversal
 import scanner
-from prefetch import HistoryPrefetch
+from prefetch import SessionPrefetch
 from realdata import BARS
 
 DAYS = [date(2014, 3, 3), date(2014, 3, 4), date(2014, 3, 5)]
@@ -47,7 +48,7 @@ def _equal(first, second) -> None:
 def test_the_worker_seeds_the_columns_the_replay_would_prepare(rt):
     universe = rt.universe.symbols("all")
     wanted = rt.universe.symbols("small")[:30] + rt.universe.symbols("large")[:5]
-    with HistoryPrefetch(rt, DAYS, universe) as ahead:
+    with SessionPrefetch(rt, DAYS, universe) as ahead:
         for day in DAYS:
             assert ahead.seed(day)
             history = _history(rt, day, wanted)
@@ -74,11 +75,11 @@ class FailingMarket:
 
 def test_a_failing_worker_leaves_the_replay_to_prepare_in_process(rt, caplog):
     rt.__dict__["market"] = FailingMarket(rt.market, DAYS[0])  # the history of DAYS[1] ends on DAYS[0]
-    with HistoryPrefetch(rt, DAYS, rt.universe.symbols("all")) as ahead:
+    with SessionPrefetch(rt, DAYS, rt.universe.symbols("all")) as ahead:
         assert ahead.seed(DAYS[0])
         assert not ahead.seed(DAYS[1])
         assert not ahead.seed(DAYS[2])
-    assert "history prefetch stopped: RuntimeError: disk went away" in caplog.text
+    assert "session prefetch stopped: RuntimeError: disk went away" in caplog.text
     wanted = rt.universe.symbols("mid")[:10]
     history = _history(rt, DAYS[2], wanted)
     _equal(rt.history_cache.get(scanner.prepare, history, DAYS[2], wanted),
@@ -90,7 +91,7 @@ def test_nothing_is_prefetched_for_a_live_feed_or_a_rebalance(rt):
     assert len(backtest._prefetch_symbols(rt, "momentum")) > 400
     rt.__dict__["history_cache"] = None
     assert backtest._prefetch_symbols(rt, "momentum") == []
-    with HistoryPrefetch(rt, DAYS, []) as ahead:
+    with SessionPrefetch(rt, DAYS, []) as ahead:
         assert not ahead.seed(DAYS[0])
 
 
@@ -104,7 +105,7 @@ def test_seeded_snapshots_scan_frames_and_contexts_are_the_direct_ones(rt):
     small = rt.universe.symbols("small")
     steps = [s for s in backtest.session_steps(session, "momentum", "all") if s.kind in ("scan", "monitor")]
     moments = {day: backtest._step_moments(rt, session, "momentum", "all")}
-    with HistoryPrefetch(rt, [day], rt.universe.symbols("all"), moments) as ahead:
+    with SessionPrefetch(rt, [day], rt.universe.symbols("all"), moments) as ahead:
         assert ahead.seed(day)
     scans = [s for s in steps if s.kind == "scan" and s.cap == "small"]
     assert len(scans) == 3

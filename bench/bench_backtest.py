@@ -51,7 +51,12 @@ def run_backtest(start: str = FIVE_YEARS[0], end: str = FIVE_YEARS[1], system: s
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         env = {"PATH": "/usr/bin:/bin", "HOME": str(base), "LOG_DIR": str(base / "logs"),
-               "CACHE_DIR": str(base / "cache"), "MOMENTUM_DB": str(base / "unused" / "trades.db")}
+               "CACHE_DIR": str(base / "cache"), "MOMENTUM_DB": str(base / "unused" / "trades.db"),
+               "MPLCONFIGDIR": str(base / "matplotlib")}
+        # matplotlib builds its font cache on first use in a fresh HOME, with a helper process that would count
+        # as the backtest's child; build it beforehand so that the children measured are the prefetch worker
+        subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], check=True, capture_output=True,
+                       env=env)
         universe = base / "universe.json"
         subprocess.run([sys.executable, str(ROOT / "main.py"), "universe", "build", "--from", str(REAL_BARS), "--by",
                         "dollar-volume", "--out", str(universe)], check=True, capture_output=True, env=env)

@@ -39,10 +39,22 @@ def _child_backtest(out_dir: str, universe: str, cache: str, start: str, end: st
     result = CliRunner().invoke(cli, ["--universe", universe, "backtest", "--start", start, "--end", end, "--data",
                                       f"csv:{REAL_BARS}", "--system", system, "--out", out_dir],
                                 catch_exceptions=False)
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak_kb = _own_peak_kb()
     worker_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     print(json.dumps({"exit_code": result.exit_code, "output": result.output, "peak_mb": peak_kb / 1024,
                       "worker_peak_mb": worker_kb / 1024}))
+
+
+def _own_peak_kb() -> float:
+    """This process's peak resident set. Linux's ru_maxrss carries over the high-water mark of the process image
+    before exec (a copy of the benchmark runner, which may be large), so the kernel's VmHWM of the current image is
+    read when there is one."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return float(line.split()[1])
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 def run_backtest(start: str = FIVE_YEARS[0], end: str = FIVE_YEARS[1], system: str = "momentum") -> dict | None:

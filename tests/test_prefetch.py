@@ -14,6 +14,7 @@ import reversal
 import scanner
 from prefetch import SessionPrefetch
 from realdata import BARS
+from test_prepared_history import assert_same_prepared
 
 DAYS = [date(2014, 3, 3), date(2014, 3, 4), date(2014, 3, 5)]
 
@@ -34,17 +35,6 @@ def _history(rt, day: date, symbols: list[str]):
     return rt.market.bars(symbols, cal.sessions_back(day, agent.HISTORY_SESSIONS), cal.previous_session(day))
 
 
-def _equal(first, second) -> None:
-    for name in first.__dataclass_fields__:
-        a, b = getattr(first, name), getattr(second, name)
-        if hasattr(a, "__dataclass_fields__"):
-            _equal(a, b)
-        elif isinstance(a, np.ndarray):
-            assert np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
-        else:
-            assert a == b, name
-
-
 def test_the_worker_seeds_the_columns_the_replay_would_prepare(rt):
     universe = rt.universe.symbols("all")
     wanted = rt.universe.symbols("small")[:30] + rt.universe.symbols("large")[:5]
@@ -54,7 +44,7 @@ def test_the_worker_seeds_the_columns_the_replay_would_prepare(rt):
             history = _history(rt, day, wanted)
             for prepare in (scanner.prepare, reversal.prepare):
                 key_count = len(rt.history_cache._entries)
-                _equal(rt.history_cache.get(prepare, history, day, wanted), prepare(history, day, wanted))
+                assert_same_prepared(rt.history_cache.get(prepare, history, day, wanted), prepare(history, day, wanted))
                 assert len(rt.history_cache._entries) == key_count  # served from the seeded entry
 
 
@@ -82,7 +72,7 @@ def test_a_failing_worker_leaves_the_replay_to_prepare_in_process(rt, caplog):
     assert "session prefetch stopped: RuntimeError: disk went away" in caplog.text
     wanted = rt.universe.symbols("mid")[:10]
     history = _history(rt, DAYS[2], wanted)
-    _equal(rt.history_cache.get(scanner.prepare, history, DAYS[2], wanted),
+    assert_same_prepared(rt.history_cache.get(scanner.prepare, history, DAYS[2], wanted),
            scanner.prepare(history, DAYS[2], wanted))
 
 
@@ -120,7 +110,7 @@ def test_seeded_snapshots_scan_frames_and_contexts_are_the_direct_ones(rt):
         history = _history(rt, day, wanted)
         rules = agent.cap_rules(rt.config, "small")
         assert rt.history_cache.frame(seeded, rules, history.dates) is not None
-        pd.testing.assert_frame_equal(scan_frame(rt, history, market_snapshot(rt, wanted, day, fraction), rules),
+        pd.testing.assert_frameassert_same_prepared(scan_frame(rt, history, market_snapshot(rt, wanted, day, fraction), rules),
                                       scanner.scan(history, direct, rules))
         assert rt.history_cache.context(day, fraction, small) is not None
         assert agent.scan_context(rt, session, fraction, seeded, small) == agent.market_context(

@@ -87,11 +87,12 @@ def test_a_history_prepared_for_other_symbols_is_refused(daily):  # noqa: F811
         scanner.scan(scanner.prepare(history, session, snap.symbols[:10]), snap, scanner.CAP_RULES["mid"])
 
 
-def _same(first, second) -> None:
+def assert_same_prepared(first, second) -> None:
+    """Two prepared histories hold the same values, array by array and bit by bit."""
     for name in first.__dataclass_fields__:
         a, b = getattr(first, name), getattr(second, name)
         if hasattr(a, "__dataclass_fields__"):
-            _same(a, b)
+            assert_same_prepared(a, b)
         elif isinstance(a, np.ndarray):
             assert a.dtype == b.dtype and np.array_equal(a, b, equal_nan=a.dtype.kind == "f"), name
         else:
@@ -106,7 +107,7 @@ def test_the_store_gives_the_columns_a_direct_preparation_gives(daily, prepare):
     cache = HistoryCache()
     first, second = symbols[:200:3], symbols[150:300] + symbols[:5]
     for wanted in (first, second, first[::-1], symbols[:40:2]):
-        _same(cache.get(prepare, history.select(wanted), session, wanted), prepare(history, session, wanted))
+        assert_same_prepared(cache.get(prepare, history.select(wanted), session, wanted), prepare(history, session, wanted))
 
 
 def test_the_store_forgets_earlier_sessions(daily):  # noqa: F811

@@ -110,7 +110,7 @@ def test_seeded_snapshots_scan_frames_and_contexts_are_the_direct_ones(rt):
         history = _history(rt, day, wanted)
         rules = agent.cap_rules(rt.config, "small")
         assert rt.history_cache.frame(seeded, rules, history.dates) is not None
-        pd.testing.assert_frameassert_same_prepared(scan_frame(rt, history, market_snapshot(rt, wanted, day, fraction), rules),
+        pd.testing.assert_frame_equal(scan_frame(rt, history, market_snapshot(rt, wanted, day, fraction), rules),
                                       scanner.scan(history, direct, rules))
         assert rt.history_cache.context(day, fraction, small) is not None
         assert agent.scan_context(rt, session, fraction, seeded, small) == agent.market_context(

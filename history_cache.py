@@ -38,6 +38,7 @@ class HistoryCache:
         self._snapshots: dict[tuple, tuple[Snapshot, dict[str, int]]] = {}
         self._frames: dict[tuple, tuple[pd.DataFrame, dict[str, int]]] = {}
         self._contexts: dict[tuple, dict] = {}  # market contexts by (session, fraction, universe)
+        self._last_positions: tuple = ((), {})
 
     def get(self, prepare: Prepare, history: Panel, session: date, symbols: Sequence[str]) -> Any:
         """`prepare(history, session, symbols)`, from the columns prepared earlier in this session where it can."""
@@ -61,17 +62,18 @@ class HistoryCache:
         key = _key(prepare, dates, session)
         self._forget_other_sessions(session)
         self._entries[key] = prepared
-        self._columns[key] = dict(_positions(symbols))  # its own copy: `get` adds to it
+        self._columns[key] = dict(self._positions(symbols))  # its own copy: `get` adds to it
 
     def seed_snapshot(self, fraction: float, snap: Snapshot) -> None:
         """`snap` as what the market gives at `fraction` of its session (asked with exactly that fraction)."""
         self._forget_other_sessions(snap.session)
-        self._snapshots[(snap.session, fraction)] = (snap, _positions(snap.symbols))
+        self._snapshots[(snap.session, fraction)] = (snap, self._positions(snap.symbols))
 
     def seed_frame(self, snap: Snapshot, rules: Any, dates: np.ndarray, frame: pd.DataFrame) -> None:
         """`frame` as the scan of `snap` under `rules` over a history with these dates."""
         self._forget_other_sessions(snap.session)
-        self._frames[(snap.session, snap.fraction, rules, _window(dates))] = (frame, _positions(frame.index))
+        key = (snap.session, snap.fraction, rules, _window(dates))
+        self._frames[key] = (frame, self._positions(frame.index))
 
     def seed_context(self, session: date, fraction: float, universe: Sequence[str], context: dict) -> None:
         """`context` as agent.market_context of the session at `fraction` over the snapshot of `universe`."""
@@ -97,6 +99,13 @@ class HistoryCache:
             return None
         return seeded[0].take([seeded[1][symbol] for symbol in snap.symbols])
 
+    def _positions(self, symbols) -> dict[str, int]:
+        """Each symbol's position; one table (read only) serves every seeded snapshot and frame of a symbol list."""
+        key = tuple(symbols)
+        if self._last_positions[0] != key:
+            self._last_positions = (key, {symbol: i for i, symbol in enumerate(key)})
+        return self._last_positions[1]
+
     def _forget_other_sessions(self, session: date) -> None:
         for key in [key for key in self._entries if key[2] != session]:
             del self._entries[key], self._columns[key]
@@ -105,15 +114,6 @@ class HistoryCache:
                 del store[key]
 
 
-def _positions(symbols) -> dict[str, int]:
-    """Each symbol's position, shared by every seeded snapshot and frame of the same symbol list (read only)."""
-    key = tuple(symbols)
-    if _last_positions[0] != key:
-        _last_positions[:] = [key, {symbol: i for i, symbol in enumerate(key)}]
-    return _last_positions[1]
-
-
-_last_positions: list = [None, {}]
 
 
 def _window(dates: np.ndarray) -> tuple:

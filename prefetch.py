@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import queue as queues
 from datetime import date
 from typing import Any
@@ -23,10 +24,25 @@ log = logging.getLogger(__name__)
 
 SESSIONS_AHEAD = 6  # computed sessions waiting in the queue at most (each is one to two megabytes)
 WAIT_SECONDS = 60.0  # a session the worker has not delivered by then is computed in the replaying process
+PARENT_CHECK_SECONDS = 1.0  # while the queue is full, the worker looks this often whether the replay still exists
+
+
+def _hand_over(out, item, parent: int) -> bool:
+    """Put `item` on the queue, waiting while it is full; False once the replaying process is gone (a replay killed
+    outright never drains the queue, and the worker must not wait for it for ever)."""
+    while True:
+        try:
+            out.put(item, timeout=PARENT_CHECK_SECONDS)
+            return True
+        except queues.Full:
+            if os.getppid() != parent:
+                # what is already queued will never be read: exit without waiting to flush it into the pipe
+                getattr(out, "cancel_join_thread", lambda: None)()
+                return False
 
 
 def _compute_sessions(market, calendar, days: list[date], symbols: list[str], moments: dict[date, list[tuple]],
-                      out) -> None:
+                      out, parent: int) -> None:
     """The worker: each session's results (a dict, see `SessionPrefetch.seed`) in order, then None; a failure is
     reported as {"failed": reason}. `moments[day]`: (fraction, scan rules, scan universe) of each cron step of that
     session that reads a snapshot (rules and universe None for a monitor run)."""
@@ -53,11 +69,12 @@ def _compute_sessions(market, calendar, days: list[date], symbols: list[str], mo
                     result["frames"].append((fraction, rules, scanner.scan(prepared, snapshots[fraction], rules)))
                     result["contexts"].append((fraction, universe, agent.market_context(
                         ports, calendar.session(day), fraction, snapshots[fraction].select(universe))))
-            out.put(result)
+            if not _hand_over(out, result, parent):
+                return
     except Exception as err:  # noqa: BLE001 - reported to the replay, which computes in process from here on
-        out.put({"failed": f"{type(err).__name__}: {err}"})
+        _hand_over(out, {"failed": f"{type(err).__name__}: {err}"}, parent)
         return
-    out.put(None)
+    _hand_over(out, None, parent)
 
 
 class SessionPrefetch:
@@ -80,7 +97,8 @@ class SessionPrefetch:
         self._queue = context.Queue(maxsize=SESSIONS_AHEAD)
         market, calendar = self.rt.market, self.rt.calendar  # built before the fork, shared by both processes
         self._worker = context.Process(target=_compute_sessions, name="session-prefetch", daemon=True,
-                                       args=(market, calendar, self.days, self.symbols, self.moments, self._queue))
+                                       args=(market, calendar, self.days, self.symbols, self.moments, self._queue,
+                                             os.getpid()))
         self._worker.start()
         return self
 

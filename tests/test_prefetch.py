@@ -118,3 +118,16 @@ def test_seeded_snapshots_scan_frames_and_contexts_are_the_direct_ones(rt):
     # a moment the worker did not compute, or a symbol outside its universe, is computed directly
     assert rt.history_cache.snapshot(small, day, 0.123) is None
     assert rt.history_cache.snapshot(["NOT_A_SYMBOL"], day, fraction) is None
+
+
+def test_a_worker_whose_replay_is_gone_stops_waiting_on_a_full_queue(monkeypatch):
+    import queue
+
+    import prefetch
+
+    full = queue.Queue(maxsize=1)
+    full.put("waiting")
+    monkeypatch.setattr(prefetch, "PARENT_CHECK_SECONDS", 0.01)
+    assert prefetch._hand_over(full, "next", parent=-1) is False  # -1 is never this process's parent
+    roomy = queue.Queue(maxsize=2)
+    assert prefetch._hand_over(roomy, "next", parent=-1) is True and roomy.get() == "next"

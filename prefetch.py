@@ -46,12 +46,15 @@ def _compute_sessions(market, calendar, days: list[date], symbols: list[str], mo
     """The worker: each session's results (a dict, see `SessionPrefetch.seed`) in order, then None; a failure is
     reported as {"failed": reason}. `moments[day]`: (fraction, scan rules, scan universe) of each cron step of that
     session that reads a snapshot (rules and universe None for a monitor run)."""
+    import signal
     import types
 
     import agent
     import reversal
     import scanner
 
+    # Ctrl-C on a terminal reaches the whole process group: the replay handles it and stops this worker
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ports = types.SimpleNamespace(market=market, calendar=calendar)  # what agent.market_context reads
     try:
         for day in days:

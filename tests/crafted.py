@@ -2,7 +2,8 @@
 
 `write_market(folder, scenarios)` writes stocks.csv (long format), a spy_vix_daily_crafted.csv beside it and a
 universe.json with every scenario symbol in the large caps; scenario bars are (open, high, low, close, volume)
-tuples for the sessions after ENTRY.
+tuples for the sessions after ENTRY. `use_csv_journal` points the CLI at such a file and a journal in a temporary
+folder; `run_ok` runs a CLI command that must succeed.
 """
 from __future__ import annotations
 
@@ -38,6 +39,29 @@ def _base_days() -> list[date]:
 def _quiet_bar(i: int) -> tuple[float, float, float, float, int]:
     close = BASE_PRICE + 0.15 * math.sin(i / 3.0)
     return close - 0.02, close + 0.1, close - 0.1, close, BASE_VOLUME
+
+
+def use_csv_journal(monkeypatch, folder: Path, stocks: Path) -> dict[str, str]:
+    """Export (for CliRunner) a csv market `stocks` and a journal, logs and cache in `folder`; clears the variables
+    that would point elsewhere. Returns the exported values."""
+    values = {"DATA_SOURCE": f"csv:{stocks}", "MOMENTUM_DB": str(folder / "trades.db"),
+              "LOG_DIR": str(folder / "logs"), "CACHE_DIR": str(folder / "cache")}
+    for name in ("MOMENTUM_ASOF", "MARKET_DATA", "BROKER", "UNIVERSE_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    return values
+
+
+def run_ok(*args: str) -> str:
+    """The output of a CLI command that must exit 0."""
+    from click.testing import CliRunner
+
+    from main import cli
+
+    result = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 def write_market(folder: Path, scenarios: dict[str, list[tuple]]) -> dict[str, str]:

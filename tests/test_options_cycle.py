@@ -12,7 +12,6 @@ from datetime import date
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
 import executor
 import exits
@@ -23,8 +22,9 @@ import options_trading
 import reconciler
 from clock import Clock, calendar, parse_asof
 from config import load_config
+from crafted import run_ok as run
+from crafted import use_csv_journal
 from fake_alpaca import fixture
-from main import cli as command
 from market import CsvMarket
 from runtime import Runtime
 from sim_broker import SimBroker
@@ -71,19 +71,7 @@ def env(tmp_path, monkeypatch):
                       "vix_low", "vix_close"])
         for day, _ in _bars():
             out.writerow([day, 200, 201, 199, 200, 1e8, 15, 16, 14, 15])
-    values = {"DATA_SOURCE": f"csv:{stocks}", "MOMENTUM_DB": str(tmp_path / "trades.db"),
-              "LOG_DIR": str(tmp_path / "logs"), "CACHE_DIR": str(tmp_path / "cache")}
-    for name in ("MOMENTUM_ASOF", "MARKET_DATA", "BROKER", "UNIVERSE_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-def run(*args):
-    result = CliRunner().invoke(command, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+    return use_csv_journal(monkeypatch, tmp_path, stocks)
 
 
 

@@ -13,6 +13,8 @@ from click.testing import CliRunner
 
 import strat
 from conftest import require_shared_data
+from crafted import run_ok as run
+from crafted import use_csv_journal
 from main import cli as command
 from models import Panel
 from realdata import rows
@@ -191,20 +193,7 @@ def spy_env(tmp_path, monkeypatch, spy):
         for row in spy.itertuples():
             out.writerow([row.date, "SPY", row.spy_open, row.spy_high, row.spy_low, row.spy_close, row.spy_volume])
     spy.to_csv(tmp_path / "spy_vix_daily_test.csv", index=False)
-    values = {"DATA_SOURCE": f"csv:{stocks}", "MOMENTUM_DB": str(tmp_path / "trades.db"),
-              "LOG_DIR": str(tmp_path / "logs"), "CACHE_DIR": str(tmp_path / "cache")}
-    for name in ("MOMENTUM_ASOF", "MARKET_DATA", "BROKER"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in values.items():
-        monkeypatch.setenv(name, value)
-    return values
-
-
-
-def run(*args):
-    result = CliRunner().invoke(command, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
+    return use_csv_journal(monkeypatch, tmp_path, stocks)
 
 
 def test_strat_scan_stores_and_alerts_once_and_sends_nothing_while_options_trading_is_off(spy_env):

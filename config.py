@@ -11,13 +11,45 @@ from __future__ import annotations
 
 import os
 import re
+import sys
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from errors import ConfigError
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent  # where the code is: a checkout, or site-packages once installed
+# the universe that ships with the product: in a checkout, and where an installed distribution puts it
+BUNDLED_UNIVERSES = (ROOT / "data" / "universe.json", Path(sys.prefix) / "share" / "momentum-agent" / "universe.json")
+
+
+def home() -> Path:
+    """Where relative default paths (data/, logs/) and `.env` live.
+
+    MOMENTUM_HOME when set; else the checkout the code runs from (it holds pyproject.toml), so `python main.py` and
+    an editable install keep everything beside the code; else, for an installed `momentum`, ~/.momentum. A home
+    with no universe.json of its own uses the one that ships with the product.
+    """
+    configured = os.environ.get("MOMENTUM_HOME", "").strip()
+    if configured:
+        return Path(configured).expanduser().resolve()
+    if (ROOT / "pyproject.toml").exists():
+        return ROOT
+    return Path.home() / ".momentum"
+
+
+def product_version() -> str:
+    """The version in the checkout's pyproject.toml, or the installed distribution's."""
+    pyproject = ROOT / "pyproject.toml"
+    if pyproject.exists():
+        return tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("momentum-agent")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -194,7 +226,10 @@ class Config:
 def _default(var: Var) -> Any:
     """Default paths belong to the install, not to whatever directory cron happens to start in."""
     if var.kind == "path" and var.default:
-        return str(ROOT / var.default)
+        path = home() / var.default
+        if var.name == "UNIVERSE_FILE" and not path.exists():  # a home without a universe of its own
+            path = next((bundled for bundled in BUNDLED_UNIVERSES if bundled.exists()), path)
+        return str(path)
     return var.default
 
 
@@ -203,7 +238,7 @@ def load_config(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[
     """Defaults, then .env, then the environment, then non-empty `overrides` (command-line options)."""
     from dotenv import dotenv_values
 
-    env_file = dotenv_path if dotenv_path is not None else ROOT / ".env"
+    env_file = dotenv_path if dotenv_path is not None else home() / ".env"
     layered: dict[str, Any] = {}
     if env_file.exists():
         layered.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
@@ -301,7 +336,9 @@ def env_example() -> str:
     """The text of .env.example, generated from VARIABLES so the two cannot drift apart (a test compares them)."""
     lines = ["# Momentum Agent settings. Copy to .env and edit; the environment overrides .env, and command-line",
              "# options override both. Every variable is optional: with none set, everything runs on the embedded",
-             "# simulated market and broker. Secrets (keys, tokens) are never printed or logged."]
+             "# simulated market and broker. Secrets (keys, tokens) are never printed or logged.",
+             "# Relative paths are relative to the home folder, where this .env file also lives: MOMENTUM_HOME (an",
+             "# environment variable) when set, else the checkout, else ~/.momentum for an installed `momentum`."]
     for var in VARIABLES:
         if var.name in _SECTIONS:
             lines += ["", f"# --- {_SECTIONS[var.name]} ---"]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from config import load_config, redact
+from config import load_config, product_version, redact
 from errors import EXIT_FAILURE, MomentumError
 
 log = logging.getLogger("momentum")
@@ -68,6 +68,7 @@ def deliver_alerts(rt) -> None:
 @click.option("--asof", help="Simulated time, ISO; naive = America/New_York [MOMENTUM_ASOF].")
 @click.option("--universe", help="Universe JSON [UNIVERSE_FILE, default data/universe.json].")
 @click.option("-v", "--verbose", is_flag=True, help="Also log to stderr.")
+@click.version_option(product_version(), "--version", prog_name="momentum-agent", message="%(prog)s %(version)s")
 @click.pass_context
 def cli(ctx: click.Context, verbose: bool, **options: str | None) -> None:
     """Momentum Agent: an autonomous momentum-trading agent for US equities.
@@ -377,6 +378,11 @@ def _register_command_modules() -> None:
 
 
 _register_command_modules()
+
+
+def main() -> None:
+    """The installed `momentum` command."""
+    cli(prog_name="momentum")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import pytest
 import backtest
 from realdata import BARS, cli
 
+pytestmark = pytest.mark.slow  # whole backtests over the real history
+
 PARITY_START, PARITY_END = "2013-09-03", "2013-09-16"  # ten sessions
 
 

@@ -15,11 +15,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from clock import Clock, parse_asof
 from conftest import ROOT
 from market import CsvMarket
 from realdata import BARS, process_env
 from sim_broker import SimBroker
+
+pytestmark = pytest.mark.slow  # kills real processes at random moments for about a minute
 
 SEED = 20161109
 DAYS = ["2016-11-09", "2016-11-10", "2016-11-11", "2016-11-14", "2016-11-15", "2016-11-16", "2016-11-17",

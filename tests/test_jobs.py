@@ -132,6 +132,7 @@ def ny_date(stamp: str) -> str:
 
 # --- daily-snapshot ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_daily_snapshot_matches_the_broker_the_journal_and_spy(produced):
     db = produced["folder"] / "trades.db"
     snapshots = rows(db, "SELECT * FROM daily_performance ORDER BY date")

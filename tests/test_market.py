@@ -299,6 +299,7 @@ def raw_rows() -> dict[tuple[str, str], dict[str, str]]:
     return found
 
 
+@pytest.mark.slow
 def test_real_bars_match_the_raw_rows(real, raw_rows):
     panel = real.bars(["AAPL", "LNT", "AOS"], date(2014, 5, 19), date(2016, 6, 1))
     row_of = {str(d): i for i, d in enumerate(panel.dates)}

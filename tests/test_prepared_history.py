@@ -15,6 +15,8 @@ import scanner
 from history_cache import HistoryCache, join_columns, take_columns
 from test_scanner_realdata import daily, history_before, snapshot_of  # noqa: F401 - the real-data fixture
 
+pytestmark = pytest.mark.slow  # real-data validation of the prepared histories
+
 SESSIONS = [date(2013, 9, 3), date(2014, 10, 30), date(2015, 8, 24), date(2016, 11, 9), date(2018, 2, 5)]
 FRACTIONS = [1.0 / 390.0, 0.4, 1.0]
 

@@ -123,6 +123,7 @@ def _take_slots(path: str, per_window: int, window: float, count: int, out) -> N
     out.put(stamps)
 
 
+@pytest.mark.slow
 def test_processes_together_never_exceed_the_limit(tmp_path):
     per_window, window, processes, each = 4, 0.5, 3, 4
     context = multiprocessing.get_context("spawn")  # fork would copy locks held by server threads

@@ -141,6 +141,7 @@ def test_features_at_a_day_do_not_change_when_later_data_changes(spy_vix):
     assert original.iloc[-1].notna().all()
 
 
+@pytest.mark.slow
 def test_labels_do_not_change_when_later_data_is_appended(spy_vix, all_rows):
     rng = np.random.default_rng(2024)
     candidates = all_rows.loc["1995-01-01":].index
@@ -154,6 +155,7 @@ def test_labels_do_not_change_when_later_data_is_appended(spy_vix, all_rows):
         assert alone["features"] == pytest.approx(full["features"], nan_ok=True), day
 
 
+@pytest.mark.slow
 def test_stress_periods_are_mostly_bear_or_crash(all_rows):
     labels = all_rows["regime"]
     # measured: 100% in both periods
@@ -161,6 +163,7 @@ def test_stress_periods_are_mostly_bear_or_crash(all_rows):
     assert _share(labels, "2002-07-01", "2002-10-09", ("TREND_BEAR", "CRASH")) >= 0.95
 
 
+@pytest.mark.slow
 def test_calm_years_have_almost_no_bear(all_rows):
     labels = all_rows["regime"]
     # measured: no TREND_BEAR day; CRASH overrides from VIX spikes are 11.5% of 2013-2014 and 8.8% of 2017
@@ -170,12 +173,14 @@ def test_calm_years_have_almost_no_bear(all_rows):
     assert _share(labels, "2017-01-01", "2017-12-31", ("TREND_BEAR", "CRASH")) <= 0.15
 
 
+@pytest.mark.slow
 def test_known_vix_spikes_are_crash(all_rows):
     for day in ("2008-09-29", "2011-08-08", "2015-08-24", "2018-02-05"):
         row = all_rows.loc[day]
         assert row["regime"] == "CRASH" and row["factor"] == 0.0 and row["crash_override"], day
 
 
+@pytest.mark.slow
 def test_switches_per_year(all_rows):
     rows = all_rows.loc["1995-01-01":]
     years = (rows.index[-1] - rows.index[0]).days / 365.25
@@ -197,6 +202,7 @@ def test_one_day_is_fast(spy_vix):
     assert result["date"] == "2018-02-07" and result["regime"] == "CRASH"
 
 
+@pytest.mark.slow
 def test_own_jump_model_agrees_with_the_jumpmodels_library(spy_vix):
     jump = pytest.importorskip("jumpmodels.jump")
     z = regime.standardise(regime.raw_features(spy_vix)).dropna().loc["1998-01-01":"2008-12-31"].to_numpy()

@@ -14,6 +14,8 @@ from models import BAR_FIELDS, Panel, Snapshot
 from pathmodel import price_at, range_so_far, volume_fraction
 from scanner import CAP_RULES, scan
 
+pytestmark = pytest.mark.slow  # real-data validation of every indicator against plain loops
+
 HISTORY_SESSIONS = 120
 KNOWN_REASONS = re.compile(
     r"^(no valid price today|no valid open today|no valid previous close|no intraday high/low today"

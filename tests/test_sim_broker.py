@@ -480,6 +480,7 @@ def _array_path(bar, f_from: float, f_to: float) -> list[tuple[float, float]]:
     return points + ([(f_to, float(pathmodel.price_at(*bar, f_to)))] if f_to > f_from else [])
 
 
+@pytest.mark.slow
 def test_the_walks_path_is_the_snapshots_path_to_the_bit():
     """The sim broker walks bars with pathmodel's plain-float functions and snapshots use its array functions;
     they must not differ by one bit: every point, every vertex, every clamped fraction."""

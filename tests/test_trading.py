@@ -117,6 +117,7 @@ def test_halt_blocks_buys_and_flatten_closes_everything(real_env):
     assert rows(real_env, "SELECT value FROM settings WHERE key = 'halt'")[0]["value"] == "off"
 
 
+@pytest.mark.slow
 def test_two_scans_started_at_once_one_runs_one_exits_75(tmp_path, fake_alpaca):
     """The first scan is held inside the lock by a slow data source (a stalled bars request at the local fake
     Alpaca server); the second, started while the first provably holds the lock, exits 75 with one line."""

@@ -142,11 +142,7 @@ def _close(call: Call) -> str:
 
     symbol = _close_symbol(call)
     ops.require_market_open(call.rt, force=False, what="close")
-    trade = trading.close_symbol(call.rt, symbol)
-    if trade["status"] == "closed":
-        return (f"closed {trade['symbol']} x{trade['qty']} at {trade['exit_price']:.2f} "
-                f"(P&L {trade['pnl']:+.2f}, {trade['pnl_pct']:+.2f}%)")
-    return f"close of {trade['symbol']} sent; not filled yet (status {trade['status']})"
+    return trading.close_text(trading.close_symbol(call.rt, symbol))
 
 
 def _scan(call: Call) -> str:

@@ -89,3 +89,9 @@ class ScanLocked(MomentumError):
     """Another scan holds the scan lock."""
 
     exit_code = EXIT_LOCKED
+
+
+class PositionBusy(MomentumError):
+    """Another command is acting on this position (it holds the symbol's position lock); try again shortly."""
+
+    exit_code = EXIT_LOCKED

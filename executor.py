@@ -16,7 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from errors import BrokerUnavailable, InsufficientQty, OrderNotFound, OrderRejected
+from errors import BrokerUnavailable, InsufficientQty, MomentumError, OrderNotFound, OrderRejected, PositionBusy
+from locks import position_locks
 from models import BUY, MARKET, SELL, TRAILING_STOP, Order, OrderRequest
 
 log = logging.getLogger(__name__)
@@ -24,6 +25,7 @@ STOP_RETRIES = 3
 CLOSE_WAIT_S = 5.0
 POLL_S = 0.5
 FINAL = {"filled", "canceled", "expired", "rejected", "replaced", "not_sent"}
+LOCK_WAIT_S = 5.0  # how long a command waits for a position another command is acting on
 
 
 @dataclass
@@ -64,6 +66,28 @@ def next_order_id(journal, kind: str, trade_id: int) -> str:
     count = journal.one("SELECT COUNT(*) AS n FROM orders WHERE trade_id = ? AND client_order_id LIKE ?",
                         [trade_id, f"ma-{kind}-{trade_id}-%"])["n"]
     return f"ma-{kind}-{trade_id}-{count + 1}"
+
+
+# --- position locks -----------------------------------------------------------------------------------------------
+
+def position_lock(rt, symbol: str, wait: float = LOCK_WAIT_S):
+    """Context manager yielding True while this command holds `symbol`'s position lock (see locks.PositionLocks);
+    False when another command kept it for `wait` seconds."""
+    return position_locks(rt.journal.path).hold(symbol, wait)
+
+
+def require_position(rt, symbol: str, wait: float = LOCK_WAIT_S):
+    """position_lock that raises PositionBusy (exit 75) when the position stays busy."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def held():
+        with position_lock(rt, symbol, wait) as mine:
+            if not mine:
+                raise PositionBusy(f"{symbol}: another command is acting on this position; try again shortly")
+            yield
+
+    return held()
 
 
 # --- submission ---------------------------------------------------------------------------------------------------
@@ -111,8 +135,15 @@ def audit_dir(journal):
 def submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Order | None:
     """Record, then send. Returns the broker's order, or None when the broker refused it (recorded as rejected).
 
-    BrokerUnavailable propagates with the row left `pending_submit`: the next reconciliation resolves it.
+    BrokerUnavailable propagates with the row left `pending_submit`: the next reconciliation resolves it. The
+    symbol's position lock is held from here until the broker has answered, so no reconciliation in another process
+    can take the row for one whose submitter died.
     """
+    with require_position(rt, request.symbol):
+        return _submit(rt, request, purpose, trade_id)
+
+
+def _submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Order | None:
     journal = rt.journal
     existing = journal.one("SELECT status FROM orders WHERE client_order_id = ?", [request.client_order_id])
     if existing is None:
@@ -204,8 +235,23 @@ def place_stop(rt, trade: dict) -> Order | None:
     Retried STOP_RETRIES times; when it still fails the trade is flagged unprotected with a critical alert, and
     every later run tries again (protect_all).
     """
+    with position_lock(rt, trade["symbol"]) as mine:
+        if not mine:
+            log.info("stop of %s left to the command acting on it", trade["symbol"])
+            return None
+        try:
+            return _place_stop(rt, trade)
+        except MomentumError as err:  # the broker failed between the checks: flagged, never left silent
+            return _unprotected(rt, trade, str(err))
+
+
+def _place_stop(rt, trade: dict) -> Order | None:
     journal = rt.journal
+    needed = stop_qty(journal, trade)
     existing = working_stops(rt, trade["symbol"])
+    if existing and covers(needed, existing):  # another command protected it meanwhile
+        _record_stop(journal, trade, existing[0])
+        return existing[0]
     if existing and not cancel_and_confirm(rt, existing):
         return _unprotected(rt, trade, "existing stops did not cancel in time")
     last_error = "unknown"
@@ -218,12 +264,16 @@ def place_stop(rt, trade: dict) -> Order | None:
             last_error = str(err)
             continue
         if order is not None and order.status not in FINAL:
-            journal.update_row("trades", "id", trade["id"], {
-                "stop_order_id": order.client_order_id, "status": "open" if trade["status"] != "external"
-                else "external", "trailing_stop_price": order.stop_price, "last_update": journal.now()})
+            _record_stop(journal, trade, order)
             return order
         last_error = "stop order rejected"
     return _unprotected(rt, trade, last_error)
+
+
+def _record_stop(journal, trade: dict, order: Order) -> None:
+    journal.update_row("trades", "id", trade["id"], {
+        "stop_order_id": order.client_order_id, "status": "external" if trade["status"] == "external" else "open",
+        "trailing_stop_price": order.stop_price, "last_update": journal.now()})
 
 
 def _unprotected(rt, trade: dict, why: str) -> None:
@@ -261,30 +311,50 @@ def protect_all(rt) -> list[str]:
 
     The stops and exit quantities of all trades are read at once (one broker call, one query), and read again
     only after a fix has changed them. A trade row here holds only what place_stop reads (the other columns
-    include the large JSON of the entry signals, and this runs twice in every scan and monitor run).
+    include the large JSON of the entry signals, and this runs twice in every scan and monitor run). A position
+    another command is acting on is left to that command; one whose broker position is missing and not yet
+    explained (reconciler.py) has no shares a stop could hold.
     """
     fixed = []
-    trades = rt.journal.query(f"SELECT t.id, t.symbol, t.qty, t.status, ({EXIT_HELD_SQL}) AS exit_held_qty "
-                              "FROM trades t WHERE t.status IN ('open', 'unprotected', 'external') "
-                              "AND t.asset_class = 'us_equity' ORDER BY t.id")
+    trades = rt.journal.query(f"SELECT t.id, t.symbol, t.qty, t.status, t.stop_order_id, ({EXIT_HELD_SQL}) AS "
+                              "exit_held_qty FROM trades t WHERE t.status IN ('open', 'unprotected', 'external') "
+                              "AND t.asset_class = 'us_equity' AND NOT EXISTS (SELECT 1 FROM state s "
+                              "WHERE s.key = 'missing:' || t.id) ORDER BY t.id")
     held_by_trade = {trade["id"]: int(trade.pop("exit_held_qty")) for trade in trades}
     stops_by_symbol = None
     for trade in trades:
         if stops_by_symbol is None:
             stops_by_symbol = working_stops_by_symbol(rt, [t["symbol"] for t in trades])
         stops, needed = stops_by_symbol[trade["symbol"]], int(trade["qty"]) - held_by_trade[trade["id"]]
+        if not stops and needed > 0:
+            stops = _recorded_stop(rt, trade)  # a list answer can miss an order the broker still holds
         if covers(needed, stops):
             if trade["status"] == "unprotected":
                 rt.journal.update_row("trades", "id", trade["id"], {"status": "open"})
             continue
-        if needed <= 0:
-            cancel_and_confirm(rt, stops)  # every share is being sold by an exit order
-        else:
-            place_stop(rt, trade)
+        with position_lock(rt, trade["symbol"]) as mine:
+            if not mine:
+                continue
+            if needed <= 0:
+                cancel_and_confirm(rt, stops)  # every share is being sold by an exit order
+            else:
+                place_stop(rt, trade)
         fixed.append(trade["symbol"])
         stops_by_symbol = None  # the fix changed orders at the broker and in the journal
         held_by_trade = {t["id"]: exit_held_qty(rt.journal, t) for t in trades}
     return fixed
+
+
+def _recorded_stop(rt, trade: dict) -> list[Order]:
+    """The trade's own stop looked up by its id, when the list of open orders did not show it."""
+    if not trade.get("stop_order_id"):
+        return []
+    order = refresh(rt, trade["stop_order_id"])
+    if order is None or not _protects(order) or order.symbol != trade["symbol"]:
+        return []
+    log.warning("stop %s of %s is working but was missing from the open orders list", order.client_order_id,
+                trade["symbol"])
+    return [order]
 
 
 # --- entries and closes -------------------------------------------------------------------------------------------
@@ -294,29 +364,67 @@ def open_position(rt, *, symbol: str, cap: str, qty: int, session: str, scan_typ
     """Market entry, wait for the fill, then the stop. Returns the trade row, or None when nothing was sent.
 
     The trade (pending) and its entry order (pending_submit) are written in one transaction before the broker
-    call; an entry id that already exists in the journal is never sent again.
+    call; an entry id that already exists in the journal is never sent again. An entry still working when the wait
+    ends is cancelled, so the stop placed after it covers every share the entry will ever buy. Whatever the broker
+    does after the order went out, the run leaves the position protected, or flagged UNPROTECTED with a critical
+    alert, before the error goes on.
     """
     journal = rt.journal
     client_order_id = entry_order_id(symbol, session, scan_type)
-    if journal.one("SELECT 1 FROM orders WHERE client_order_id = ?", [client_order_id]):
-        log.info("entry %s already recorded; not sent again", client_order_id)
-        return None
-    request = OrderRequest(client_order_id, symbol, BUY, MARKET, qty, time_in_force="day")
-    with journal.atomic():
-        trade_id = journal.insert_row("trades", {
-            **trade_fields, "symbol": symbol, "cap": cap, "qty": qty, "original_qty": qty, "status": "pending",
-            "entry_order_id": client_order_id, "run_id": journal.run_id, "last_update": journal.now()})
-        record_intent(journal, request, "entry", trade_id)
-    order = submit(rt, request, "entry", trade_id)
-    if order is not None and order.status not in FINAL:
-        order = wait_filled(rt, order, fill_timeout)
-    settle_fills(rt)
+    with position_lock(rt, symbol) as mine:
+        if not mine:
+            journal.event("warning", "alert", f"BUY {symbol} skipped: another command is acting on {symbol}",
+                          source="executor")
+            return None
+        if journal.one("SELECT 1 FROM orders WHERE client_order_id = ?", [client_order_id]):
+            log.info("entry %s already recorded; not sent again", client_order_id)
+            return None
+        request = OrderRequest(client_order_id, symbol, BUY, MARKET, qty, time_in_force="day")
+        with journal.atomic():
+            trade_id = journal.insert_row("trades", {
+                **trade_fields, "symbol": symbol, "cap": cap, "qty": qty, "original_qty": qty, "status": "pending",
+                "entry_order_id": client_order_id, "run_id": journal.run_id, "last_update": journal.now()})
+            record_intent(journal, request, "entry", trade_id)
+        try:
+            order = submit(rt, request, "entry", trade_id)
+            if order is not None and order.status not in FINAL:
+                order = _complete_entry(rt, wait_filled(rt, order, fill_timeout))
+            settle_fills(rt)
+        except MomentumError as err:
+            _entry_failed(rt, trade_id, err)
+            raise
+        trade = journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
+        if trade["status"] == "open":
+            place_stop(rt, trade)
+            journal.event("info", "alert", f"BUY {symbol} x{trade['qty']} at {trade['entry_price']:.2f}",
+                          source="executor")
+        return journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
+
+
+def _complete_entry(rt, order: Order) -> Order:
+    """An entry not filled within the wait is cancelled for the rest: the stop then covers all it bought."""
+    if order.status in FINAL:
+        return order
+    if not cancel_and_confirm(rt, [order]):
+        rt.journal.event("warning", "alert", f"entry {order.client_order_id} of {order.symbol} still working after "
+                         "its cancel; the next run protects what it fills", source="executor")
+    return refresh(rt, order.client_order_id) or order
+
+
+def _entry_failed(rt, trade_id: int, err: Exception) -> None:
+    """A broker error after the entry was sent: protect what is known to be held, and say so loudly."""
+    journal = rt.journal
+    try:
+        settle_fills(rt)
+    except MomentumError:
+        pass
     trade = journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
     if trade["status"] == "open":
-        place_stop(rt, trade)
-        journal.event("info", "alert", f"BUY {symbol} x{trade['qty']} at {trade['entry_price']:.2f}",
-                      source="executor")
-    return journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
+        place_stop(rt, trade)  # protected, or flagged UNPROTECTED with a critical alert
+    elif trade["status"] == "pending":
+        journal.event("critical", "alert", f"{trade['symbol']}: entry {trade['entry_order_id']} in an unknown state "
+                      f"after a broker error ({err}); shares it bought may be UNPROTECTED until the next run "
+                      "reconciles and protects them", source="executor")
 
 
 def settle_fills(rt) -> None:
@@ -342,64 +450,109 @@ def add_shares(rt, trade: dict, qty: int, *, fill_timeout: float) -> dict:
     return rt.journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
 
 
+@dataclass
+class CloseResult:
+    """What a close did: `sent` when a sell reached the broker, `trade` the trade row afterwards (closed once the
+    sell filled), `detail` why nothing was sent."""
+
+    trade: dict
+    sent: bool
+    detail: str = ""
+
+    @property
+    def closed(self) -> bool:
+        return self.trade["status"] == "closed"
+
+
 def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
-                   fill_timeout: float | None = None, qty: int | None = None) -> dict:
+                   fill_timeout: float | None = None, qty: int | None = None) -> CloseResult:
     """Cancel the symbol's stops, wait until the shares are available, sell what is available at market (or only
     `qty` of it: a partial sale, after which protect_all re-places the stop for the rest).
 
-    Returns the trade row after the attempt; the exit and its order attempt are recorded in `exits` and
-    `exit_attempts`, and the trade is closed with price, reason and P&L once the sell fills.
+    The exit and its order attempts are recorded in `exits` and `exit_attempts`, and the trade is closed with price,
+    reason and P&L once the sell fills. When no sell goes out, the position gets its stop back before this returns.
     """
     journal, symbol = rt.journal, trade["symbol"]
+    with position_lock(rt, symbol) as mine:
+        if not mine:
+            return CloseResult(trade, False, "another command is acting on this position")
+        trade = journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
+        if trade["status"] not in ("open", "unprotected", "external"):
+            return CloseResult(trade, False, f"the trade is {trade['status']}")
+        sent, detail = _close(rt, trade, reason, priority, fill_timeout, qty)
+        if not sent:
+            protect_all(rt)
+        return CloseResult(journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]]), sent, detail)
+
+
+def _close(rt, trade: dict, reason: str, priority: str, fill_timeout: float | None,
+           qty: int | None) -> tuple[bool, str]:
+    journal, symbol = rt.journal, trade["symbol"]
     stops = working_stops(rt, symbol)
-    if stops:
-        cancel_and_confirm(rt, stops)
+    if stops and not cancel_and_confirm(rt, stops):
+        return False, "its stop did not cancel in time"
     waiter_for(rt).until(lambda: _available_qty(rt, symbol) >= trade["qty"], CLOSE_WAIT_S)
     qty = min(_available_qty(rt, symbol), qty or trade["qty"])
     if qty <= 0:
         journal.event("error", "alert", f"close {symbol}: no shares available at the broker", source="executor")
-        return trade
+        return False, "no shares available at the broker"
     exit_id = _record_exit(journal, trade, reason, priority, qty)
-    order = _sell_available(rt, trade, exit_id, qty)
-    if order is not None and order.status not in FINAL:
+    order, detail = _sell_available(rt, trade, exit_id, qty)
+    if order is None:
+        journal.update_row("exits", "id", exit_id, {"state": "given_up", "updated_at": journal.now()})
+        return False, detail
+    if order.status not in FINAL:
         order = wait_filled(rt, order, rt.config.fill_timeout_s if fill_timeout is None else fill_timeout)
     settle_fills(rt)
-    return journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
+    return True, ""
 
 
 def _sell_attempt(rt, trade: dict, exit_id: int, attempt: int, qty: int) -> Order | None:
+    """One market sell of an exit: its order intent and attempt row are written together, then it is sent."""
     journal = rt.journal
     request = OrderRequest(next_order_id(journal, "x", trade["id"]), trade["symbol"], SELL, MARKET, qty)
-    journal.insert_row("exit_attempts", {
-        "exit_id": exit_id, "attempt": attempt, "order_type": MARKET, "qty": qty, "status": "submitted",
-        "client_order_id": request.client_order_id, "created_at": journal.now()})
+    with journal.atomic():
+        record_intent(journal, request, "exit", trade["id"])
+        journal.insert_row("exit_attempts", {
+            "exit_id": exit_id, "attempt": attempt, "order_type": MARKET, "qty": qty, "status": "submitted",
+            "client_order_id": request.client_order_id, "created_at": journal.now()})
     try:
-        return submit(rt, request, "exit", trade["id"])
+        order = submit(rt, request, "exit", trade["id"])
     except InsufficientQty:
-        journal.db.execute("UPDATE exit_attempts SET status = 'rejected' WHERE client_order_id = ?",
-                           [request.client_order_id])
+        _attempt_refused(journal, request.client_order_id)
         raise
+    if order is None:
+        _attempt_refused(journal, request.client_order_id)
+    return order
 
 
-def _sell_available(rt, trade: dict, exit_id: int, qty: int) -> Order | None:
+def _attempt_refused(journal, client_order_id: str) -> None:
+    journal.db.execute("UPDATE exit_attempts SET status = 'rejected' WHERE client_order_id = ?", [client_order_id])
+    journal.db.conn.commit()
+
+
+def _sell_available(rt, trade: dict, exit_id: int, qty: int) -> tuple[Order | None, str]:
     """Sell at market; when the broker says shares are still held by an order (a stop whose cancel has not
-    completed), cancel the symbol's working stops again, wait, and sell what is available once more."""
+    completed), cancel the symbol's working stops again, wait, and sell what is available once more. Returns the
+    order, or None and why nothing was sent."""
     symbol = trade["symbol"]
     try:
-        return _sell_attempt(rt, trade, exit_id, 1, qty)
+        order = _sell_attempt(rt, trade, exit_id, 1, qty)
+        return order, "" if order is not None else "the broker refused the sell"
     except InsufficientQty as err:
         log.warning("close %s: %s; cancelling held orders and retrying", symbol, err)
     cancel_and_confirm(rt, working_stops(rt, symbol))
     waiter_for(rt).until(lambda: _available_qty(rt, symbol) >= trade["qty"], CLOSE_WAIT_S)
-    available = _available_qty(rt, symbol)
+    available = min(_available_qty(rt, symbol), qty)
     if available <= 0:
         rt.journal.event("critical", "alert", f"close {symbol}: shares still held by open orders", source="executor")
-        return None
+        return None, "shares still held by open orders"
     try:
-        return _sell_attempt(rt, trade, exit_id, 2, available)
+        order = _sell_attempt(rt, trade, exit_id, 2, available)
+        return order, "" if order is not None else "the broker refused the sell"
     except InsufficientQty as err:
         rt.journal.event("critical", "alert", f"close {symbol} failed twice: {err}", source="executor")
-        return None
+        return None, f"the broker refused the sell twice ({err})"
 
 
 def _record_exit(journal, trade: dict, reason: str, priority: str, qty: int) -> int:

@@ -251,13 +251,10 @@ def close(ctx: click.Context, symbol: str, force: bool) -> None:
     rt = _runtime(ctx)
     click.echo(ops.mode_line(rt))
     ops.require_market_open(rt, force=force, what="close")
-    trade = trading.close_symbol(rt, symbol)
-    if trade["status"] == "closed":
-        click.echo(f"closed {trade['symbol']} x{trade['qty']} at {trade['exit_price']:.2f} "
-                   f"(P&L {trade['pnl']:+.2f}, {trade['pnl_pct']:+.2f}%)")
-    else:
-        click.echo(f"close of {trade['symbol']} sent; not filled yet (status {trade['status']}); "
-                   "reconciliation records the fill")
+    result = trading.close_symbol(rt, symbol)
+    if not result.sent:
+        raise trading.CloseNotSent(trading.close_text(result))
+    click.echo(trading.close_text(result))
     _done(rt)
 
 
@@ -273,8 +270,8 @@ def halt(ctx: click.Context, flatten: bool) -> None:
     click.echo(ops.mode_line(rt))
     closed = trading.halt(rt, flatten=flatten)
     click.echo("halted: no new buys until `resume`")
-    for trade in closed:
-        click.echo(f"  {trade['symbol']}: {trade['status']}")
+    for result in closed:
+        click.echo(f"  {trading.close_text(result)}")
     _done(rt)
 
 

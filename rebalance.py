@@ -177,7 +177,8 @@ def execute(rt, plan: RebalancePlan, orders: list[PlannedOrder]) -> None:
         trade = rt.journal.one("SELECT * FROM trades WHERE id = ?", [order.trade_id])
         qty = None if order.action == "CLOSE" else order.qty
         after = executor.close_position(rt, trade, reason="rebalance", priority="LOW", qty=qty)
-        plan.executed.append(f"{order.action} {order.symbol} -{order.qty}: {after['status']}")
+        status = after.trade["status"] if after.sent else f"not sent ({after.detail})"
+        plan.executed.append(f"{order.action} {order.symbol} -{order.qty}: {status}")
     for order in (o for o in orders if o.side == "buy"):
         if order.action == "OPEN":
             trade = executor.open_position(

@@ -15,6 +15,7 @@ import numpy as np
 
 import executor
 import risk
+from errors import EXIT_UNREACHABLE, MomentumError
 from models import BUY, Panel, Snapshot
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def _closes(rt, result, report: ExecutionReport) -> None:
             continue
         reason = exit_reason_for(why)
         after = executor.close_position(rt, trade, reason=reason, priority="HIGH" if reason == "reversal" else "LOW")
-        if after["status"] == "closed":
+        if after.closed:
             report.closed.append((symbol, reason))
     if report.closed:
         import monitor
@@ -152,7 +153,13 @@ def _entry_fields(result, symbol: str, account, invested: float, config_id: int)
 
 # --- operator actions ---------------------------------------------------------------------------------------------
 
-def close_symbol(rt, symbol: str, *, reason: str = "manual", priority: str = "HIGH") -> dict:
+class CloseNotSent(MomentumError):
+    """`close` sent no sell (the stop would not cancel, the shares stayed held, the broker refused): retry later."""
+
+    exit_code = EXIT_UNREACHABLE
+
+
+def close_symbol(rt, symbol: str, *, reason: str = "manual", priority: str = "HIGH") -> executor.CloseResult:
     """`close SYMBOL`: close the open trade in `symbol` (reconciling first so the journal is current)."""
     from errors import ConfigError
     import reconciler
@@ -165,7 +172,21 @@ def close_symbol(rt, symbol: str, *, reason: str = "manual", priority: str = "HI
     return executor.close_position(rt, trade, reason=reason, priority=priority)
 
 
-def halt(rt, *, flatten: bool) -> list[dict]:
+def close_text(result: executor.CloseResult) -> str:
+    """One line saying exactly what a close did, for the command line and the bot."""
+    trade = result.trade
+    if result.closed:
+        return (f"closed {trade['symbol']} x{trade['qty']} at {trade['exit_price']:.2f} "
+                f"(P&L {trade['pnl']:+.2f}, {trade['pnl_pct']:+.2f}%)")
+    if result.sent:
+        return (f"close of {trade['symbol']} sent; not filled yet (trade {trade['status']}); reconciliation records "
+                "the fill")
+    protection = ("it is UNPROTECTED (critical alert raised)" if trade["status"] == "unprotected"
+                  else "its stop is in place")
+    return f"close of {trade['symbol']} NOT sent: {result.detail}; {protection}"
+
+
+def halt(rt, *, flatten: bool) -> list[executor.CloseResult]:
     """Stop buying; with flatten, also close every position at market (kill switch)."""
     import reconciler
 

@@ -79,7 +79,9 @@ def test_close_cancels_the_stop_waits_for_the_shares_and_sells(rt, fake_alpaca):
     trade = _open(rt)
     fake_alpaca.cancel_after_reads = 2  # the stop shows pending_cancel for two reads
     fake_alpaca.set_price(SYMBOL, 200.0)
-    closed = executor.close_position(rt, trade, reason="manual")
+    result = executor.close_position(rt, trade, reason="manual")
+    closed = result.trade
+    assert result.sent and result.closed
     assert closed["status"] == "closed" and closed["exit_price"] == 200.0 and closed["pnl"] == 100.0
     assert closed["exit_reason"] == "manual"
     stop = next(o for o in fake_alpaca.orders.values() if o["type"] == "trailing_stop")
@@ -106,7 +108,7 @@ def test_403_insufficient_qty_while_a_stop_holds_the_shares(rt, fake_alpaca, mon
 
     monkeypatch.setattr(executor, "working_stops", stale_stops)
     monkeypatch.setattr(executor, "_available_qty", stale_qty)
-    closed = executor.close_position(rt, trade, reason="manual")
+    closed = executor.close_position(rt, trade, reason="manual").trade
     attempts = rt.journal.query("SELECT attempt, status FROM exit_attempts ORDER BY attempt")
     assert [(a["attempt"], a["status"]) for a in attempts] == [(1, "rejected"), (2, "filled")]
     assert closed["status"] == "closed"

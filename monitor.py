@@ -25,7 +25,9 @@ import quotes
 import reconciler
 import reversal
 import scanner
-from executor import cancel_and_confirm, next_order_id, refresh, settle_fills, submit, working_stops
+from errors import InsufficientQty, MomentumError, OrderNotFound, OrderRejected, Unavailable
+from executor import (cancel_and_confirm, next_order_id, record_intent, refresh, settle_fills, submit,
+                      working_stops)
 from history_cache import prepared
 from models import LIMIT, MARKET, SELL, OrderRequest
 
@@ -41,10 +43,15 @@ class MonitorReport:
     exits_started: list[tuple[str, str, str]] = field(default_factory=list)  # symbol, reason, priority
     exits_finished: list[tuple[str, str]] = field(default_factory=list)  # symbol, state
     alerts: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # positions left for the next run, and why
     circuit_breaker: bool = False
+    unreachable: Unavailable | None = None  # the first broker or data outage met, raised once all were tried
 
 
 def run_monitor(rt, *, dry_run: bool, force: bool) -> MonitorReport:
+    """One monitor run. A position whose exit the broker refuses, or that another command is acting on, is
+    recorded and left for the next run; it never stops the evaluation of the others. A broker that stops answering
+    midway still ends the run with exit 3, after every position was tried."""
     from executor import protect_all
     from ops import require_market_open
 
@@ -58,13 +65,30 @@ def run_monitor(rt, *, dry_run: bool, force: bool) -> MonitorReport:
     options_monitor.evaluate_option_positions(rt, flags, report, dry_run)  # also lets the market price OCC symbols
     if not dry_run:
         for row in rt.journal.query("SELECT * FROM exits WHERE state NOT IN ('filled', 'given_up') ORDER BY id"):
-            report.exits_finished.append((row["symbol"], advance_exit(rt, row)))
+            state = _isolated(rt, report, row["symbol"], lambda row=row: advance_exit(rt, row))
+            report.exits_finished.append((row["symbol"], state or "left for the next run"))
     evaluate_positions(rt, flags, report, dry_run)
     if not dry_run:
         settle_fills(rt)
         record_poor_signals(rt)
         protect_all(rt)
+    if report.unreachable is not None:
+        raise report.unreachable
     return report
+
+
+def _isolated(rt, report: MonitorReport, symbol: str, step):
+    """Run one position's step; a product error is recorded against that position and the run goes on."""
+    try:
+        return step()
+    except Unavailable as err:
+        report.unreachable = report.unreachable or err
+        message = f"{symbol}: broker or data unreachable ({err}); the next run tries again"
+    except MomentumError as err:
+        message = f"{symbol}: {err}; the next run tries again"
+    rt.journal.event("error", "alert", message, source="monitor", detail={"symbol": symbol})
+    report.errors.append(message)
+    return None
 
 
 def portfolio_flags(rt, report: MonitorReport) -> exits.PortfolioFlags:
@@ -120,7 +144,9 @@ def evaluate_positions(rt, flags: exits.PortfolioFlags, report: MonitorReport, d
         if not due:
             report.not_due.append(trade["symbol"])
             continue
-        _check_one(rt, trade, position, flags, rules, view, report, dry_run)
+        _isolated(rt, report, trade["symbol"],
+                  lambda trade=trade, position=position, view=view: _check_one(rt, trade, position, flags, rules,
+                                                                               view, report, dry_run))
 
 
 def symbol_views(symbols: list[str], signals: dict, scores) -> dict[str, dict]:
@@ -232,37 +258,67 @@ def _load(text: str) -> exit_plan.ExitState:
 
 def start_exit(rt, trade: dict, trigger: exits.ExitTrigger, triggers: list[exits.ExitTrigger]) -> str:
     journal = rt.journal
-    state = exit_plan.start_exit(trigger.priority, trigger.qty)
-    with journal.atomic():
-        exit_id = journal.db.table("exits").insert({
-            "trade_id": trade["id"], "symbol": trade["symbol"], "reason": trigger.reason,
-            "priority": trigger.priority, "qty": trigger.qty, "partial": int(trigger.partial),
-            "tranche": trigger.tranche, "strategy": exit_plan.strategy_for(trigger.priority).name,
-            "triggered": json.dumps([{"reason": t.reason, "priority": t.priority, "detail": t.detail}
-                                     for t in triggers]),
-            "state": state.state, "plan": _dump(state), "created_at": journal.now(), "updated_at": journal.now(),
-            "run_id": journal.run_id}).last_pk
-    journal.event("info" if trigger.priority in ("MEDIUM", "LOW") else "warning", "alert",
-                  f"EXIT {trade['symbol']} x{trigger.qty}: {trigger.reason} ({trigger.priority}) - {trigger.detail}",
-                  source="monitor", detail={"kind": "exit_start", "symbol": trade["symbol"], "reason": trigger.reason})
-    return advance_exit(rt, journal.one("SELECT * FROM exits WHERE id = ?", [exit_id]))
+    with _position(rt, trade["symbol"]):
+        current = journal.one("SELECT status FROM trades WHERE id = ?", [trade["id"]])
+        if current["status"] not in ("open", "unprotected", "external") or exit_in_progress(journal, trade["id"]):
+            return "left to the command that changed it"  # another command closed or started exiting it meanwhile
+        state = exit_plan.start_exit(trigger.priority, trigger.qty)
+        with journal.atomic():
+            exit_id = journal.db.table("exits").insert({
+                "trade_id": trade["id"], "symbol": trade["symbol"], "reason": trigger.reason,
+                "priority": trigger.priority, "qty": trigger.qty, "partial": int(trigger.partial),
+                "tranche": trigger.tranche, "strategy": exit_plan.strategy_for(trigger.priority).name,
+                "triggered": json.dumps([{"reason": t.reason, "priority": t.priority, "detail": t.detail}
+                                         for t in triggers]),
+                "state": state.state, "plan": _dump(state), "created_at": journal.now(),
+                "updated_at": journal.now(), "run_id": journal.run_id}).last_pk
+        journal.event("info" if trigger.priority in ("MEDIUM", "LOW") else "warning", "alert",
+                      f"EXIT {trade['symbol']} x{trigger.qty}: {trigger.reason} ({trigger.priority}) - "
+                      f"{trigger.detail}", source="monitor",
+                      detail={"kind": "exit_start", "symbol": trade["symbol"], "reason": trigger.reason})
+        return advance_exit(rt, journal.one("SELECT * FROM exits WHERE id = ?", [exit_id]))
+
+
+def _position(rt, symbol: str):
+    """The position's lock, or PositionBusy: the position is left to the command acting on it, until next run."""
+    from executor import require_position
+
+    return require_position(rt, symbol)
 
 
 def _working_order(rt, exit_id: int) -> tuple[dict | None, str | None, int]:
-    attempt = rt.journal.one("SELECT * FROM exit_attempts WHERE exit_id = ? ORDER BY attempt DESC LIMIT 1", [exit_id])
+    """The exit's latest order attempt and the broker's status and fill of it. An attempt the broker does not
+    know was never sent (its submitter holds no lock any more): `not_sent`, so the plan sends the next step; one it
+    refused is `rejected`."""
+    journal = rt.journal
+    attempt = journal.one("SELECT * FROM exit_attempts WHERE exit_id = ? ORDER BY attempt DESC LIMIT 1", [exit_id])
     if attempt is None:
         return None, None, 0
     order = refresh(rt, attempt["client_order_id"])
     if order is None:
-        return attempt, "rejected", 0
-    rt.journal.db.execute("UPDATE exit_attempts SET status = ?, filled_qty = ? WHERE id = ?",
-                          [order.status, order.filled_qty, attempt["id"]])
+        row = journal.one("SELECT status FROM orders WHERE client_order_id = ?", [attempt["client_order_id"]])
+        status = "rejected" if row is not None and row["status"] == "rejected" else "not_sent"
+        if row is not None and row["status"] == "pending_submit":
+            journal.update_row("orders", "client_order_id", attempt["client_order_id"],
+                               {"status": "not_sent", "updated_at": journal.now()})
+        journal.db.execute("UPDATE exit_attempts SET status = ? WHERE id = ?", [status, attempt["id"]])
+        journal.db.conn.commit()
+        return attempt, status, 0
+    journal.db.execute("UPDATE exit_attempts SET status = ?, filled_qty = ? WHERE id = ?",
+                       [order.status, order.filled_qty, attempt["id"]])
+    journal.db.conn.commit()
     return attempt, order.status, order.filled_qty
 
 
 def advance_exit(rt, row: dict) -> str:
-    """Advance one exit as far as this run allows; returns its state afterwards."""
+    """Advance one exit as far as this run allows, holding its position's lock; returns its state afterwards."""
+    with _position(rt, row["symbol"]):
+        return _advance_exit(rt, row)
+
+
+def _advance_exit(rt, row: dict) -> str:
     journal = rt.journal
+    row = journal.one("SELECT * FROM exits WHERE id = ?", [row["id"]])  # as the last holder of the lock left it
     state = _load(row["plan"])
     trade = journal.one("SELECT * FROM trades WHERE id = ?", [row["trade_id"]])
     if trade["status"] not in ("open", "unprotected", "external") and not state.finished:
@@ -273,6 +329,11 @@ def advance_exit(rt, row: dict) -> str:
         attempt, status, filled = _working_order(rt, row["id"])
         snap = quotes.current(rt, [trade["symbol"]])
         action = exit_plan.next_action(state, _num(snap.bid[0]), _num(snap.ask[0]), rt.clock.now(), status, filled)
+        if action.kind == exit_plan.SUBMIT:
+            if not _submit_exit_order(rt, row, trade, action):
+                break  # nothing was sent: the state stays as it was, and the next run tries again
+            state = action.next_state
+            continue
         keep_going = _carry_out(rt, row, trade, state, action, attempt)
         state = action.next_state
         _persist(journal, row["id"], state)
@@ -284,15 +345,11 @@ def advance_exit(rt, row: dict) -> str:
 
 def _carry_out(rt, row: dict, trade: dict, state: exit_plan.ExitState, action: exit_plan.Action,
                attempt: dict | None) -> bool:
-    """Do what the plan says; False when this run can do no more for the exit."""
-    if action.kind == exit_plan.SUBMIT:
-        return _submit_exit_order(rt, row, trade, action)
+    """Do what the plan says (anything but a submission); False when this run can do no more for the exit."""
     if action.kind == exit_plan.CANCEL:
         order = rt.journal.one("SELECT broker_order_id FROM orders WHERE client_order_id = ?",
                                [attempt["client_order_id"]])
         if order and order["broker_order_id"]:
-            from executor import OrderNotFound, OrderRejected
-
             try:
                 rt.broker.cancel(order["broker_order_id"])
             except (OrderNotFound, OrderRejected) as err:
@@ -302,7 +359,8 @@ def _carry_out(rt, row: dict, trade: dict, state: exit_plan.ExitState, action: e
         return _wait(rt, row["priority"], action.wait_until)
     if action.kind == exit_plan.GIVE_UP:
         rt.journal.event("critical", "alert", f"exit of {trade['symbol']} ({row['reason']}) given up: "
-                         f"{action.reason}", source="monitor")
+                         f"{action.reason}; its stop is restored and the position evaluated again next run",
+                         source="monitor")
     return False
 
 
@@ -319,21 +377,36 @@ def _wait(rt, priority: str, until: datetime | None) -> bool:
 
 
 def _submit_exit_order(rt, row: dict, trade: dict, action: exit_plan.Action) -> bool:
-    journal = rt.journal
-    if not journal.one("SELECT 1 FROM exit_attempts WHERE exit_id = ?", [row["id"]]):
-        stops = working_stops(rt, trade["symbol"])  # the stop holds the shares; it is restored after the exit
-        if stops and not cancel_and_confirm(rt, stops):
-            return False
-    coid = next_order_id(journal, "x", trade["id"])
+    """Send the plan's next sell. Whatever holds the shares (the stop protect_all put back overnight, a stale sell)
+    is cancelled first and the cancel confirmed; then the attempt, its order intent and the exit's new state are
+    written in one transaction before the broker hears of it. A refused order is recorded, and the plan gives the
+    exit up with a critical alert. False when nothing could be sent (the state is left as it was)."""
+    journal, symbol = rt.journal, trade["symbol"]
+    holders = [o for o in rt.broker.orders("open", [symbol]) if o.side == SELL and o.symbol == symbol]
+    if holders and not cancel_and_confirm(rt, holders):
+        journal.event("warning", "alert", f"exit of {symbol} waits: the orders holding its shares did not cancel "
+                      "in time", source="monitor")
+        return False
     order_type = MARKET if action.order_type == exit_plan.MARKET else LIMIT
-    journal.db.table("exit_attempts").insert({
-        "exit_id": row["id"], "attempt": action.next_state.attempt, "order_type": order_type,
-        "limit_price": action.limit_price, "qty": action.qty, "status": "submitted", "client_order_id": coid,
-        "created_at": journal.now()})
-    request = OrderRequest(coid, trade["symbol"], SELL, order_type, action.qty, time_in_force="day",
-                           limit_price=action.limit_price if order_type == LIMIT else None)
+    request = OrderRequest(next_order_id(journal, "x", trade["id"]), symbol, SELL, order_type, action.qty,
+                           time_in_force="day", limit_price=action.limit_price if order_type == LIMIT else None)
     purpose = "partial" if row["partial"] else "exit"
-    return submit(rt, request, purpose, trade["id"]) is not None
+    with journal.atomic():
+        record_intent(journal, request, purpose, trade["id"])
+        journal.insert_row("exit_attempts", {
+            "exit_id": row["id"], "attempt": action.next_state.attempt, "order_type": order_type,
+            "limit_price": action.limit_price, "qty": action.qty, "status": "submitted",
+            "client_order_id": request.client_order_id, "created_at": journal.now()})
+        _persist(journal, row["id"], action.next_state)
+    try:
+        order = submit(rt, request, purpose, trade["id"])
+    except InsufficientQty:
+        order = None  # recorded as rejected by submit()
+    if order is None:
+        journal.db.execute("UPDATE exit_attempts SET status = 'rejected' WHERE client_order_id = ?",
+                           [request.client_order_id])
+        journal.db.conn.commit()
+    return True
 
 
 def _persist(journal, exit_id: int, state: exit_plan.ExitState) -> None:
@@ -371,4 +444,5 @@ def report_text(report: MonitorReport) -> str:
     lines += [f"  exit started: {s} {reason} ({priority})" for s, reason, priority in report.exits_started]
     lines += [f"  exit in progress: {s} -> {state}" for s, state in report.exits_finished]
     lines += [f"  alert: {a}" for a in report.alerts]
+    lines += [f"  left for the next run: {e}" for e in report.errors]
     return "\n".join(lines)

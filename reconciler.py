@@ -4,9 +4,16 @@ Runs at the start of every scan and monitor run and as `reconcile`. Steps, in or
 1. every journal order not in a final state is refreshed from the broker (looked up by client_order_id when the
    broker id is unknown, which is the case after a crash between the journal write and the broker's answer);
 2. fills are applied to trades: an entry fill opens its trade, a stop or exit fill closes it at the fill price;
-3. broker positions and open trades are compared: an untracked broker position is adopted as `external`, an open
-   trade with no broker position is closed as `unknown`, and a quantity mismatch is corrected to the broker;
+3. broker positions and open trades are compared: an untracked broker position is adopted as `external`, and a
+   quantity mismatch is corrected to the broker;
+4. an open trade with no broker position is never closed on one answer: the positions are read a second time, a
+   working stop for the symbol or a sell the journal does not know is looked for, and a disappearance nothing
+   explains is flagged (critical alert, no stop placed for shares the broker does not show) and closed as `unknown`
+   only when later runs, MISSING_CONFIRM later, still find it gone;
 every change that a human should know about raises an alert event.
+
+A position another command is acting on (it holds the symbol's position lock, locks.PositionLocks) is left to
+that command: an order in flight there is not declared unsent, and its trade is not changed.
 """
 from __future__ import annotations
 
@@ -14,12 +21,16 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
+from datetime import datetime, timedelta
+
 from clock import iso_utc
 from errors import OrderNotFound
-from models import FINAL_STATUSES, Order
+from locks import position_locks
+from models import FINAL_STATUSES, SELL, Order
 
 log = logging.getLogger(__name__)
 LIVE_TRADE_STATUSES = ("open", "unprotected", "external")
+MISSING_CONFIRM = timedelta(minutes=15)  # how long a broker position must stay unexplained before it is closed
 
 
 @dataclass
@@ -30,13 +41,15 @@ class ReconcileReport:
     trades_closed: list[tuple[str, str, float | None]] = field(default_factory=list)  # symbol, reason, price
     adopted: list[str] = field(default_factory=list)
     unknown_closed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)  # flagged, not closed: the broker shows no position
+    busy: list[str] = field(default_factory=list)  # left to the command acting on them
     qty_corrected: list[tuple[str, int, int]] = field(default_factory=list)
     alerts: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
         return bool(self.orders_refreshed or self.orders_missing or self.entries_filled or self.trades_closed
-                    or self.adopted or self.unknown_closed or self.qty_corrected)
+                    or self.adopted or self.unknown_closed or self.qty_corrected or self.missing or self.busy)
 
 
 def _order_update(order: Order, now: str) -> dict[str, Any]:
@@ -80,10 +93,14 @@ def refresh_orders(rt, report: ReconcileReport) -> list[dict]:
     changed = []
     known = _known_orders(broker, rows)
     now = journal.now()
+    locks = position_locks(journal.path)
     for row in rows:
         order = _fetch(broker, row, known)
         if order is None:
             if row["status"] == "pending_submit":
+                if locks.held_by_another(row["symbol"]):  # its submitter is alive and may still send it
+                    report.busy.append(row["symbol"])
+                    continue
                 # The process stopped before the broker accepted it: it was never sent.
                 journal.update_row("orders", "client_order_id", row["client_order_id"],
                                    {"status": "not_sent", "updated_at": now})
@@ -91,7 +108,12 @@ def refresh_orders(rt, report: ReconcileReport) -> list[dict]:
             continue
         update = _order_update(order, now)
         if any(row.get(k) != v for k, v in update.items() if k != "updated_at"):
-            journal.update_row("orders", "client_order_id", row["client_order_id"], update)
+            with journal.atomic():
+                journal.update_row("orders", "client_order_id", row["client_order_id"], update)
+                if row["purpose"] == "stop" and update["stop_price"] != row["stop_price"]:
+                    # a trailing stop rises with the price: the trade shows the level the broker has now
+                    journal.db.execute("UPDATE trades SET trailing_stop_price = ? WHERE stop_order_id = ?",
+                                       [update["stop_price"], row["client_order_id"]])
             report.orders_refreshed += 1
             changed.append({**row, **update})
     return changed
@@ -118,18 +140,107 @@ def reconcile(rt) -> ReconcileReport:
     open_trades = [t for t in trades if t["status"] != "pending"]
     tracked = {t["symbol"] for t in open_trades}
     pending = {t["symbol"] for t in trades if t["status"] == "pending"}
-    for symbol, position in broker_positions.items():
-        if symbol not in tracked and symbol not in pending:
-            trade_book.adopt_external(rt, position, report)
+    mismatched = [t for t in open_trades if broker_positions.get(t["symbol"]) is None
+                  or broker_positions[t["symbol"]].qty != t["qty"]]
+    untracked = [s for s in broker_positions if s not in tracked and s not in pending]
+    if mismatched or untracked:  # one answer is not enough to change the book: read the positions again
+        second = {p.symbol: p for p in rt.broker.positions()}
+        broker_positions = {s: p for s, p in second.items() if s in broker_positions or s in tracked}
+        untracked = [s for s in untracked if s in broker_positions]
+    locks = position_locks(journal.path)
+    for symbol in untracked:
+        with locks.hold(symbol) as mine:
+            if not mine:
+                report.busy.append(symbol)
+            elif _still_untracked(journal, symbol):
+                trade_book.adopt_external(rt, broker_positions[symbol], report)
     for trade in open_trades:
         position = broker_positions.get(trade["symbol"])
-        if position is None:
-            trade_book.close_unknown(rt, _whole(journal, trade), report)
-        elif position.qty != trade["qty"]:
-            trade_book.correct_qty(rt, _whole(journal, trade), position.qty, report)
+        if position is not None and position.qty == trade["qty"]:
+            _found_again(rt, trade)
+            continue
+        with locks.hold(trade["symbol"]) as mine:
+            if not mine:
+                report.busy.append(trade["symbol"])
+                continue
+            trade = _whole(journal, trade)
+            if trade["status"] not in LIVE_TRADE_STATUSES:
+                continue
+            if position is None:
+                _missing(rt, trade, report)
+            else:
+                _found_again(rt, trade)
+                if position.qty != trade["qty"]:
+                    trade_book.correct_qty(rt, trade, position.qty, report)
     for message in report.alerts:
         journal.event("warning", "alert", message, source="reconcile")
     return report
+
+
+def _still_untracked(journal, symbol: str) -> bool:
+    statuses = [*LIVE_TRADE_STATUSES, "pending"]
+    return journal.one(f"SELECT 1 FROM trades WHERE symbol = ? AND status IN ({','.join('?' * len(statuses))})",
+                       [symbol, *statuses]) is None
+
+
+def _missing_key(trade: dict) -> str:
+    return f"missing:{trade['id']}"
+
+
+def _found_again(rt, trade: dict) -> None:
+    if rt.journal.state(_missing_key(trade)) is not None:
+        rt.journal.db.execute("DELETE FROM state WHERE key = ?", [_missing_key(trade)])
+        rt.journal.db.conn.commit()
+        rt.journal.event("warning", "alert", f"reconcile: {trade['symbol']} is at the broker again; tracked as before",
+                         source="reconcile")
+
+
+def _missing(rt, trade: dict, report: ReconcileReport) -> None:
+    """An open trade the broker shows no position for, on two reads. Closed at once only when a sell the journal
+    does not know explains it; otherwise flagged, and closed as unknown once it has stayed unexplained for
+    MISSING_CONFIRM while a working stop at the broker does not contradict it."""
+    import trades as trade_book
+
+    journal = rt.journal
+    sold = _unknown_sells(rt, trade)
+    if sum(o.filled_qty for o in sold) >= trade["qty"]:
+        last = max(sold, key=lambda o: o.filled_at or datetime.min.replace(tzinfo=rt.clock.now().tzinfo))
+        trade_book.close_trade(rt, trade, price=last.filled_avg_price, reason="sold_outside",
+                               when=iso_utc(last.filled_at) if last.filled_at else None)
+        report.trades_closed.append((trade["symbol"], "sold_outside", last.filled_avg_price))
+        report.alerts.append(f"reconcile: {trade['symbol']} was sold at the broker by an order the journal did not "
+                             f"send ({', '.join(o.client_order_id or o.id for o in sold)}); trade closed at "
+                             f"{last.filled_avg_price}")
+        _found_again(rt, trade)
+        return
+    key, now = _missing_key(trade), rt.clock.now()
+    first_seen = journal.state(key)
+    stop_working = any(o.side == SELL and o.is_open for o in rt.broker.orders("open", [trade["symbol"]]))
+    if first_seen is None or stop_working or now - datetime.fromisoformat(first_seen) < MISSING_CONFIRM:
+        if first_seen is None:
+            journal.set_state(key, journal.now())
+            journal.event("critical", "alert", f"reconcile: {trade['symbol']} x{trade['qty']} is open in the journal "
+                          "but the broker shows no position and no sell explains it; NOT closed, no stop placed — "
+                          "check the broker", source="reconcile")
+        report.missing.append(trade["symbol"])
+        return
+    trade_book.close_unknown(rt, trade, report)
+    journal.db.execute("DELETE FROM state WHERE key = ?", [key])
+    journal.db.conn.commit()
+
+
+def _unknown_sells(rt, trade: dict) -> list[Order]:
+    """Filled sells of the trade's symbol since its entry that the journal did not send."""
+    entry = datetime.fromisoformat(trade["entry_time"]) if trade["entry_time"] else None
+    found = []
+    for order in rt.broker.orders("closed", [trade["symbol"]]):
+        if order.side != SELL or not order.filled_qty or order.symbol != trade["symbol"]:
+            continue
+        if entry is not None and order.filled_at is not None and order.filled_at < entry:
+            continue
+        if rt.journal.one("SELECT 1 FROM orders WHERE client_order_id = ?", [order.client_order_id]) is None:
+            found.append(order)
+    return found
 
 
 def report_text(report: ReconcileReport) -> str:
@@ -145,5 +256,7 @@ def report_text(report: ReconcileReport) -> str:
               for s, reason, price in report.trades_closed]
     lines += [f"  adopted external position: {s}" for s in report.adopted]
     lines += [f"  closed as unknown (no broker position): {s}" for s in report.unknown_closed]
+    lines += [f"  MISSING at the broker, not closed (critical alert raised): {s}" for s in report.missing]
+    lines += [f"  left to the command acting on it: {s}" for s in report.busy]
     lines += [f"  quantity corrected: {s} {old} -> {new}" for s, old, new in report.qty_corrected]
     return "\n".join(lines)

@@ -37,19 +37,20 @@ def test_untracked_broker_position_is_adopted_as_external_and_protected(real_env
     assert len(stops) == 1 and stops[0].type == "trailing_stop" and stops[0].qty == 20
 
 
-def test_trade_without_a_broker_position_is_closed_as_unknown(real_env):
+def test_a_position_sold_at_the_broker_by_hand_closes_its_trade_at_that_sale(real_env):
     cli("set", "skip_buys", "off")
     assert cli("--asof", "2016-11-09T10:30", "scan", "--cap", "large").exit_code == 0
     trade = rows(real_env, "SELECT * FROM trades WHERE status = 'open' ORDER BY id LIMIT 1")[0]
     broker = broker_at(real_env, "2016-11-09T11:00")
     for order in broker.orders("open", [trade["symbol"]]):
         broker.cancel(order.id)
-    broker.submit(OrderRequest("manual-sell-1", trade["symbol"], "sell", "market", trade["qty"]))
+    sold = broker.submit(OrderRequest("manual-sell-1", trade["symbol"], "sell", "market", trade["qty"]))
     result = cli("--asof", "2016-11-09T11:05", "reconcile")
-    assert f"closed as unknown (no broker position): {trade['symbol']}" in result.output
+    assert f"trade closed: {trade['symbol']} (sold_outside at {sold.filled_avg_price:.2f})" in result.output
     after = rows(real_env, "SELECT * FROM trades WHERE id = ?", (trade["id"],))[0]
-    assert after["status"] == "unknown" and after["exit_reason"] == "unknown" and after["exit_price"] is None
-    assert any(trade["symbol"] in m and "not at the broker" in m for m in alerts(real_env))
+    assert after["status"] == "closed" and after["exit_reason"] == "sold_outside"
+    assert after["exit_price"] == sold.filled_avg_price
+    assert any(trade["symbol"] in m and "manual-sell-1" in m for m in alerts(real_env))
 
 
 def test_quantity_mismatch_is_corrected_and_the_stop_resized(real_env):

@@ -2,6 +2,11 @@
 
 One call of `run_scan` is one cron entry: it takes the scan lock, then runs each requested cap in turn. Every step
 is timed and the timings land on the `scans` row. A dry run computes and records everything and sends no order.
+
+Market context fails closed: the risk rules need SPY, VIX and (with the regime filter on) the regime of the previous
+session. A trading scan that lacks any of them is refused before it decides, with DataError (exit 2) naming what
+is missing; its `scans` row is marked failed. A dry run goes on, with a warning line in its summary, a warning
+event, and exposure factor 0 when the regime is missing.
 """
 from __future__ import annotations
 
@@ -89,14 +94,16 @@ def load_market(rt, symbols: list[str], session: Session, fraction: float) -> tu
 
 
 def market_context(rt, session: Session, fraction: float, snap: Snapshot) -> dict[str, Any]:
-    """SPY, trend, VIX (seen through the same intraday path as every bar) and breadth."""
+    """SPY, trend, VIX (seen through the same intraday path as every bar) and breadth.
+
+    SPY and VIX are None when unknown; when the series could not be read at all, `series_error` says why."""
     cal = rt.calendar
     start = cal.sessions_back(session.day, 60)
     try:
         series = rt.market.market_series(start, session.day)
     except DataError as err:
-        log.warning("no market series: %s", err)
-        series = pd.DataFrame()
+        return {"spy_price": None, "trend": None, "vix": None, "breadth": None, "spy_change_pct": None,
+                "series_error": str(err)}
     dates = series.index.values if len(series) else np.array([], dtype="datetime64[ns]")
     day = np.datetime64(session.day, "ns")
     column = {name: series[name].to_numpy() if name in series else np.full(len(series), np.nan)
@@ -129,6 +136,25 @@ def scan_context(rt, session: Session, fraction: float, snap: Snapshot, universe
     cache = rt.history_cache
     ready = cache.context(session.day, fraction, universe) if cache is not None else None
     return ready if ready is not None else market_context(rt, session, fraction, snap.select(universe))
+
+
+def trading_regime(rt, session: Session, context: dict[str, Any]) -> tuple[dict | None, str | None]:
+    """The regime a scan may use, and one line naming the market context its risk rules need but lack (None when
+    nothing is missing): SPY (price and trend), VIX, and the regime (the CRASH block and the allocation factor)."""
+    missing = [name for name, key in (("SPY", "spy_price"), ("VIX", "vix")) if context.get(key) is None]
+    reasons = [context["series_error"]] if context.get("series_error") else []
+    if missing and not reasons:
+        reasons.append(f"no {' or '.join(missing)} value up to {session.day} in {regimes.source_name(rt.market)}")
+    try:
+        current = regimes.for_trading(rt, session.day)
+    except DataError as err:
+        current = None
+        missing.append("the regime")
+        if str(err) not in reasons:
+            reasons.append(str(err))
+    if not missing:
+        return current, None
+    return current, f"market context missing {', '.join(missing)} ({'; '.join(reasons)})"
 
 
 def peak_closes(history: Panel, snap: Snapshot, trades: list[dict]) -> dict[str, float]:
@@ -357,9 +383,17 @@ def _scan_cap(rt, timer: Timer, scan_id: int, cap: str, session: Session, fracti
         positions = position_views(trades, frame, rev)
     with timer.step("context"):
         context = scan_context(rt, session, fraction, snap, universe)
-        current_regime = regimes.for_trading(rt, session.day)
+        current_regime, missing = trading_regime(rt, session, context)
+        if missing and not dry_run:
+            raise DataError(f"scan refused: {missing}")
+        # no label: factor 1 when the filter is off on purpose, 0 when the label is missing (only a dry run gets here)
+        no_label_factor = 0.0 if getattr(rt, "regime_filter", True) else 1.0
         context.update(regime=current_regime["regime"] if current_regime else None,
-                       exposure_factor=current_regime["factor"] if current_regime else 1.0)
+                       exposure_factor=current_regime["factor"] if current_regime else no_label_factor)
+        if missing:
+            context["missing"] = missing
+            rt.journal.event("warning", "market_context", f"dry run with {missing}; a trading scan is refused",
+                             source="scan", detail={"scan_id": scan_id})
     with timer.step("decide"):
         # the frame's rows are the universe, then holdings outside it (symbols above)
         universe_frame = frame.iloc[:len(universe)] if len(universe) == len(set(universe)) else frame.loc[universe]
@@ -424,7 +458,8 @@ def summary_text(results: list[CapScan], limit: int = 15) -> str:
                   f"trend {ctx.get('trend') or '-'} | VIX {_fmt(ctx.get('vix'), '.1f')} | "
                   f"breadth {_fmt_pct(ctx.get('breadth'), signed=False)} | regime {ctx.get('regime') or '-'} "
                   f"(exposure x{ctx.get('exposure_factor', 1.0):g})")
-        lines = [header, summary_line(result)]
+        lines = [header] + ([f"WARNING: {ctx['missing']}; a trading scan is refused"] if ctx.get("missing")
+                            else []) + [summary_line(result)]
         rows = [_summary_row(result, symbol) for symbol in result.decision.candidate_decisions][:limit]
         if rows:
             from render import table

@@ -124,14 +124,15 @@ def _empty_panel(symbols: list[str], dates: np.ndarray) -> Panel:
 
 # ----------------------------------------------------------------------------------------------------------- cache
 
-def _signature(source: Path) -> str:
+def _signature(source: Path, kind: str) -> str:
     stat = source.stat()
-    return f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_FORMAT}"
+    return f"{source.resolve()}|{kind}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_FORMAT}"
 
 
-def _cache_file(source: Path, cache_dir: Path) -> Path:
-    """One cache file per source path; its content is valid only while the stored signature matches."""
-    digest = hashlib.sha256(str(source.resolve()).encode("utf-8")).hexdigest()[:16]
+def _cache_file(source: Path, cache_dir: Path, kind: str) -> Path:
+    """One cache file per source path and kind of file it was read as (a stocks file given as the market file must
+    be parsed as one, not served the stock arrays); valid only while the stored signature matches."""
+    digest = hashlib.sha256(f"{source.resolve()}|{kind}".encode("utf-8")).hexdigest()[:16]
     return cache_dir / f"{source.name.split('.')[0]}-{digest}.npz"
 
 
@@ -161,14 +162,15 @@ def _write_cache(cache_path: Path, signature: str, arrays: dict[str, np.ndarray]
         log.warning("cannot write market-data cache %s: %s", cache_path, exc)
 
 
-def load_cached(source: Path, cache_dir: Path | None, parse: Callable[[Path], dict[str, np.ndarray]]
-                ) -> dict[str, np.ndarray]:
-    """Arrays parsed from `source`, from the cache when it is current, else parsed and cached."""
+def load_cached(source: Path, cache_dir: Path | None, parse: Callable[[Path], dict[str, np.ndarray]],
+                kind: str) -> dict[str, np.ndarray]:
+    """Arrays parsed from `source` as a `kind` file ("stocks" or "market"), from the cache when it is current, else
+    parsed and cached."""
     try:
-        signature = _signature(source)
+        signature = _signature(source, kind)
     except OSError as exc:
         raise DataError(f"{source}: cannot read market data ({exc.strerror or exc})") from None
-    cache_path = _cache_file(source, cache_dir or DEFAULT_CACHE_DIR)
+    cache_path = _cache_file(source, cache_dir or DEFAULT_CACHE_DIR, kind)
     arrays = _read_cache(cache_path, signature)
     if arrays is None:
         arrays = parse(source)
@@ -274,7 +276,7 @@ class CsvMarket:
         if not self.path.is_file():
             raise DataError(f"{self.path}: market data file not found")
         self.cache_dir = Path(cache_dir) if cache_dir is not None else DEFAULT_CACHE_DIR
-        arrays = load_cached(self.path, self.cache_dir, parse_stock_file)
+        arrays = load_cached(self.path, self.cache_dir, parse_stock_file, "stocks")
         if len(arrays["dates"]) == 0:
             raise DataError(f"{self.path}: no rows of market data")
         self.dates: np.ndarray = arrays["dates"]
@@ -311,7 +313,7 @@ class CsvMarket:
             if self.market_path is None:
                 raise DataError(f"no SPY/VIX data for {self.path}: give --market PATH or put a "
                                 f"spy_vix_daily*.csv beside it")
-            self._market = load_cached(self.market_path, self.cache_dir, parse_market_file)
+            self._market = load_cached(self.market_path, self.cache_dir, parse_market_file, "market")
         return self._market
 
     def _spy_from_market(self, symbols: Sequence[str]) -> bool:

@@ -16,6 +16,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
+from urllib.parse import urlsplit
 
 from errors import ConfigError
 
@@ -55,7 +56,7 @@ def product_version() -> str:
 @dataclass(frozen=True)
 class Var:
     name: str
-    kind: str  # str, int, float, bool, choice, path, list
+    kind: str  # str, int, float, bool, choice, path, list, url (http/https), host (http/https, scheme+host only)
     default: Any
     help: str
     low: float | None = None
@@ -90,13 +91,13 @@ VARIABLES: tuple[Var, ...] = (
     _v("ALPACA_PAPER", "bool", True, "paper account (false = live, which also needs LIVE_TRADING=yes)"),
     _v("LIVE_TRADING", "choice", "no", "second switch for real money", choices=("yes", "no")),
     _v("ALPACA_FEED", "choice", "iex", "market-data feed", choices=("iex", "sip", "delayed_sip")),
-    _v("ALPACA_TRADING_URL", "str", "", "override of the trading API host (scheme+host only)"),
-    _v("ALPACA_DATA_URL", "str", "", "override of the market-data API host (scheme+host only)"),
+    _v("ALPACA_TRADING_URL", "host", "", "override of the trading API host (scheme+host only)"),
+    _v("ALPACA_DATA_URL", "host", "", "override of the market-data API host (scheme+host only)"),
     _v("ALPACA_REQUESTS_PER_MIN", "int", 180, "request budget shared by all processes", low=1, high=10000),
     _v("ALPACA_TIMEOUT", "float", 10.0, "seconds per HTTP request", low=0.1, high=120),
     # model API (llm decider)
     _v("ANTHROPIC_API_KEY", "str", "", "Messages API key (DECIDER=llm)", secret=True),
-    _v("ANTHROPIC_BASE_URL", "str", "https://api.anthropic.com", "Messages API base URL"),
+    _v("ANTHROPIC_BASE_URL", "url", "https://api.anthropic.com", "Messages API base URL"),
     _v("ANTHROPIC_MODEL", "str", "claude-sonnet-4-5", "model name"),
     _v("LLM_TIMEOUT", "float", 30.0, "seconds for the one decider call per scan", low=1, high=300),
     # alerts
@@ -104,8 +105,8 @@ VARIABLES: tuple[Var, ...] = (
     _v("TELEGRAM_BOT_TOKEN", "str", "", "Telegram bot token", secret=True),
     _v("TELEGRAM_CHAT_ID", "str", "", "chat that receives alerts"),
     _v("TELEGRAM_ALLOWED_USERS", "list", "", "comma list of Telegram user ids allowed to command the bot"),
-    _v("TELEGRAM_BASE_URL", "str", "https://api.telegram.org", "Telegram Bot API base URL"),
-    _v("DISCORD_WEBHOOK_URL", "str", "", "Discord webhook URL", secret=True),
+    _v("TELEGRAM_BASE_URL", "url", "https://api.telegram.org", "Telegram Bot API base URL"),
+    _v("DISCORD_WEBHOOK_URL", "url", "", "Discord webhook URL", secret=True),
     _v("ALERT_TIMEOUT", "float", 5.0, "seconds an alert channel may take per request", low=0.1, high=60),
     # portfolio and risk
     _v("POSITION_SIZING", "choice", "fixed", "fixed, atr or kelly", choices=("fixed", "atr", "kelly")),
@@ -165,7 +166,29 @@ def _parse(var: Var, raw: Any) -> Any:
         return match
     if var.kind == "list":
         return tuple(part.strip() for part in text.split(",") if part.strip())
+    if var.kind in ("url", "host"):
+        if not text:
+            return var.default  # unset: the service's own address
+        problem = _url_problem(text, host_only=var.kind == "host")
+        if problem:
+            raise bad(problem)
+        return text.rstrip("/") if var.kind == "host" else text  # the SDK appends "/v2/..." itself
     return text
+
+
+def _url_problem(text: str, *, host_only: bool) -> str | None:
+    """Why `text` cannot be the address of an HTTP service (None when it can). Caught here, a typo is a setting to
+    fix; at the first request it would look like an outage to retry later."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number in range
+    except ValueError as exc:
+        return f"not a valid URL ({exc})"
+    if parts.scheme not in ("http", "https") or not parts.hostname or any(c.isspace() for c in text):
+        return "expected an http(s) URL with a host, like https://example.com"
+    if host_only and (parts.path not in ("", "/") or parts.query or parts.fragment):
+        return "expected scheme and host only, like https://paper-api.alpaca.markets (no path)"
+    return None
 
 
 class Config:

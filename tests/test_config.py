@@ -1,10 +1,12 @@
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 import config
 from config import load_config, parse_runtime_setting, redact, register_secrets
 from errors import ConfigError
+from main import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,6 +38,15 @@ def test_layering_dotenv_then_environment_then_options(tmp_path):
     ("BROKER", "ibkr", "BROKER: must be one of sim, alpaca"),
     ("DATA_SOURCE", "yahoo", "DATA_SOURCE/--data: unknown source 'yahoo'"),
     ("DATA_SOURCE", "csv:", "unknown source"),
+    ("ALPACA_TRADING_URL", "paper-api.alpaca.markets", "ALPACA_TRADING_URL: expected an http(s) URL with a host"),
+    ("ALPACA_TRADING_URL", "https://", "ALPACA_TRADING_URL: expected an http(s) URL with a host"),
+    ("ALPACA_TRADING_URL", "https://paper-api.alpaca.markets/v2", "ALPACA_TRADING_URL: expected scheme and host"),
+    ("ALPACA_DATA_URL", "ftp://data.alpaca.markets", "ALPACA_DATA_URL: expected an http(s) URL with a host"),
+    ("ALPACA_DATA_URL", "https://data.alpaca.markets:99999", "ALPACA_DATA_URL: not a valid URL"),
+    ("ALPACA_DATA_URL", "https://data.alpaca .markets", "ALPACA_DATA_URL: expected an http(s) URL with a host"),
+    ("TELEGRAM_BASE_URL", "api.telegram.org", "TELEGRAM_BASE_URL: expected an http(s) URL with a host"),
+    ("ANTHROPIC_BASE_URL", "http//api.anthropic.com", "ANTHROPIC_BASE_URL: expected an http(s) URL with a host"),
+    ("DISCORD_WEBHOOK_URL", "discord.com/api/webhooks/1/x", "DISCORD_WEBHOOK_URL: expected an http(s) URL"),
 ])
 def test_bad_values_name_the_variable(tmp_path, name, value, fragment):
     with pytest.raises(ConfigError) as err:
@@ -43,6 +54,36 @@ def test_bad_values_name_the_variable(tmp_path, name, value, fragment):
     assert fragment in str(err.value)
     assert "\n" not in str(err.value)
     assert err.value.exit_code == 2
+
+
+@pytest.mark.parametrize("name, value, effective", [
+    ("ALPACA_TRADING_URL", "http://127.0.0.1:8080", "http://127.0.0.1:8080"),
+    ("ALPACA_TRADING_URL", "https://paper-api.alpaca.markets/", "https://paper-api.alpaca.markets"),
+    ("ALPACA_DATA_URL", "", ""),
+    ("TELEGRAM_BASE_URL", "", "https://api.telegram.org"),
+    ("ANTHROPIC_BASE_URL", "https://proxy.example.com/anthropic", "https://proxy.example.com/anthropic"),
+])
+def test_good_urls_are_kept(tmp_path, name, value, effective):
+    assert load_config(environ={name: value}, dotenv_path=tmp_path / "none.env").get(name) == effective
+
+
+def test_a_secret_url_is_not_echoed_when_malformed(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(environ={"DISCORD_WEBHOOK_URL": "discord.com/api/webhooks/1/SeCrEtToKeN"},
+                    dotenv_path=tmp_path / "none.env")
+    assert "SeCrEtToKeN" not in str(err.value) and "<hidden>" in str(err.value)
+
+
+def test_a_malformed_alpaca_url_is_bad_configuration_not_an_outage(tmp_path, monkeypatch):
+    for name, value in {"MOMENTUM_DB": str(tmp_path / "trades.db"), "LOG_DIR": str(tmp_path / "logs"),
+                        "BROKER": "alpaca", "ALPACA_API_KEY": "PKURLTEST12345", "ALPACA_SECRET_KEY": "urlsecret12345",
+                        "ALPACA_TRADING_URL": "paper-api.alpaca.markets"}.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(cli, ["--asof", "2016-11-09T10:30", "status"], catch_exceptions=False)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        "error: ALPACA_TRADING_URL: expected an http(s) URL with a host, like https://example.com "
+        "(got 'paper-api.alpaca.markets')"]
 
 
 def test_secret_values_are_never_echoed_in_errors(tmp_path):

@@ -3,8 +3,10 @@
 Order submission is never repeated blindly. Every order carries the caller's deterministic client_order_id; when
 the outcome of a POST is unclear (a timeout, a connection error, a 5xx, or a 422 "client_order_id must be unique"
 that means an earlier attempt did arrive) the adapter asks the broker for that client_order_id FIRST and returns
-the order if it exists. If it does not exist after a timeout or 5xx the call raises BrokerUnavailable: the order
-may still be in flight, so the caller keeps its journal row and reconciles later instead of sending it again.
+the order if it exists. A 200 whose body is not this order (not an order at all, fields missing, or another
+client_order_id) is just as unclear and is looked up the same way. If the order does not exist after a timeout, a
+5xx or such an answer, the call raises BrokerUnavailable: the order may still be in flight, so the caller keeps its
+journal row and reconciles later instead of sending it again.
 A 429 means the order was not accepted, so the transport waits for the reset and resends the same request.
 
 Numbers arrive as strings and become floats (prices) and whole-share ints (quantities). PDT fields, removed by
@@ -24,8 +26,8 @@ from alpaca.trading.enums import OrderSide, QueryOrderStatus, TimeInForce
 from alpaca.trading.requests import (GetOrdersRequest, LimitOrderRequest, MarketOrderRequest, StopOrderRequest,
                                      TrailingStopOrderRequest)
 
-from alpaca_adapter import (MALFORMED, Redactor, api_failure, install_transport, request_error_text, to_float,
-                            to_int, translate)
+from alpaca_adapter import (MALFORMED, Redactor, api_failure, install_transport, one_line, request_error_text,
+                            to_float, to_int, translate)
 from errors import (BrokerUnavailable, ConfigError, DuplicateClientOrderId, InsufficientQty, MomentumError,
                     OrderNotFound, OrderRejected)
 from models import BUY, LIMIT, MARKET, SELL, STOP, TRAILING_STOP, Account, Order, OrderRequest, Position
@@ -58,6 +60,7 @@ class AlpacaBroker:
         self._timeout = timeout
         self._redact = Redactor(api_key, secret_key)
         self._client = TradingClient(api_key, secret_key, paper=paper, raw_data=True, url_override=url_override)
+        self._account_id = ""
         install_transport(self._client, timeout=timeout, budget=budget, sleep=sleep, unix_time=unix_time,
                           max_429_retries=max_429_retries)
 
@@ -69,6 +72,15 @@ class AlpacaBroker:
     def account(self) -> Account:
         raw = self._call("account", self._client.get_account)
         return self._convert("account", account_from_raw, raw)
+
+    def account_id(self) -> str:
+        """Alpaca's id of the account behind the keys (one GET /v2/account, then remembered)."""
+        if not self._account_id:
+            account_id = self.account().id
+            if not account_id:
+                raise BrokerUnavailable("alpaca account: malformed response (no account id)")
+            self._account_id = account_id
+        return self._account_id
 
     def positions(self) -> list[Position]:
         raw = self._call("positions", self._client.get_all_positions)
@@ -122,7 +134,16 @@ class AlpacaBroker:
             return self._after_refused_submit(request, exc, action)
         except requests.RequestException as exc:
             return self._after_unclear_submit(request, request_error_text(exc, self._timeout), action)
-        return self._convert(action, order_from_raw, raw)
+        try:
+            order = order_from_raw(raw)
+        except MALFORMED as exc:
+            reason = f"HTTP 200 whose body is not an order ({_what_is_wrong(raw, exc)})"
+            return self._after_unclear_submit(request, reason, action)
+        if (order.client_order_id, order.symbol, order.side) != (request.client_order_id, request.symbol,
+                                                                 request.side):
+            reason = f"HTTP 200 with another order ({order.side} {order.symbol}, {order.client_order_id})"
+            return self._after_unclear_submit(request, reason, action)
+        return order
 
     def cancel(self, order_id: str) -> None:
         action = f"cancel order {order_id}"
@@ -154,7 +175,8 @@ class AlpacaBroker:
         raise self._translate(exc, action, order_call=True) from None
 
     def _after_unclear_submit(self, request: OrderRequest, reason: str, action: str) -> Order:
-        """After a timeout or 5xx the order may or may not exist: ask by client_order_id before anything else."""
+        """After a timeout, a 5xx or an answer that is not the order, the order may or may not exist: ask by
+        client_order_id before anything else."""
         log.warning("%s: %s; looking the order up by client_order_id", action, reason)
         existing = self._lookup_after_submit(request, action)
         if existing is not None:
@@ -194,6 +216,17 @@ class AlpacaBroker:
     def _translate(self, exc: Exception, action: str, *, order_call: bool = False) -> MomentumError:
         return translate(exc, action, unavailable=BrokerUnavailable, rejected=OrderRejected,
                          timeout=self._timeout, redact=self._redact, order_call=order_call)
+
+
+def _what_is_wrong(raw: Any, exc: Exception) -> str:
+    """In a few words, why a body that should be an order is not one."""
+    if raw is None:
+        return "empty"
+    if not isinstance(raw, dict):
+        return f"a JSON {type(raw).__name__}"
+    if isinstance(exc, KeyError):
+        return f"no {exc.args[0]}"
+    return f"{type(exc).__name__}: {one_line(str(exc))}"
 
 
 def _is_insufficient_qty(body: dict) -> bool:
@@ -255,7 +288,7 @@ def order_from_raw(raw: dict) -> Order:
         extra["fractional_filled_qty"] = filled
     return Order(
         id=str(raw["id"]), client_order_id=str(raw["client_order_id"]), symbol=str(raw["symbol"]),
-        side=str(raw["side"]), type=str(raw.get("type") or raw.get("order_type")), qty=to_int(raw.get("qty")),
+        side=str(raw["side"]), type=str(raw.get("type") or raw["order_type"]), qty=to_int(raw.get("qty")),
         status=str(raw["status"]), filled_qty=to_int(raw.get("filled_qty")),
         filled_avg_price=to_float(raw.get("filled_avg_price")), time_in_force=str(raw.get("time_in_force") or "day"),
         limit_price=to_float(raw.get("limit_price")), stop_price=to_float(raw.get("stop_price")),
@@ -284,5 +317,5 @@ def account_from_raw(raw: dict) -> Account:
     return Account(
         equity=float(raw["equity"]), cash=float(raw["cash"]), buying_power=float(raw["buying_power"]),
         last_equity=float(raw["last_equity"]), status=str(raw.get("status") or "ACTIVE"),
-        trading_blocked=blocked, currency=str(raw.get("currency") or "USD"),
+        trading_blocked=blocked, currency=str(raw.get("currency") or "USD"), id=str(raw.get("id") or ""),
     )

@@ -105,6 +105,7 @@ class Account:
     status: str = "ACTIVE"
     trading_blocked: bool = False
     currency: str = "USD"
+    id: str = ""  # the broker's identity of the account (Alpaca's account id; the sim broker file's own id)
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,10 @@ class Broker(Protocol):
     name: str
 
     def account(self) -> Account: ...
+
+    def account_id(self) -> str:
+        """The identity of the account behind this broker, stable for its life: Alpaca's account id, the sim
+        broker file's id. A journal remembers the one it traded with (runtime.py checks it)."""
 
     def positions(self) -> list[Position]: ...
 

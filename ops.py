@@ -7,6 +7,8 @@ from typing import Any
 import render
 from clock import NY, iso_utc
 from errors import EXIT_OK, MomentumError
+from executor import working_stops_by_symbol
+from models import Order
 from options import multiplier
 from runtime import Runtime
 
@@ -115,12 +117,17 @@ def status_text(data: dict[str, Any]) -> str:
 
 
 def positions(rt: Runtime) -> list[dict[str, Any]]:
-    """Broker positions joined with their journal trade (stop order, status, peak)."""
+    """Broker positions joined with their journal trade and the stop the broker holds now.
+
+    The stop is the broker's: a trailing stop's price rises with the market at the broker, and the price the
+    journal noted when the stop was placed says nothing about where it stands today. One orders call serves every
+    position; a position with no working stop at the broker shows none."""
     trades = {row["symbol"]: row for row in rt.journal.query(
-        "SELECT symbol, id, status, stop_order_id, trailing_stop_price, peak_price, entry_time FROM trades "
-        "WHERE status IN ('open', 'unprotected', 'external')")}
+        "SELECT symbol, id, status FROM trades WHERE status IN ('open', 'unprotected', 'external')")}
+    held = rt.broker.positions()
+    stops = working_stops_by_symbol(rt, [pos.symbol for pos in held])
     rows = []
-    for pos in rt.broker.positions():
+    for pos in held:
         trade = trades.get(pos.symbol, {})
         cost = pos.avg_entry_price * pos.qty * multiplier(pos.symbol)
         rows.append({
@@ -128,9 +135,15 @@ def positions(rt: Runtime) -> list[dict[str, Any]]:
             "entry": pos.avg_entry_price, "price": pos.current_price, "value": pos.market_value,
             "pnl": pos.unrealized_pl, "pnl_pct": pos.unrealized_pl / cost * 100 if cost else None,
             "trade": trade.get("id"), "status": trade.get("status", "untracked"),
-            "stop": trade.get("trailing_stop_price"),
+            "stop": protecting_stop_price(stops[pos.symbol]),
         })
     return rows
+
+
+def protecting_stop_price(stops: list[Order]) -> float | None:
+    """The price at which the first of a position's working stops fires (the highest, for sell stops)."""
+    prices = [order.stop_price for order in stops if order.stop_price is not None]
+    return max(prices) if prices else None
 
 
 POSITION_COLUMNS = ["symbol", "qty", "available", "entry", "price", "value", "pnl", "pnl_pct", "trade", "status",

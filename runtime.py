@@ -2,6 +2,12 @@
 
 Parts are built on first use, so `settings` never opens a data file and `status` never parses a universe it does
 not need. main.py creates one Runtime per command and closes it at the end.
+
+The broker is checked against the journal when it is built: the journal remembers the account it trades with (state
+`broker_account`, "sim:<file id>" or "alpaca:<account id>"), and a broker showing another account stops the command
+with a ConfigError. Otherwise a deleted sim broker file (a fresh $100,000 account) or other Alpaca keys would look
+like positions closed behind the journal's back, and reconciling would rewrite the book. A journal without trades
+or orders has nothing to protect: it simply takes the broker's account as its own.
 """
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from errors import ConfigError
 from models import Broker, MarketData
 
 log = logging.getLogger(__name__)
+
+BROKER_ACCOUNT_STATE = "broker_account"
 
 
 class Runtime:
@@ -83,6 +91,11 @@ class Runtime:
 
     @cached_property
     def broker(self) -> Broker:
+        broker = self._build_broker()
+        check_broker_account(self.journal, broker, self._restore_hint())
+        return broker
+
+    def _build_broker(self) -> Broker:
         if self.config.broker == "alpaca":
             from alpaca_adapter import AlpacaBroker
 
@@ -93,6 +106,11 @@ class Runtime:
         from sim_broker import SimBroker
 
         return SimBroker(self.config.sim_broker_path(), self.market, self.clock, cap_of=self.cap_of)
+
+    def _restore_hint(self) -> str:
+        if self.config.broker == "alpaca":
+            return "use the Alpaca account it traded with (ALPACA_API_KEY, ALPACA_PAPER)"
+        return f"restore the sim broker file {self.config.sim_broker_path()} it traded with"
 
     def cap_of(self, symbol: str) -> str:
         try:
@@ -115,3 +133,22 @@ class Runtime:
     def close(self) -> None:
         if "journal" in self.__dict__:
             self.journal.db.conn.close()
+
+
+def check_broker_account(journal: Journal, broker: Broker, restore_hint: str) -> None:
+    """Refuse a broker whose account is not the one the journal traded with; a journal with no trades or orders
+    yet (or from before accounts were remembered) takes the broker's account as its own."""
+    account = f"{broker.name}:{broker.account_id()}"
+    remembered = journal.state(BROKER_ACCOUNT_STATE)
+    if remembered == account:
+        return
+    if remembered is not None and _has_history(journal):
+        raise ConfigError(f"broker account {account} is not the account {remembered} that journal {journal.path} "
+                          f"traded with: {restore_hint}, or use a fresh --db")
+    journal.set_state(BROKER_ACCOUNT_STATE, account)
+    log.info("journal %s trades with broker account %s", journal.path, account)
+
+
+def _has_history(journal: Journal) -> bool:
+    row = journal.one("SELECT EXISTS (SELECT 1 FROM trades) OR EXISTS (SELECT 1 FROM orders) AS traded")
+    return bool(row["traded"])

@@ -11,9 +11,13 @@ was before or after the whole call, and two processes sharing the file take turn
 are not synced to disk one by one (synchronous NORMAL): a killed process loses nothing it committed, a power cut
 may lose the last calls, never the file's consistency; a synced commit costs about twenty times the call itself.
 
-Tables: `account` (one row: cash, starting cash, last processed time), `positions` (qty, average entry price, last
-path price), `orders` (Alpaca-shaped, client_order_id unique for good, cash reserved by open buys), `fills`, and
-`equity_marks` (equity at each session close, the source of `last_equity`).
+Tables: `account` (one row: account id, cash, starting cash, last processed time), `positions` (qty, average
+entry price, last path price), `orders` (Alpaca-shaped, client_order_id unique for good, cash reserved by open buys),
+`fills`, and `equity_marks` (equity at each session close, the source of `last_equity`).
+
+The account id is a random id created with the file (a file from before ids gets one when first opened). A journal
+remembers the id of the account it traded with, so a deleted or replaced file, which would otherwise be a fresh
+$100,000 account without the journal's positions, is refused rather than reconciled away (see runtime.py).
 
 OCC option symbols trade like stocks here, priced by option_market (Black-Scholes from the underlying's bars);
 their cash, market value and P&L are premium x contracts x 100 (options.multiplier).
@@ -24,6 +28,7 @@ import functools
 import logging
 import math
 import sqlite3
+import uuid
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import replace
@@ -47,7 +52,7 @@ from sim_fills import Resting, cost_rate, immediate_fill, trailing_stop_price, w
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: account.account_id
 WORKING = ("new", "accepted")  # the open statuses this broker uses
 ORDER_TYPES = (MARKET, LIMIT, STOP, TRAILING_STOP)
 TIME_IN_FORCE = ("day", "gtc")
@@ -59,7 +64,8 @@ SCHEMA = (
         id INTEGER PRIMARY KEY CHECK (id = 1),
         cash REAL NOT NULL,
         starting_cash REAL NOT NULL,
-        last_processed TEXT)""",
+        last_processed TEXT,
+        account_id TEXT)""",
     """CREATE TABLE IF NOT EXISTS positions (
         symbol TEXT PRIMARY KEY,
         qty INTEGER NOT NULL CHECK (qty > 0),
@@ -152,6 +158,7 @@ class SimBroker:
         self.clock = clock
         self.cap_of = cap_of or (lambda symbol: "small")
         self._orders_built: dict[tuple, Order] = {}
+        self._account_id = ""
         self._db = self._open(starting_cash)
 
     # ----- file and transactions
@@ -177,8 +184,12 @@ class SimBroker:
             raise JournalError(f"sim broker file {self.path} is from a newer version (schema {version})")
         for statement in SCHEMA:
             db.execute(statement)
+        if "account_id" not in {row["name"] for row in db.execute("PRAGMA table_info(account)")}:
+            db.execute("ALTER TABLE account ADD COLUMN account_id TEXT")  # a schema 1 file
         db.execute("INSERT OR IGNORE INTO account (id, cash, starting_cash) VALUES (1, ?, ?)",
                    (float(starting_cash), float(starting_cash)))
+        db.execute("UPDATE account SET account_id = ? WHERE account_id IS NULL", (str(uuid.uuid4()),))
+        self._account_id = db.execute("SELECT account_id FROM account").fetchone()[0]
         db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
     def _file_error(self, exc: sqlite3.DatabaseError) -> JournalError | JournalBusy:
@@ -220,7 +231,11 @@ class SimBroker:
             equity = cash + self._market_value(db)
             return Account(equity=round(equity, 2), cash=round(cash, 2),
                            buying_power=round(max(0.0, self._buying_power(db)), 2),
-                           last_equity=round(self._last_equity(db, now, starting), 2))
+                           last_equity=round(self._last_equity(db, now, starting), 2), id=self._account_id)
+
+    def account_id(self) -> str:
+        """The file's account id; read when the file is opened, so asking never moves simulated time."""
+        return self._account_id
 
     def positions(self) -> list[Position]:
         with self._transaction() as db:

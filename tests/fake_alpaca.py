@@ -23,6 +23,9 @@ is replaced, which models "accepted, but the gateway answered 504".
     fake.stall(path, times=1, *, method=None, seconds=2.0, accept=False)
         holds the connection for `seconds` (longer than the client timeout); without accept the request never
         reaches the state and the late answer is a 504; with accept it is applied at once and answered late.
+    fake.malformed(path, body, times=1, *, method=None, accept=False)
+        200 whose body is `body` instead of the real answer (a dict or list as JSON, None for an empty body): an
+        answer that does not have the documented shape.
 
 Trading state (guarded by fake.lock; the attributes may be edited by tests):
     fake.account        dict served at /v2/account (default fixtures/account.json; use_account_fixture(name))
@@ -30,6 +33,8 @@ Trading state (guarded by fake.lock; the attributes may be edited by tests):
                         client_order_id answers 422 {"code":40010001,"message":"client_order_id must be unique"}
     fake.set_price(symbol, price)          current price used for fills and trailing-stop hwm (default: the
                                            deterministic bar path of `fake.today` at `fake.fraction`)
+    fake.trade_at(symbol, price)           set_price, and the symbol's open sell trailing stops follow as Alpaca's
+                                           do: hwm rises to a new high and stop_price is recomputed from it
     fake.set_position(symbol, qty, avg_entry_price)
     fake.load_fixture_positions(name="positions.json")   also serve fixture positions verbatim (not stateful)
     fake.fill(order_id, price=None, qty=None) -> order   fill (part of) an order; updates positions and cash
@@ -105,7 +110,7 @@ class Recorded:
 
 @dataclass
 class _Fault:
-    kind: str  # rate_limit | gateway_timeout | server_error | stall
+    kind: str  # rate_limit | gateway_timeout | server_error | stall | malformed
     method: str | None
     path: str | None
     remaining: int
@@ -113,6 +118,7 @@ class _Fault:
     reset_at: float | None | bool = None
     retry_after: float | None = None
     seconds: float = 2.0
+    body: Any = None
 
     def matches(self, method: str, path: str) -> bool:
         return (self.remaining > 0 and (self.method is None or self.method == method)
@@ -196,6 +202,10 @@ class FakeAlpaca(LocalServer):
               accept: bool = False) -> None:
         self._arm(_Fault("stall", method, path, times, accept=accept, seconds=seconds))
 
+    def malformed(self, path: str | None, body: Any, times: int = 1, *, method: str | None = None,
+                  accept: bool = False) -> None:
+        self._arm(_Fault("malformed", method, path, times, accept=accept, body=body))
+
     def _arm(self, fault: _Fault) -> None:
         with self.lock:
             self._faults.append(fault)
@@ -221,6 +231,8 @@ class FakeAlpaca(LocalServer):
             return 429, {"code": 42910000, "message": "rate limit exceeded"}, headers
         if fault.kind == "server_error":
             return 500, None, {}
+        if fault.kind == "malformed":
+            return 200, fault.body, {}
         return 504, HTML_504, {}  # gateway_timeout, and a stall's late answer
 
     # -- trading state -------------------------------------------------------------------------------------
@@ -243,6 +255,16 @@ class FakeAlpaca(LocalServer):
     def set_price(self, symbol: str, price: float) -> None:
         with self.lock:
             self.prices[symbol] = float(price)
+
+    def trade_at(self, symbol: str, price: float) -> None:
+        with self.lock:
+            self.set_price(symbol, price)
+            for order in self.orders.values():
+                if (order["symbol"] == symbol and order["type"] == "trailing_stop" and order["side"] == "sell"
+                        and order["status"] in OPEN_STATUSES and price > float(order["hwm"])):
+                    order["hwm"] = _num(price)
+                    order["stop_price"] = _num(_trailing_stop_price(order, price))
+                    order["updated_at"] = _iso(self.clock())
 
     def add_assets(self, symbols: list[str], **fields: Any) -> None:
         with self.lock:
@@ -531,13 +553,18 @@ def _new_order(fake: FakeAlpaca, body: dict, client_order_id: str) -> dict:
     if kind == "trailing_stop":
         hwm = fake.price(body["symbol"])
         if body.get("trail_percent") is not None:
-            pct = float(body["trail_percent"])
-            order.update(trail_percent=_num(pct), stop_price=_num(round(hwm * (1 - pct / 100), 2)))
+            order["trail_percent"] = _num(float(body["trail_percent"]))
         else:
-            offset = float(body["trail_price"])
-            order.update(trail_price=_num(offset), stop_price=_num(round(hwm - offset, 2)))
-        order["hwm"] = _num(hwm)
+            order["trail_price"] = _num(float(body["trail_price"]))
+        order.update(hwm=_num(hwm), stop_price=_num(_trailing_stop_price(order, hwm)))
     return order
+
+
+def _trailing_stop_price(order: dict, hwm: float) -> float:
+    """A sell trailing stop's stop price under the high-water mark `hwm`, by trail_percent or trail_price."""
+    if order.get("trail_percent") is not None:
+        return round(hwm * (1 - float(order["trail_percent"]) / 100), 2)
+    return round(hwm - float(order["trail_price"]), 2)
 
 
 def _select_orders(fake: FakeAlpaca, query: dict) -> list[dict]:

@@ -15,7 +15,7 @@ from alpaca_broker import AlpacaBroker
 from alpaca_market import AlpacaMarket
 from errors import (BrokerUnavailable, ConfigError, DataError, DataUnavailable, DuplicateClientOrderId,
                     InsufficientQty, OrderNotFound, OrderRejected)
-from fake_alpaca import FakeAlpaca
+from fake_alpaca import FakeAlpaca, fixture
 from models import OrderRequest
 from ratelimit import RequestBudget
 
@@ -492,3 +492,66 @@ def test_malformed_bodies_are_unavailable_not_tracebacks(fake_alpaca, broker, fa
     del fake_alpaca.account["equity"]
     with pytest.raises(BrokerUnavailable, match="malformed response"):
         broker.account()
+
+
+# -- a 200 that is not the order ---------------------------------------------------------------------------------
+
+NOT_AN_ORDER = [
+    pytest.param({}, id="empty-object"),
+    pytest.param([], id="list"),
+    pytest.param(None, id="empty-body"),
+    pytest.param({"id": "61e69015-8549-4bfd-b9c3-01e75843f47d", "status": "accepted"}, id="missing-fields"),
+    pytest.param(fixture("order.json"), id="another-order"),
+]
+
+
+@pytest.mark.parametrize("body", NOT_AN_ORDER)
+def test_a_200_that_is_not_the_order_looks_it_up_by_client_order_id(fake_alpaca, broker, body):
+    fake_alpaca.malformed("/v2/orders", body, method="POST", accept=True)
+    order = broker.submit(market_buy())
+    assert (order.client_order_id, order.symbol, order.side, order.qty, order.status) == (
+        "mom-AAPL-20240614-1", "AAPL", "buy", 10, "accepted")
+    assert order.id in fake_alpaca.orders and len(fake_alpaca.orders) == 1
+    assert [(r.method, r.path) for r in fake_alpaca.requests] == [
+        ("POST", "/v2/orders"), ("GET", "/v2/orders:by_client_order_id")]
+    assert fake_alpaca.requests[-1].query == {"client_order_id": "mom-AAPL-20240614-1"}
+
+
+@pytest.mark.parametrize("body", NOT_AN_ORDER)
+def test_a_200_that_is_not_the_order_with_no_order_found_is_unavailable_and_not_resent(fake_alpaca, broker, body):
+    fake_alpaca.malformed("/v2/orders", body, method="POST")
+    with pytest.raises(BrokerUnavailable, match="HTTP 200") as unavailable:
+        broker.submit(market_buy())
+    assert one_line(str(unavailable.value)) and "not resent" in str(unavailable.value)
+    assert fake_alpaca.count("POST", "/v2/orders") == 1 and fake_alpaca.orders == {}
+    assert fake_alpaca.count("GET", "/v2/orders:by_client_order_id") == 1
+
+
+def test_a_200_that_is_not_the_order_and_a_failed_lookup_is_unavailable(fake_alpaca, broker):
+    fake_alpaca.malformed("/v2/orders", {}, method="POST", accept=True)
+    fake_alpaca.gateway_timeout("/v2/orders:by_client_order_id", times=3)
+    with pytest.raises(BrokerUnavailable, match="the lookup by client_order_id failed too") as unavailable:
+        broker.submit(market_buy())
+    assert one_line(str(unavailable.value))
+    assert fake_alpaca.count("POST", "/v2/orders") == 1
+
+
+def test_the_account_id_is_alpacas_and_asked_once(fake_alpaca, broker):
+    assert broker.account().id == "00000000-0000-4000-8000-000000000001"
+    fake_alpaca.clear_log()
+    assert broker.account_id() == broker.account_id() == "00000000-0000-4000-8000-000000000001"
+    assert fake_alpaca.count("GET", "/v2/account") == 1
+    del fake_alpaca.account["id"]
+    with pytest.raises(BrokerUnavailable, match="no account id"):
+        AlpacaBroker("k", "s", url_override=fake_alpaca.url).account_id()
+
+
+def test_a_trailing_stop_reports_its_stop_as_the_market_rises(fake_alpaca, broker):
+    fake_alpaca.set_price("AAPL", 106.73)
+    fake_alpaca.set_position("AAPL", 10, 100.0)
+    stop = broker.submit(OrderRequest("c-trail", "AAPL", "sell", "trailing_stop", 10, "gtc", trail_percent=5.0))
+    assert (stop.hwm, stop.stop_price) == (106.73, 101.39)
+    fake_alpaca.trade_at("AAPL", 116.19)
+    fake_alpaca.trade_at("AAPL", 112.0)  # a lower price leaves the high-water mark where it was
+    (now,) = broker.orders("open", ["AAPL"])
+    assert (now.id, now.hwm, now.stop_price) == (stop.id, 116.19, 110.38)

@@ -9,8 +9,11 @@ import pytest
 from click.testing import CliRunner
 
 import bot
+from config import load_config
 from fake_chat_servers import DEFAULT_DATE, closed_port_url
 from main import cli
+from models import OrderRequest
+from runtime import Runtime
 
 OWNER, PARTNER, STRANGER = 111, 222, 999
 ASOF = "2016-11-09T10:30"
@@ -240,6 +243,25 @@ def test_positions_and_errors(env, fake_telegram):
     fake_telegram.add_message(OWNER, "/error")
     poll()
     assert fake_telegram.sent_texts(OWNER) == ["no open positions", "no errors recorded"]
+
+
+def test_positions_show_the_stop_the_broker_holds_now(env, fake_telegram, fake_alpaca, monkeypatch):
+    for name, value in {"BROKER": "alpaca", "ALPACA_API_KEY": "PKBOTSTOPS12345", "ALPACA_SECRET_KEY": "botsecret12345",
+                        "ALPACA_TRADING_URL": fake_alpaca.url}.items():
+        monkeypatch.setenv(name, value)
+    fake_alpaca.set_price("AAPL", 106.73)
+    fake_alpaca.set_position("AAPL", 10, 100.0)
+    rt = Runtime(load_config({"MOMENTUM_ASOF": ASOF}))
+    stop = rt.broker.submit(OrderRequest("s-AAPL-1", "AAPL", "sell", "trailing_stop", 10, "gtc", trail_percent=5.0))
+    rt.journal.insert_row("trades", {"symbol": "AAPL", "qty": 10, "status": "open", "entry_price": 100.0,
+                                     "trailing_stop_price": stop.stop_price, "stop_order_id": stop.id})
+    rt.close()
+    assert stop.stop_price == 101.39
+    fake_alpaca.trade_at("AAPL", 116.19)  # the broker's trailing stop follows the new high; the journal's does not
+    fake_telegram.add_message(OWNER, "/positions")
+    poll()
+    (answer,) = fake_telegram.sent_texts(OWNER)
+    assert answer == "AAPL x10 @ 100.00 -> 116.19  P&L $161.90 (+16.19%)  stop $110.38  [open]"
 
 
 def test_reports_answer_plainly_when_the_reports_module_is_missing(env, fake_telegram, monkeypatch):

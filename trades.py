@@ -100,7 +100,16 @@ def apply_order_fills(rt, report) -> None:
         "AND o.status IN ('canceled', 'expired', 'rejected', 'not_sent')) ORDER BY o.filled_at, o.created_at")
     for order in rows:
         with journal.atomic():
+            # Claim the fill first: the conditional write takes the journal's write lock, so a command running
+            # the same step at the same moment finds the fill already taken and applies nothing.
+            claimed = journal.db.execute("UPDATE orders SET applied_qty = filled_qty WHERE client_order_id = ? "
+                                         "AND applied_qty = ? AND filled_qty = ?",
+                                         [order["client_order_id"], order["applied_qty"], order["filled_qty"]])
+            if claimed.rowcount != 1:
+                continue
             trade = journal.one("SELECT * FROM trades WHERE id = ?", [order["trade_id"]])
+            if trade["status"] != "pending" and order["filled_qty"] == order["applied_qty"]:
+                continue  # an unfilled entry another command has already cancelled
             qty = order["filled_qty"] - order["applied_qty"]
             if qty <= 0:
                 _cancel_unfilled_entry(rt, trade, order)
@@ -113,8 +122,6 @@ def apply_order_fills(rt, report) -> None:
                 if order["purpose"] == "stop":
                     record_stop_exit(journal, trade, order, qty)
                 _apply_sell(rt, trade, order, qty, report)
-            journal.update_row("orders", "client_order_id", order["client_order_id"],
-                               {"applied_qty": order["filled_qty"]})
             _finish_exit(journal, order)
 
 

@@ -317,3 +317,17 @@ def test_protect_all_keeps_a_good_stop_that_an_empty_open_orders_answer_left_out
     assert fake_alpaca.count("POST", "/v2/orders") == posts
     assert fake_alpaca.count("DELETE") == 0
     assert rt.journal.one("SELECT status FROM trades WHERE id = ?", [trade["id"]])["status"] == "open"
+
+
+# --- 9. the stop the journal shows is the broker's -----------------------------------------------------------------
+
+def test_reconcile_keeps_the_trades_trailing_stop_at_the_level_the_broker_has_now(rt, fake_alpaca):
+    import reconciler
+
+    trade = executor.open_position(rt, symbol=SYMBOL, cap="large", qty=10, session="2024-06-14", scan_type="open",
+                                   trade_fields={"strategy": "momentum"}, fill_timeout=5)
+    before = rt.journal.one("SELECT trailing_stop_price FROM trades WHERE id = ?", [trade["id"]])["trailing_stop_price"]
+    fake_alpaca.trade_at(SYMBOL, 220.0)  # the trailing stop rises with the price: 5% under 220
+    reconciler.reconcile(rt)
+    after = rt.journal.one("SELECT trailing_stop_price FROM trades WHERE id = ?", [trade["id"]])["trailing_stop_price"]
+    assert before == pytest.approx(180.5) and after == pytest.approx(209.0)

@@ -31,13 +31,13 @@ class DataError(MomentumError):
 
 
 class JournalError(MomentumError):
-    """The journal file cannot be used (corrupt, from a newer schema)."""
+    """The journal file cannot be used (damaged, read-only, from a newer schema)."""
 
     exit_code = EXIT_BAD_INPUT
 
 
 class JournalBusy(MomentumError):
-    """The journal stayed locked by another process for longer than the busy timeout."""
+    """The journal (or its migration lock) stayed locked by another process until the busy timeout ran out."""
 
     exit_code = EXIT_UNREACHABLE
 

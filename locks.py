@@ -127,3 +127,15 @@ def scan_lock(journal_path: Path) -> Iterator[Path]:
             os.ftruncate(fd, 0)
             os.pwrite(fd, pid, 0)
         yield path
+
+
+@contextlib.contextmanager
+def exclusive_within(path: Path, wait: float, poll: float = 0.05) -> Iterator[int | None]:
+    """Like `exclusive`, but waits up to `wait` seconds for the holder to let go; None if it still holds the lock."""
+    deadline = time.monotonic() + wait
+    while True:
+        with exclusive(path) as fd:
+            if fd is not None or time.monotonic() >= deadline:
+                yield fd
+                return
+        time.sleep(poll)

@@ -5,6 +5,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
@@ -17,28 +18,52 @@ GLOBAL_OPTIONS = {"db": "MOMENTUM_DB", "data": "DATA_SOURCE", "market": "MARKET_
 
 
 class AgentGroup(click.Group):
-    """Maps the product's errors to one line on stderr and the documented exit code."""
+    """Maps the product's errors to one line on stderr and the documented exit code.
+
+    A SQLite failure of the journal met anywhere in a command (locked by another command past the busy timeout,
+    damaged, read-only) is mapped here, in one place, to the journal's own errors (db.journal_fault)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except MomentumError as err:
-            message = redact(str(err))
-            stream_err = err.exit_code != 0
-            click.echo(message if not stream_err else f"error: {message}", err=stream_err)
-            _finish_run(ctx, "skipped" if err.exit_code in (0, 75) else "failed", err.exit_code, message)
-            sys.exit(err.exit_code)
+            _fail(ctx, err)
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
             click.echo("error: interrupted", err=True)
             sys.exit(130)
         except Exception as err:  # the last line of defence: log the traceback, show one line
+            fault = _journal_fault(ctx, err)
+            if fault is not None:
+                log.error("journal failure: %s", fault, exc_info=err)
+                # Not recorded in the journal: it is locked (recording would wait another busy timeout), damaged or
+                # read-only; closing the connection rolls back whatever the command had not committed.
+                _fail(ctx, fault, record=False)
             log.exception("unexpected failure")
             message = redact(f"{type(err).__name__}: {err}")
             click.echo(f"error: unexpected failure ({message}); details in the log", err=True)
             _finish_run(ctx, "failed", EXIT_FAILURE, message)
             sys.exit(EXIT_FAILURE)
+
+
+def _fail(ctx: click.Context, err: MomentumError, *, record: bool = True) -> NoReturn:
+    message = redact(str(err))
+    stream_err = err.exit_code != 0
+    click.echo(message if not stream_err else f"error: {message}", err=stream_err)
+    if record:
+        _finish_run(ctx, "skipped" if err.exit_code in (0, 75) else "failed", err.exit_code, message)
+    sys.exit(err.exit_code)
+
+
+def _journal_fault(ctx: click.Context, err: Exception) -> MomentumError | None:
+    """The journal error `err` amounts to (a sqlite3 error of the journal), or None."""
+    rt = ctx.obj
+    if rt is None:
+        return None
+    from db import journal_fault
+
+    return journal_fault(err, rt.config.momentum_db)
 
 
 def _finish_run(ctx: click.Context, status: str, code: int, detail: str | None = None) -> None:

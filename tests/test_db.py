@@ -5,6 +5,7 @@ import time
 import pytest
 
 import db as journal_db
+from locks import exclusive
 from clock import Clock, parse_asof
 from config import load_config
 from errors import ConfigError, JournalBusy, JournalError
@@ -91,7 +92,10 @@ def test_locked_journal_times_out_with_exit_3(tmp_path):
         started = time.monotonic()
         with pytest.raises(JournalBusy) as err:
             journal_db.open_journal(path, CLOCK, busy_timeout=0.3)
-        assert err.value.exit_code == 3 and time.monotonic() - started < 10
+        elapsed = time.monotonic() - started
+        assert err.value.exit_code == 3 and elapsed < 10
+        waited = float(str(err.value).split("gave up after ")[1].split(" s")[0])  # the time it really waited
+        assert 0.3 <= waited <= elapsed + 0.05
     finally:
         holder.rollback()
         holder.close()
@@ -140,3 +144,65 @@ def test_concurrent_writers_wait_instead_of_failing(tmp_path):
     assert failures == []
     j = journal_db.open_journal(path, CLOCK)
     assert j.one("SELECT COUNT(*) AS n FROM events")["n"] == 80
+
+
+def test_pending_migrations_are_applied_all_or_none(tmp_path, monkeypatch):
+    path = tmp_path / "trades.db"
+    monkeypatch.setattr(journal_db, "MIGRATIONS", MIGRATIONS[:-1])
+    journal_db.open_journal(path, CLOCK).db.conn.close()
+    broken = MIGRATIONS + [("0099_broken", "SELECT * FROM nowhere;")]
+    monkeypatch.setattr(journal_db, "MIGRATIONS", broken)
+    with pytest.raises(JournalError, match="no such table: nowhere"):
+        journal_db.open_journal(path, CLOCK)
+    with sqlite3.connect(path) as conn:
+        applied = [name for (name,) in conn.execute("SELECT name FROM _sqlite_migrations ORDER BY id")]
+    assert applied == [name for name, _ in MIGRATIONS[:-1]]
+
+
+def test_an_up_to_date_journal_opens_while_another_command_holds_the_migration_lock(tmp_path):
+    path = tmp_path / "trades.db"
+    journal_db.open_journal(path, CLOCK).db.conn.close()
+    with exclusive(tmp_path / "trades.db.migrate.lock") as fd:
+        assert fd is not None
+        started = time.monotonic()
+        journal_db.open_journal(path, CLOCK, busy_timeout=2).db.conn.close()
+        assert time.monotonic() - started < 1
+
+
+def _sqlite_error(message: str, name: str | None) -> sqlite3.DatabaseError:
+    err = (sqlite3.OperationalError if "locked" in message or "write" in message or "open" in message
+           else sqlite3.DatabaseError)(message)
+    if name:
+        err.sqlite_errorname = name
+    return err
+
+
+@pytest.mark.parametrize("message, name, exit_code, says", [
+    ("database is locked", "SQLITE_BUSY", 3, "is locked by another command; try again"),
+    ("database is locked", "SQLITE_BUSY_SNAPSHOT", 3, "is locked by another command; try again"),
+    ("database is locked", None, 3, "is locked by another command; try again"),
+    ("database disk image is malformed", "SQLITE_CORRUPT", 2, "is damaged (database disk image is malformed); "
+                                                              "restore it from the newest copy in /j/backups"),
+    ("file is not a database", None, 2, "is damaged (file is not a database); restore it"),
+    ("attempt to write a readonly database", "SQLITE_READONLY", 2, "is read-only"),
+    ("unable to open database file", "SQLITE_CANTOPEN", 2, "cannot be opened (unable to open database file)"),
+])
+def test_journal_fault_maps_sqlite_failures_of_the_file(message, name, exit_code, says):
+    fault = journal_db.journal_fault(_sqlite_error(message, name), "/j/trades.db")
+    assert fault.exit_code == exit_code and str(fault).startswith("journal /j/trades.db ") and says in str(fault)
+    assert "\n" not in str(fault)
+
+
+def test_journal_fault_follows_an_explicit_cause_and_ignores_the_rest():
+    try:
+        try:
+            raise _sqlite_error("database is locked", "SQLITE_BUSY")
+        except sqlite3.OperationalError as err:
+            raise RuntimeError("saving the scan failed") from err
+    except RuntimeError as wrapped:
+        assert journal_db.journal_fault(wrapped, "/j/trades.db").exit_code == 3
+    assert journal_db.journal_fault(sqlite3.IntegrityError("UNIQUE constraint failed: x.y"), "/j/trades.db") is None
+    assert journal_db.journal_fault(_sqlite_error("no such table: x", "SQLITE_ERROR"), "/j/trades.db") is None
+    assert journal_db.journal_fault(ValueError("database is locked"), "/j/trades.db") is None
+    assert "gave up after 1.5 s" in str(journal_db.journal_fault(_sqlite_error("database is locked", None),
+                                                                 "/j/trades.db", waited=1.5))

@@ -15,7 +15,6 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-import numpy as np
 
 import agent
 import exit_plan
@@ -23,11 +22,11 @@ import exits
 import options_monitor
 import quotes
 import reconciler
+from reconciler import LIVE_ORDERS
 import reversal
 import scanner
 from errors import InsufficientQty, MomentumError, OrderNotFound, OrderRejected, Unavailable
-from executor import (cancel_and_confirm, next_order_id, record_intent, refresh, settle_fills, submit,
-                      working_stops)
+from executor import cancel_and_confirm, next_order_id, record_intent, refresh, settle_fills, submit
 from history_cache import prepared
 from models import LIMIT, MARKET, SELL, OrderRequest
 
@@ -45,13 +44,14 @@ class MonitorReport:
     alerts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # positions left for the next run, and why
     circuit_breaker: bool = False
-    unreachable: Unavailable | None = None  # the first broker or data outage met, raised once all were tried
+    failure: Exception | None = None  # the first outage or program error met, raised once every position was tried
 
 
 def run_monitor(rt, *, dry_run: bool, force: bool) -> MonitorReport:
     """One monitor run. A position whose exit the broker refuses, or that another command is acting on, is
     recorded and left for the next run; it never stops the evaluation of the others. A broker that stops answering
-    midway still ends the run with exit 3, after every position was tried."""
+    midway still ends the run with exit 3, after every position was tried. Exits with a plan are walked here, run by
+    run; a one-shot exit its command could not finish is settled (settle_one_shot_exits)."""
     from executor import protect_all
     from ops import require_market_open
 
@@ -64,7 +64,9 @@ def run_monitor(rt, *, dry_run: bool, force: bool) -> MonitorReport:
     flags = portfolio_flags(rt, report)
     options_monitor.evaluate_option_positions(rt, flags, report, dry_run)  # also lets the market price OCC symbols
     if not dry_run:
-        for row in rt.journal.query("SELECT * FROM exits WHERE state NOT IN ('filled', 'given_up') ORDER BY id"):
+        settle_one_shot_exits(rt)
+        for row in rt.journal.query("SELECT * FROM exits WHERE state NOT IN ('filled', 'given_up') "
+                                    "AND plan IS NOT NULL ORDER BY id"):
             state = _isolated(rt, report, row["symbol"], lambda row=row: advance_exit(rt, row))
             report.exits_finished.append((row["symbol"], state or "left for the next run"))
     evaluate_positions(rt, flags, report, dry_run)
@@ -72,21 +74,44 @@ def run_monitor(rt, *, dry_run: bool, force: bool) -> MonitorReport:
         settle_fills(rt)
         record_poor_signals(rt)
         protect_all(rt)
-    if report.unreachable is not None:
-        raise report.unreachable
+    if report.failure is not None:
+        raise report.failure
     return report
 
 
+def settle_one_shot_exits(rt) -> list[int]:
+    """Exits sent whole by `close`, a scan's close or a flatten (no plan: they are not walked run by run) end here
+    when their command could not finish them: given up once the trade is no longer held, or once none of their
+    sells is working and they did not fill. A fill is recorded by the trade book as it is applied."""
+    journal = rt.journal
+    ended = []
+    for row in journal.query("SELECT e.id, e.trade_id, t.status FROM exits e JOIN trades t ON t.id = e.trade_id "
+                             "WHERE e.plan IS NULL AND e.state NOT IN ('filled', 'given_up')"):
+        working = journal.one(f"SELECT 1 FROM exit_attempts a JOIN orders o ON o.client_order_id = a.client_order_id "
+                              f"WHERE a.exit_id = ? AND o.{LIVE_ORDERS}", [row["id"]])
+        if row["status"] in ("open", "unprotected", "external") and working is not None:
+            continue
+        journal.update_row("exits", "id", row["id"], {"state": "given_up", "updated_at": journal.now()})
+        ended.append(row["id"])
+    return ended
+
+
 def _isolated(rt, report: MonitorReport, symbol: str, step):
-    """Run one position's step; a product error is recorded against that position and the run goes on."""
+    """Run one position's step; an error is recorded against that position and the run goes on with the others.
+    A broker outage, or an error of the program itself, still ends the run with its exit code once all were tried."""
+    level = "error"
     try:
         return step()
     except Unavailable as err:
-        report.unreachable = report.unreachable or err
+        report.failure = report.failure or err
         message = f"{symbol}: broker or data unreachable ({err}); the next run tries again"
     except MomentumError as err:
         message = f"{symbol}: {err}; the next run tries again"
-    rt.journal.event("error", "alert", message, source="monitor", detail={"symbol": symbol})
+    except Exception as err:  # noqa: BLE001 - one position's fault must not cost the others their exits
+        log.exception("monitor: %s failed", symbol)
+        report.failure = report.failure or err
+        level, message = "critical", f"{symbol}: unexpected failure ({type(err).__name__}: {err}); details in the log"
+    rt.journal.event(level, "alert", message, source="monitor", detail={"symbol": symbol})
     report.errors.append(message)
     return None
 

@@ -331,3 +331,37 @@ def test_reconcile_keeps_the_trades_trailing_stop_at_the_level_the_broker_has_no
     reconciler.reconcile(rt)
     after = rt.journal.one("SELECT trailing_stop_price FROM trades WHERE id = ?", [trade["id"]])["trailing_stop_price"]
     assert before == pytest.approx(180.5) and after == pytest.approx(209.0)
+
+
+# --- a close whose sell is still working when the monitor runs -----------------------------------------------------
+
+def test_a_close_still_working_is_left_to_fill_and_never_stops_the_monitor(env):
+    buy("HOLD")
+    result = run("--asof", f"{day(1)}T17:00", "close", "HOLD", "--force")  # after the bell: the sell waits
+    assert result.exit_code == 0, result.output
+    assert "sent; not filled yet" in result.output
+    for moment in (f"{day(1)}T17:05", f"{day(2)}T09:45"):
+        result = run("--asof", moment, "monitor", "--force")
+        assert result.exit_code == 0, result.output
+    exit_row = rows(env, "SELECT reason, state, plan FROM exits")[0]
+    assert (exit_row["reason"], exit_row["state"], exit_row["plan"]) == ("manual", "filled", None)
+    assert rows(env, "SELECT status, exit_reason FROM trades")[0] == {"status": "closed", "exit_reason": "manual"}
+
+
+def test_a_close_killed_before_its_sell_went_out_is_given_up_not_left_open(env):
+    trade = buy("HOLD")
+    rt = Runtime(load_config({"MOMENTUM_ASOF": f"{day(1)}T11:00"}))
+    exit_id = executor._record_exit(rt.journal, trade, "manual", "HIGH", trade["qty"])
+    with rt.journal.atomic():  # the sell's intent and attempt were written; the command died before the broker call
+        executor.record_intent(rt.journal, OrderRequest("ma-x-1-1", "HOLD", "sell", "market", trade["qty"]), "exit",
+                               trade["id"])
+        rt.journal.insert_row("exit_attempts", {"exit_id": exit_id, "attempt": 1, "order_type": "market",
+                                                "qty": trade["qty"], "status": "submitted",
+                                                "client_order_id": "ma-x-1-1", "created_at": rt.journal.now()})
+    rt.close()
+    result = run("--asof", f"{day(1)}T11:05", "monitor")
+    assert result.exit_code == 0, result.output
+    assert rows(env, "SELECT state FROM exits")[0]["state"] == "given_up"
+    assert rows(env, "SELECT status FROM orders WHERE client_order_id = 'ma-x-1-1'")[0]["status"] == "not_sent"
+    assert rows(env, "SELECT status FROM trades")[0]["status"] == "open"
+    assert len(working_stops(env, "HOLD")) == 1

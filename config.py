@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from errors import ConfigError
+from common.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent  # where the code is: a checkout, or site-packages once installed
 # the universe that ships with the product: in a checkout, and where an installed distribution puts it

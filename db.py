@@ -1,8 +1,8 @@
 """The journal: one SQLite file shared by every short-lived command.
 
 Opening it checks the file's health (PRAGMA quick_check), applies pending numbered migrations (in one transaction,
-after a backup copy of the file), makes sure the SQL views match schema.py, and switches on WAL and a busy timeout so
-commands running side by side wait for each other instead of failing. Commands starting together on a new or
+after a backup copy of the file), makes sure the SQL views match journal/schema.py, and switches on WAL and a busy
+timeout so commands running side by side wait for each other instead of failing. Commands starting together on a new or
 upgraded journal take turns on a lock file beside it (`<journal>.migrate.lock`), so the schema is changed exactly
 once. A file that is not a journal, is damaged, is read-only, stays locked, or was written by a newer version of the
 program ends the command with a clear one-line error (JournalError exit 2, JournalBusy exit 3); `journal_fault`
@@ -23,11 +23,11 @@ from typing import Any, Iterator
 import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
-from clock import Clock, iso_utc
+from common.clock import Clock, iso_utc
+from common.errors import JournalBusy, JournalError, MomentumError
+from common.locks import exclusive_within
 from config import RUNTIME_SETTINGS, Config, parse_runtime_setting
-from errors import JournalBusy, JournalError, MomentumError
-from locks import exclusive_within
-from schema import MIGRATIONS, VIEWS
+from journal.schema import HELD, MIGRATIONS, VIEWS
 
 log = logging.getLogger(__name__)
 SQLITE_HEADER = b"SQLite format 3\x00"
@@ -89,7 +89,7 @@ def _backup(conn: sqlite3.Connection, path: Path, clock: Clock, before: str) -> 
 
 
 def _stale_views(db: sqlite_utils.Database) -> dict[str, str]:
-    """CREATE VIEW statements of the views whose SQL differs from schema.py (a read, nothing changed)."""
+    """CREATE VIEW statements of the views whose SQL differs from journal/schema.py (a read, nothing changed)."""
     existing = {row["name"]: row["sql"] for row in db.query("SELECT name, sql FROM sqlite_master WHERE type='view'")}
     wanted = {name: f"CREATE VIEW {name} AS {body.strip()}" for name, body in VIEWS.items()}
     return {name: sql for name, sql in wanted.items() if existing.get(name) != sql}
@@ -255,6 +255,12 @@ class Journal:
     def one(self, sql: str, params: Any = None) -> dict | None:
         rows = self.query(sql, params)
         return rows[0] if rows else None
+
+    def held_trades(self, columns: str = "*", where: str = "", params: Any = None) -> list[dict]:
+        """The held trades (schema.HELD_STATUSES: the position is, or should be, at the broker), oldest first;
+        `where` narrows them with one more SQL condition."""
+        return self.query(f"SELECT {columns} FROM trades WHERE {HELD}{f' AND ({where})' if where else ''} ORDER BY id",
+                          params)
 
     # --- plain row writes on the hot paths ------------------------------------------------------------------
     # sqlite_utils' Table.insert / update read the schema (table list, columns, primary keys) on every call, which

@@ -14,17 +14,21 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from errors import BrokerUnavailable, InsufficientQty, MomentumError, OrderNotFound, OrderRejected, PositionBusy
-from locks import position_locks
-from models import BUY, MARKET, SELL, TRAILING_STOP, Order, OrderRequest
+from common.errors import BrokerUnavailable, InsufficientQty, MomentumError, OrderNotFound, OrderRejected, PositionBusy
+from common.locks import position_locks
+from common.types import BUY, FINAL_OR_UNSENT, MARKET, SELL, TRAILING_STOP, Order, OrderRequest, sql_list
+from journal import exports, reconcile, trade_book
+from journal.schema import HELD, HELD_STATUSES
+
+if TYPE_CHECKING:  # annotations only: the runtime module wires every port
+    from flows.runtime import Runtime
 
 log = logging.getLogger(__name__)
 STOP_RETRIES = 3
 CLOSE_WAIT_S = 5.0
 POLL_S = 0.5
-FINAL = {"filled", "canceled", "expired", "rejected", "replaced", "not_sent"}
 LOCK_WAIT_S = 5.0  # how long a command waits for a position another command is acting on
 
 
@@ -50,7 +54,7 @@ class Waiter:
         return False
 
 
-def waiter_for(rt) -> Waiter:
+def waiter_for(rt: Runtime) -> Waiter:
     return getattr(rt, "waiter", None) or Waiter(simulated=rt.clock.simulated)
 
 
@@ -70,13 +74,13 @@ def next_order_id(journal, kind: str, trade_id: int) -> str:
 
 # --- position locks -----------------------------------------------------------------------------------------------
 
-def position_lock(rt, symbol: str, wait: float = LOCK_WAIT_S):
+def position_lock(rt: Runtime, symbol: str, wait: float = LOCK_WAIT_S):
     """Context manager yielding True while this command holds `symbol`'s position lock (see locks.PositionLocks);
     False when another command kept it for `wait` seconds."""
     return position_locks(rt.journal.path).hold(symbol, wait)
 
 
-def require_position(rt, symbol: str, wait: float = LOCK_WAIT_S):
+def require_position(rt: Runtime, symbol: str, wait: float = LOCK_WAIT_S):
     """position_lock that raises PositionBusy (exit 75) when the position stays busy."""
     import contextlib
 
@@ -116,7 +120,6 @@ def store_order(journal, order: Order) -> None:
 
 def _audit(journal, order: Order, event: str) -> None:
     """Every order state the broker reports, and every fill, also goes to logs/trades_YYYY-MM-DD.csv."""
-    import exports
 
     row = {"event": event, "client_order_id": order.client_order_id, "broker_order_id": order.id,
            "symbol": order.symbol, "side": order.side, "type": order.type, "qty": order.qty, "status": order.status,
@@ -132,7 +135,7 @@ def audit_dir(journal):
     return journal.log_dir
 
 
-def submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Order | None:
+def submit(rt: Runtime, request: OrderRequest, purpose: str, trade_id: int | None) -> Order | None:
     """Record, then send. Returns the broker's order, or None when the broker refused it (recorded as rejected).
 
     BrokerUnavailable propagates with the row left `pending_submit`: the next reconciliation resolves it. The
@@ -143,7 +146,7 @@ def submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Ord
         return _submit(rt, request, purpose, trade_id)
 
 
-def _submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Order | None:
+def _submit(rt: Runtime, request: OrderRequest, purpose: str, trade_id: int | None) -> Order | None:
     journal = rt.journal
     existing = journal.one("SELECT status FROM orders WHERE client_order_id = ?", [request.client_order_id])
     if existing is None:
@@ -166,21 +169,21 @@ def _submit(rt, request: OrderRequest, purpose: str, trade_id: int | None) -> Or
     return order
 
 
-def refresh(rt, client_order_id: str) -> Order | None:
+def refresh(rt: Runtime, client_order_id: str) -> Order | None:
     order = rt.broker.get_order_by_client_id(client_order_id)
     if order is not None:
         store_order(rt.journal, order)
     return order
 
 
-def wait_filled(rt, order: Order, timeout: float) -> Order:
+def wait_filled(rt: Runtime, order: Order, timeout: float) -> Order:
     latest = {"order": order}
 
     def done() -> bool:
-        if latest["order"].status in FINAL:
+        if latest["order"].status in FINAL_OR_UNSENT:
             return True
         latest["order"] = refresh(rt, order.client_order_id) or latest["order"]
-        return latest["order"].status in FINAL
+        return latest["order"].status in FINAL_OR_UNSENT
 
     waiter_for(rt).until(done, timeout)
     return latest["order"]
@@ -194,12 +197,12 @@ def _protects(order: Order) -> bool:
             and order.status != "pending_cancel")
 
 
-def working_stops(rt, symbol: str) -> list[Order]:
+def working_stops(rt: Runtime, symbol: str) -> list[Order]:
     """The symbol's protecting stops, newest first."""
     return [o for o in rt.broker.orders("open", [symbol]) if _protects(o)]
 
 
-def working_stops_by_symbol(rt, symbols: list[str]) -> dict[str, list[Order]]:
+def working_stops_by_symbol(rt: Runtime, symbols: list[str]) -> dict[str, list[Order]]:
     """working_stops of several symbols from one broker call."""
     found: dict[str, list[Order]] = {symbol: [] for symbol in symbols}
     for order in rt.broker.orders("open", list(found)) if found else []:
@@ -208,7 +211,7 @@ def working_stops_by_symbol(rt, symbols: list[str]) -> dict[str, list[Order]]:
     return found
 
 
-def cancel_and_confirm(rt, orders: list[Order], timeout: float = CLOSE_WAIT_S) -> bool:
+def cancel_and_confirm(rt: Runtime, orders: list[Order], timeout: float = CLOSE_WAIT_S) -> bool:
     """Request cancellation and poll until the broker reports every order final (cancellation is asynchronous)."""
     for order in orders:
         try:
@@ -222,14 +225,14 @@ def cancel_and_confirm(rt, orders: list[Order], timeout: float = CLOSE_WAIT_S) -
             current = rt.broker.get_order(order_id)
             if rt.journal.one("SELECT 1 FROM orders WHERE client_order_id = ?", [current.client_order_id]):
                 store_order(rt.journal, current)
-            if current.status in FINAL:
+            if current.status in FINAL_OR_UNSENT:
                 pending.discard(order_id)
         return not pending
 
     return waiter_for(rt).until(all_final, timeout)
 
 
-def place_stop(rt, trade: dict) -> Order | None:
+def place_stop(rt: Runtime, trade: dict) -> Order | None:
     """One GTC trailing stop for the whole position, after the symbol's existing stops are really canceled.
 
     Retried STOP_RETRIES times; when it still fails the trade is flagged unprotected with a critical alert, and
@@ -245,7 +248,7 @@ def place_stop(rt, trade: dict) -> Order | None:
             return _unprotected(rt, trade, str(err))
 
 
-def _place_stop(rt, trade: dict) -> Order | None:
+def _place_stop(rt: Runtime, trade: dict) -> Order | None:
     journal = rt.journal
     needed = stop_qty(journal, trade)
     existing = working_stops(rt, trade["symbol"])
@@ -263,7 +266,7 @@ def _place_stop(rt, trade: dict) -> Order | None:
         except (BrokerUnavailable, InsufficientQty) as err:
             last_error = str(err)
             continue
-        if order is not None and order.status not in FINAL:
+        if order is not None and order.status not in FINAL_OR_UNSENT:
             _record_stop(journal, trade, order)
             return order
         last_error = "stop order rejected"
@@ -276,7 +279,7 @@ def _record_stop(journal, trade: dict, order: Order) -> None:
         "trailing_stop_price": order.stop_price, "last_update": journal.now()})
 
 
-def _unprotected(rt, trade: dict, why: str) -> None:
+def _unprotected(rt: Runtime, trade: dict, why: str) -> None:
     journal = rt.journal
     journal.update_row("trades", "id", trade["id"], {"status": "unprotected", "last_update": journal.now()})
     journal.event("critical", "alert", f"{trade['symbol']} is UNPROTECTED: no stop could be placed ({why}); "
@@ -286,8 +289,8 @@ def _unprotected(rt, trade: dict, why: str) -> None:
 
 # Shares of trade t already offered by working exit orders: they cannot also sit under a stop (the broker refuses).
 EXIT_HELD_SQL = ("SELECT COALESCE(SUM(o.qty - o.filled_qty), 0) FROM orders o WHERE o.trade_id = t.id "
-                 "AND o.side = 'sell' AND o.purpose IN ('exit', 'partial') AND o.status NOT IN "
-                 "('filled', 'canceled', 'expired', 'rejected', 'replaced', 'not_sent')")
+                 "AND o.side = 'sell' AND o.purpose IN ('exit', 'partial') "
+                 f"AND o.status NOT IN {sql_list(FINAL_OR_UNSENT)}")
 
 
 def exit_held_qty(journal, trade: dict) -> int:
@@ -306,18 +309,18 @@ def covers(needed: int, stops: list[Order]) -> bool:
     return len(stops) == 1 and stops[0].qty == needed
 
 
-def protect_all(rt) -> list[str]:
+def protect_all(rt: Runtime) -> list[str]:
     """The invariant: each open position has exactly one working stop for its whole quantity, or it is flagged.
 
     The stops and exit quantities of all trades are read at once (one broker call, one query), and read again
     only after a fix has changed them. A trade row here holds only what place_stop reads (the other columns
     include the large JSON of the entry signals, and this runs twice in every scan and monitor run). A position
     another command is acting on is left to that command; one whose broker position is missing and not yet
-    explained (reconciler.py) has no shares a stop could hold.
+    explained (journal/reconcile.py) has no shares a stop could hold.
     """
     fixed = []
     trades = rt.journal.query(f"SELECT t.id, t.symbol, t.qty, t.status, t.stop_order_id, ({EXIT_HELD_SQL}) AS "
-                              "exit_held_qty FROM trades t WHERE t.status IN ('open', 'unprotected', 'external') "
+                              f"exit_held_qty FROM trades t WHERE t.{HELD} "
                               "AND t.asset_class = 'us_equity' AND NOT EXISTS (SELECT 1 FROM state s "
                               "WHERE s.key = 'missing:' || t.id) ORDER BY t.id")
     held_by_trade = {trade["id"]: int(trade.pop("exit_held_qty")) for trade in trades}
@@ -345,7 +348,7 @@ def protect_all(rt) -> list[str]:
     return fixed
 
 
-def _recorded_stop(rt, trade: dict) -> list[Order]:
+def _recorded_stop(rt: Runtime, trade: dict) -> list[Order]:
     """The trade's own stop looked up by its id, when the list of open orders did not show it."""
     if not trade.get("stop_order_id"):
         return []
@@ -359,7 +362,7 @@ def _recorded_stop(rt, trade: dict) -> list[Order]:
 
 # --- entries and closes -------------------------------------------------------------------------------------------
 
-def open_position(rt, *, symbol: str, cap: str, qty: int, session: str, scan_type: str, trade_fields: dict,
+def open_position(rt: Runtime, *, symbol: str, cap: str, qty: int, session: str, scan_type: str, trade_fields: dict,
                   fill_timeout: float) -> dict | None:
     """Market entry, wait for the fill, then the stop. Returns the trade row, or None when nothing was sent.
 
@@ -387,7 +390,7 @@ def open_position(rt, *, symbol: str, cap: str, qty: int, session: str, scan_typ
             record_intent(journal, request, "entry", trade_id)
         try:
             order = submit(rt, request, "entry", trade_id)
-            if order is not None and order.status not in FINAL:
+            if order is not None and order.status not in FINAL_OR_UNSENT:
                 order = _complete_entry(rt, wait_filled(rt, order, fill_timeout))
             settle_fills(rt)
         except MomentumError as err:
@@ -401,9 +404,9 @@ def open_position(rt, *, symbol: str, cap: str, qty: int, session: str, scan_typ
         return journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
 
 
-def _complete_entry(rt, order: Order) -> Order:
+def _complete_entry(rt: Runtime, order: Order) -> Order:
     """An entry not filled within the wait is cancelled for the rest: the stop then covers all it bought."""
-    if order.status in FINAL:
+    if order.status in FINAL_OR_UNSENT:
         return order
     if not cancel_and_confirm(rt, [order]):
         rt.journal.event("warning", "alert", f"entry {order.client_order_id} of {order.symbol} still working after "
@@ -411,7 +414,7 @@ def _complete_entry(rt, order: Order) -> Order:
     return refresh(rt, order.client_order_id) or order
 
 
-def _entry_failed(rt, trade_id: int, err: Exception) -> None:
+def _entry_failed(rt: Runtime, trade_id: int, err: Exception) -> None:
     """A broker error after the entry was sent: protect what is known to be held, and say so loudly."""
     journal = rt.journal
     try:
@@ -427,24 +430,22 @@ def _entry_failed(rt, trade_id: int, err: Exception) -> None:
                       "reconciles and protects them", source="executor")
 
 
-def settle_fills(rt) -> None:
+def settle_fills(rt: Runtime) -> None:
     """Apply finished entry, stop and exit orders to their trades (the same code reconciliation runs)."""
-    import reconciler
-    import trades
 
-    trades.apply_order_fills(rt, reconciler.ReconcileReport())
+    trade_book.apply_order_fills(rt, reconcile.ReconcileReport())
 
 
-def _available_qty(rt, symbol: str) -> int:
+def _available_qty(rt: Runtime, symbol: str) -> int:
     position = next((p for p in rt.broker.positions() if p.symbol == symbol), None)
     return position.qty_available if position else 0
 
 
-def add_shares(rt, trade: dict, qty: int, *, fill_timeout: float) -> dict:
+def add_shares(rt: Runtime, trade: dict, qty: int, *, fill_timeout: float) -> dict:
     """Buy more of a held position (a rebalance adjustment); the fill ledger raises the trade's quantity."""
     request = OrderRequest(next_order_id(rt.journal, "a", trade["id"]), trade["symbol"], BUY, MARKET, qty)
     order = submit(rt, request, "rebalance", trade["id"])
-    if order is not None and order.status not in FINAL:
+    if order is not None and order.status not in FINAL_OR_UNSENT:
         wait_filled(rt, order, fill_timeout)
     settle_fills(rt)
     return rt.journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
@@ -464,7 +465,7 @@ class CloseResult:
         return self.trade["status"] == "closed"
 
 
-def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
+def close_position(rt: Runtime, trade: dict, *, reason: str, priority: str = "HIGH",
                    fill_timeout: float | None = None, qty: int | None = None) -> CloseResult:
     """Cancel the symbol's stops, wait until the shares are available, sell what is available at market (or only
     `qty` of it: a partial sale, after which protect_all re-places the stop for the rest).
@@ -477,7 +478,7 @@ def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
         if not mine:
             return CloseResult(trade, False, "another command is acting on this position")
         trade = journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
-        if trade["status"] not in ("open", "unprotected", "external"):
+        if trade["status"] not in HELD_STATUSES:
             return CloseResult(trade, False, f"the trade is {trade['status']}")
         sent, detail = _close(rt, trade, reason, priority, fill_timeout, qty)
         if not sent:
@@ -485,7 +486,7 @@ def close_position(rt, trade: dict, *, reason: str, priority: str = "HIGH",
         return CloseResult(journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]]), sent, detail)
 
 
-def _close(rt, trade: dict, reason: str, priority: str, fill_timeout: float | None,
+def _close(rt: Runtime, trade: dict, reason: str, priority: str, fill_timeout: float | None,
            qty: int | None) -> tuple[bool, str]:
     journal, symbol = rt.journal, trade["symbol"]
     stops = working_stops(rt, symbol)
@@ -501,13 +502,13 @@ def _close(rt, trade: dict, reason: str, priority: str, fill_timeout: float | No
     if order is None:
         journal.update_row("exits", "id", exit_id, {"state": "given_up", "updated_at": journal.now()})
         return False, detail
-    if order.status not in FINAL:
+    if order.status not in FINAL_OR_UNSENT:
         order = wait_filled(rt, order, rt.config.fill_timeout_s if fill_timeout is None else fill_timeout)
     settle_fills(rt)
     return True, ""
 
 
-def _sell_attempt(rt, trade: dict, exit_id: int, attempt: int, qty: int) -> Order | None:
+def _sell_attempt(rt: Runtime, trade: dict, exit_id: int, attempt: int, qty: int) -> Order | None:
     """One market sell of an exit: its order intent and attempt row are written together, then it is sent."""
     journal = rt.journal
     request = OrderRequest(next_order_id(journal, "x", trade["id"]), trade["symbol"], SELL, MARKET, qty)
@@ -531,7 +532,7 @@ def _attempt_refused(journal, client_order_id: str) -> None:
     journal.db.conn.commit()
 
 
-def _sell_available(rt, trade: dict, exit_id: int, qty: int) -> tuple[Order | None, str]:
+def _sell_available(rt: Runtime, trade: dict, exit_id: int, qty: int) -> tuple[Order | None, str]:
     """Sell at market; when the broker says shares are still held by an order (a stop whose cancel has not
     completed), cancel the symbol's working stops again, wait, and sell what is available once more. Returns the
     order, or None and why nothing was sent."""

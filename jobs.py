@@ -16,14 +16,18 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as clock_time, timedelta
+from datetime import date, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from clock import NY, iso_utc
-from errors import ConfigError
+from common.clock import day_bounds_utc
+from common.errors import ConfigError
+from core.option_math import multiplier
+
+if TYPE_CHECKING:  # annotations only: the runtime module wires every port
+    from flows.runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +40,6 @@ OUTCOME_COLUMNS = (*(f"price_{k}d" for k in OUTCOME_HORIZONS), "max_gain_10d", "
 OUTCOME_RETRY_SESSIONS = 20
 RETENTION_DAYS = 90
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
-LIVE_TRADE_STATUSES = ("open", "unprotected", "external")
 
 
 @dataclass
@@ -51,27 +54,8 @@ class JobResult:
         details = ", ".join(f"{key} {value}" for key, value in self.counts.items())
         return f"{self.name}: {self.message}" + (f" ({details})" if details else "")
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "message": self.message, "counts": self.counts,
-                "seconds": round(self.seconds, 3)}
-
 
 # --- shared helpers ------------------------------------------------------------------------------------------------
-
-def day_bounds_utc(day: date) -> tuple[str, str]:
-    """ISO UTC bounds [start, end) of a New York calendar day, comparable with stored timestamps."""
-    start = datetime.combine(day, clock_time(0, 0), tzinfo=NY)
-    end = datetime.combine(day + timedelta(days=1), clock_time(0, 0), tzinfo=NY)
-    return iso_utc(start), iso_utc(end)
-
-
-def last_completed_session(rt) -> date:
-    """The latest session whose regular close has passed: its daily bar is final."""
-    today = rt.clock.today()
-    if rt.calendar.is_session(today) and rt.clock.now() >= rt.calendar.session(today).close:
-        return today
-    return rt.calendar.previous_session(today)
-
 
 def _changed(old: dict, new: dict, tolerance: float = 1e-9) -> bool:
     for key, value in new.items():
@@ -90,7 +74,7 @@ def _finite(value: float) -> float | None:
 
 # --- daily-snapshot ------------------------------------------------------------------------------------------------
 
-def _spy_today(rt, today: date) -> tuple[float | None, float | None]:
+def _spy_today(rt: Runtime, today: date) -> tuple[float | None, float | None]:
     """SPY close today and its change from the previous session's close, percent."""
     previous = rt.calendar.previous_session(today)
     series = rt.market.market_series(previous, today)
@@ -100,7 +84,7 @@ def _spy_today(rt, today: date) -> tuple[float | None, float | None]:
     return close, change
 
 
-def _trades_opened_closed(rt, today: date) -> tuple[int, int]:
+def _trades_opened_closed(rt: Runtime, today: date) -> tuple[int, int]:
     start, end = day_bounds_utc(today)
     opened = rt.journal.one(
         "SELECT COUNT(*) AS n FROM trades WHERE entry_time >= ? AND entry_time < ? "
@@ -111,7 +95,7 @@ def _trades_opened_closed(rt, today: date) -> tuple[int, int]:
     return opened, closed
 
 
-def snapshot_row(rt, today: date) -> dict[str, Any]:
+def snapshot_row(rt: Runtime, today: date) -> dict[str, Any]:
     """Today's daily_performance row from the broker, the journal and the SPY series."""
     account = rt.broker.account()
     exposure = round(sum(p.market_value for p in rt.broker.positions()), 2)
@@ -137,7 +121,7 @@ def snapshot_row(rt, today: date) -> dict[str, Any]:
     }
 
 
-def daily_snapshot(rt) -> JobResult:
+def daily_snapshot(rt: Runtime) -> JobResult:
     today = rt.clock.today()
     row = snapshot_row(rt, today)
     stored = rt.journal.one("SELECT * FROM daily_performance WHERE date = ?", [row["date"]])
@@ -176,7 +160,7 @@ PENDING_OUTCOMES_SQL = (
     "AND (outcome_updated_at IS NULL OR session >= ?) ORDER BY session, id")
 
 
-def _pending_candidates(rt, last_session: date) -> PendingOutcomes | None:
+def _pending_candidates(rt: Runtime, last_session: date) -> PendingOutcomes | None:
     oldest_retry = rt.calendar.sessions_back(last_session, OUTCOME_RETRY_SESSIONS).isoformat()
     # tuples straight into arrays: a dict per row would cost more than the query
     rows = rt.journal.db.execute(PENDING_OUTCOMES_SQL, [last_session.isoformat(), oldest_retry]).fetchall()
@@ -219,7 +203,7 @@ def outcomes_changed(new: np.ndarray, stored: np.ndarray, tolerance: float = 1e-
     return ((new_known != stored_known) | (new_known & stored_known & moved)).any(axis=1)
 
 
-def _measured_outcomes(rt, pending: PendingOutcomes, last_session: date) -> np.ndarray | None:
+def _measured_outcomes(rt: Runtime, pending: PendingOutcomes, last_session: date) -> np.ndarray | None:
     """Every pending candidate's OUTCOME_COLUMNS as they stand after `last_session`, NaN where unknown."""
     symbols = sorted(set(pending.symbols))
     panel = rt.market.bars(symbols, pending.sessions.min().item(), last_session)
@@ -238,7 +222,7 @@ def _measured_outcomes(rt, pending: PendingOutcomes, last_session: date) -> np.n
     return np.where(on_axis[:, None] & np.isfinite(measured), measured, np.nan)
 
 
-def _outcome_updates(rt, pending: PendingOutcomes, last_session: date) -> list[tuple[int, list]]:
+def _outcome_updates(rt: Runtime, pending: PendingOutcomes, last_session: date) -> list[tuple[int, list]]:
     """(id, OUTCOME_COLUMNS values) of the candidates never stamped before or whose outcome moved."""
     measured = _measured_outcomes(rt, pending, last_session)
     if measured is None:
@@ -249,7 +233,7 @@ def _outcome_updates(rt, pending: PendingOutcomes, last_session: date) -> list[t
     return [(pending.ids[i], row) for i, row in zip(chosen.tolist(), values.tolist())]
 
 
-def _write_outcomes(rt, updates: list[tuple[int, list]], now: str) -> int:
+def _write_outcomes(rt: Runtime, updates: list[tuple[int, list]], now: str) -> int:
     """Store the updates, stamped `now`, in one transaction; returns how many outcomes they complete.
 
     A candidate still open leaves price_10d (NULL before and after) out of its UPDATE: SQLite then keeps its entry in
@@ -271,8 +255,8 @@ def _write_outcomes(rt, updates: list[tuple[int, list]], now: str) -> int:
     return len(completed)
 
 
-def update_outcomes(rt) -> JobResult:
-    last_session = last_completed_session(rt)
+def update_outcomes(rt: Runtime) -> JobResult:
+    last_session = rt.calendar.last_completed_session(rt.clock.now())
     pending = _pending_candidates(rt, last_session)
     if pending is None:
         return JobResult("update-outcomes", "done", "no candidate outcomes to update", {"candidates": 0})
@@ -286,7 +270,6 @@ def update_outcomes(rt) -> JobResult:
 
 def tracking_update(trade: dict, price: float) -> dict[str, Any]:
     """Unrealised P&L, peak and the best / worst excursion since entry (percent) of one open trade at `price`."""
-    from options import multiplier
 
     entry, qty = trade["entry_price"], trade["qty"]
     pnl_pct = (price / entry - 1) * 100
@@ -300,12 +283,10 @@ def tracking_update(trade: dict, price: float) -> dict[str, Any]:
     }
 
 
-def update_tracking(rt) -> JobResult:
-    placeholders = ",".join("?" * len(LIVE_TRADE_STATUSES))
-    trades = rt.journal.query(
-        f"SELECT id, symbol, asset_class, qty, entry_price, current_price, unrealized_pnl, unrealized_pnl_pct, "
-        f"peak_price, max_gain_pct, max_drawdown_pct FROM trades WHERE status IN ({placeholders}) AND entry_price > 0",
-        list(LIVE_TRADE_STATUSES))
+def update_tracking(rt: Runtime) -> JobResult:
+    trades = rt.journal.held_trades("id, symbol, asset_class, qty, entry_price, current_price, unrealized_pnl, "
+                                    "unrealized_pnl_pct, peak_price, max_gain_pct, max_drawdown_pct",
+                                    where="entry_price > 0")
     prices = {p.symbol: p.current_price for p in rt.broker.positions()} if trades else {}
     now = rt.journal.now()
     updated, missing = 0, []
@@ -327,7 +308,7 @@ def update_tracking(rt) -> JobResult:
 
 # --- cleanup -------------------------------------------------------------------------------------------------------
 
-def _delete_old_rows(rt, cutoff: date) -> dict[str, int]:
+def _delete_old_rows(rt: Runtime, cutoff: date) -> dict[str, int]:
     cutoff_utc = day_bounds_utc(cutoff)[0]
     with rt.journal.atomic():
         candidates = rt.journal.db.execute("DELETE FROM candidates WHERE session < ?", [cutoff.isoformat()]).rowcount
@@ -335,7 +316,7 @@ def _delete_old_rows(rt, cutoff: date) -> dict[str, int]:
     return {"candidates deleted": candidates, "position checks deleted": checks}
 
 
-def _optimise(rt) -> int:
+def _optimise(rt: Runtime) -> int:
     """Refresh the planner's statistics and give deleted pages back to the file system; 1 when vacuumed.
 
     VACUUM needs the journal to itself; if another command holds it beyond the busy timeout, the deletes already
@@ -381,7 +362,7 @@ def _reopen_log_handlers(path: Path) -> None:
             handler.close()
 
 
-def cleanup(rt) -> JobResult:
+def cleanup(rt: Runtime) -> JobResult:
     today = rt.clock.today()
     cutoff = today - timedelta(days=RETENTION_DAYS)
     counts = _delete_old_rows(rt, cutoff)
@@ -402,7 +383,7 @@ JOBS: dict[str, tuple[Callable[[Any], JobResult], bool]] = {
 }
 
 
-def run_job(rt, name: str) -> JobResult:
+def run_job(rt: Runtime, name: str) -> JobResult:
     """Run one job by name; a session-bound job on a weekend or holiday returns a 'skipped' result."""
     if name not in JOBS:
         raise ConfigError(f"unknown job {name!r} (one of {', '.join(JOB_NAMES)})")

@@ -30,10 +30,11 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-import indicators
-from models import Panel, Snapshot
-from pathmodel import volume_fraction
+from common.types import Panel, Snapshot
+from core import indicators
+from core.intraday_path import volume_fraction
 
+HISTORY_SESSIONS = 120  # bars read before today: a fixed depth keeps Wilder RSI/ATR identical from scan to scan
 LOOKBACK = 60  # daily bars required before today
 MIN_PRICE = 5.0
 MIN_CHANGE = 0.005

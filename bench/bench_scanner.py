@@ -13,8 +13,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from models import Panel, Snapshot  # noqa: E402
-from pathmodel import range_so_far, price_at, volume_fraction  # noqa: E402
+from common.types import Panel, Snapshot  # noqa: E402
+from core.intraday_path import price_at, range_so_far, volume_fraction  # noqa: E402
 from scanner import CAP_RULES, scan  # noqa: E402
 
 SIZES = (500, 5_000, 20_000)

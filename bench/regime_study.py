@@ -2,13 +2,14 @@
 
 Run as `python bench/regime_study.py [PATH_TO_spy_vix_daily_1993_2018.csv]` (default `../shared/data/...`).
 
-Procedure (the one documented in regime.py):
-1. For every penalty in `regime.PENALTY_GRID`, label every day online and trade a 0/1 SPY strategy: long on the next
+Procedure (the one documented in core/regime/classify.py):
+1. For every penalty in `classify.PENALTY_GRID`, label every day online and trade a 0/1 SPY strategy: long on the next
    session when the jump model is in its bull state, in cash (0% return) otherwise. The penalty with the best Sharpe
-   ratio over `regime.SELECTION_PERIOD` (1995-2006) wins; 2007-2018 is shown as out of sample.
-2. With that penalty, every NEUTRAL threshold in `regime.NEUTRAL_GRID` is tried on the allocation-factor strategy
+   ratio over `classify.SELECTION_PERIOD` (1995-2006) wins; 2007-2018 is shown as out of sample.
+2. With that penalty, every NEUTRAL threshold in `classify.NEUTRAL_GRID` is tried on the allocation-factor strategy
    (position = the day's factor, traded the next session); the best Sharpe over the same period wins.
-3. The chosen constants are checked against the ones in regime.py and the figures of the final labels are printed:
+3. The chosen constants are checked against the ones in core/regime/classify.py and the figures of the final labels
+   are printed:
    bear-or-crash shares in stress and calm periods, switches per year, CRASH dates, and the strategies against
    buy-and-hold over 1995-2018, plus the time to label one day and every day.
 Sharpe ratios are annualised from daily returns with a zero risk-free rate; cash earns nothing.
@@ -26,8 +27,9 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import regime  # noqa: E402
-from regime import FACTORS, Settings  # noqa: E402
+from core.regime import classify  # noqa: E402
+
+from core.regime.classify import FACTORS, Settings  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "spy_vix_daily_1993_2018.csv"
 EVALUATION = (date(1995, 1, 1), date(2018, 12, 31))
@@ -81,12 +83,12 @@ def bull_signal(rows: pd.DataFrame) -> pd.Series:
 def penalty_table(series: pd.DataFrame) -> pd.DataFrame:
     close = series["spy_close"]
     table = []
-    for penalty in regime.PENALTY_GRID:
-        rows = regime.compute_regimes(series, settings=Settings(penalty=penalty, neutral_dd_z=None))
+    for penalty in classify.PENALTY_GRID:
+        rows = classify.compute_regimes(series, settings=Settings(penalty=penalty, neutral_dd_z=None))
         signal = bull_signal(rows)
         returns = strategy_returns(close, signal)
         table.append({"penalty": penalty,
-                      "sharpe_select": sharpe(_between(returns, regime.SELECTION_PERIOD)),
+                      "sharpe_select": sharpe(_between(returns, classify.SELECTION_PERIOD)),
                       "sharpe_2007_2018": sharpe(_between(returns, OUT_OF_SAMPLE)),
                       "sharpe_1995_2018": sharpe(_between(returns, EVALUATION)),
                       "maxdd_1995_2018": max_drawdown(_between(returns, EVALUATION)),
@@ -97,14 +99,14 @@ def penalty_table(series: pd.DataFrame) -> pd.DataFrame:
 
 def remap(rows: pd.DataFrame, neutral: float | None) -> pd.Series:
     """The final labels of `rows` under another NEUTRAL threshold (same mapping code, same model states)."""
-    settings = Settings(penalty=regime.JUMP_PENALTY, neutral_dd_z=neutral)
+    settings = Settings(penalty=classify.JUMP_PENALTY, neutral_dd_z=neutral)
 
     def label(row: pd.Series) -> str:
         if row["crash_override"]:
             return "CRASH"
         z = row["features"]["z_dd_log_20"]
         state = row["params"]["model_state"]
-        return regime.trend_regime(None if state is None else state == "bull", z if z is not None else math.nan,
+        return classify.trend_regime(None if state is None else state == "bull", z if z is not None else math.nan,
                                    settings)
 
     return rows.apply(label, axis=1)
@@ -113,11 +115,11 @@ def remap(rows: pd.DataFrame, neutral: float | None) -> pd.Series:
 def neutral_table(series: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
     close = series["spy_close"]
     table = []
-    for neutral in regime.NEUTRAL_GRID:
+    for neutral in classify.NEUTRAL_GRID:
         labels = remap(rows, neutral)
         returns = strategy_returns(close, labels.map(FACTORS))
         table.append({"neutral_dd_20_z": "off" if neutral is None else neutral,
-                      "sharpe_select": sharpe(_between(returns, regime.SELECTION_PERIOD)),
+                      "sharpe_select": sharpe(_between(returns, classify.SELECTION_PERIOD)),
                       "sharpe_2007_2018": sharpe(_between(returns, OUT_OF_SAMPLE)),
                       "switches_per_year": switches_per_year(_between(labels, EVALUATION)),
                       "neutral_share": float((_between(labels, EVALUATION) == "TREND_NEUTRAL").mean()),
@@ -168,10 +170,10 @@ def print_strategies(series: pd.DataFrame, labels: pd.Series) -> None:
 
 def print_timings(series: pd.DataFrame) -> None:
     started = time.perf_counter()
-    regime.regime_for_day(series, series.index[-1].date())
+    classify.regime_for_day(series, series.index[-1].date())
     one_day = time.perf_counter() - started
     started = time.perf_counter()
-    regime.compute_regimes(series, date(1995, 1, 1))
+    classify.compute_regimes(series, date(1995, 1, 1))
     every_day = time.perf_counter() - started
     print(f"\nTimings: one day (latest, full history) {one_day:.3f} s; every day 1995-2018 {every_day:.1f} s")
 
@@ -182,22 +184,22 @@ def main(path: Path) -> None:
     penalties = penalty_table(series)
     shown = penalties.drop(columns="rows")
     print("\nPenalty selection (0/1 bull-state strategy; selection period "
-          f"{regime.SELECTION_PERIOD[0]}..{regime.SELECTION_PERIOD[1]}):")
+          f"{classify.SELECTION_PERIOD[0]}..{classify.SELECTION_PERIOD[1]}):")
     print(shown.to_string(float_format=lambda v: f"{v:.3f}"))
     chosen_penalty = float(shown["sharpe_select"].idxmax())
-    print(f"chosen penalty {chosen_penalty:g} (regime.JUMP_PENALTY = {regime.JUMP_PENALTY:g})")
+    print(f"chosen penalty {chosen_penalty:g} (classify.JUMP_PENALTY = {classify.JUMP_PENALTY:g})")
 
-    neutral = neutral_table(series, penalties.loc[regime.JUMP_PENALTY, "rows"])
+    neutral = neutral_table(series, penalties.loc[classify.JUMP_PENALTY, "rows"])
     print("\nNEUTRAL threshold selection (allocation-factor strategy, penalty "
-          f"{regime.JUMP_PENALTY:g}):")
+          f"{classify.JUMP_PENALTY:g}):")
     print(neutral.drop(columns="value").to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     best = neutral.loc[neutral["sharpe_select"].idxmax(), "value"]
     chosen_neutral = None if best is None or (isinstance(best, float) and math.isnan(best)) else float(best)
-    print(f"chosen threshold {chosen_neutral} (regime.NEUTRAL_DD_Z = {regime.NEUTRAL_DD_Z})")
-    if chosen_penalty != regime.JUMP_PENALTY or chosen_neutral != regime.NEUTRAL_DD_Z:
-        print("WARNING: the constants in regime.py differ from this selection; update them and re-run.")
+    print(f"chosen threshold {chosen_neutral} (classify.NEUTRAL_DD_Z = {classify.NEUTRAL_DD_Z})")
+    if chosen_penalty != classify.JUMP_PENALTY or chosen_neutral != classify.NEUTRAL_DD_Z:
+        print("WARNING: the constants in core/regime/classify.py differ from this selection; update them and re-run.")
 
-    rows = regime.compute_regimes(series)
+    rows = classify.compute_regimes(series)
     labels = rows["regime"]
     print_period_shares(labels)
     print_switches(rows, labels)

@@ -13,7 +13,7 @@ import math
 from datetime import date
 from pathlib import Path
 
-from clock import calendar
+from common.clock import calendar
 
 ENTRY = date(2016, 6, 1)
 BASE_SESSIONS = 140

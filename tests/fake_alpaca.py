@@ -68,7 +68,8 @@ import time
 import uuid
 import zlib
 from dataclasses import dataclass
-from datetime import date, datetime, time as dtime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
+from datetime import time as dtime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any, Callable
@@ -77,8 +78,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-import pathmodel
-from clock import calendar
+from common.clock import calendar
+from core import intraday_path
+
 from local_server import LocalServer
 
 # The same place tests/conftest.py calls FIXTURES (../shared/alpaca/fixtures); computed here so that importing
@@ -282,7 +284,7 @@ class FakeAlpaca(LocalServer):
             if symbol in self.prices:
                 return self.prices[symbol]
         bar = self.bar(symbol, self._last_session(self.today))
-        return round(float(pathmodel.price_at(bar["o"], bar["h"], bar["l"], bar["c"], self._day_fraction())), 2)
+        return round(float(intraday_path.price_at(bar["o"], bar["h"], bar["l"], bar["c"], self._day_fraction())), 2)
 
     def fill(self, order_id: str, price: float | None = None, qty: int | None = None) -> dict:
         """Fill `qty` (default: the rest) of an open order at `price` (default: its limit/stop or the price)."""
@@ -372,9 +374,9 @@ class FakeAlpaca(LocalServer):
         fraction = self.fraction
         if fraction <= 0:
             return None
-        high, low = pathmodel.range_so_far(bar["o"], bar["h"], bar["l"], bar["c"], fraction)
-        close = pathmodel.price_at(bar["o"], bar["h"], bar["l"], bar["c"], fraction)
-        volume = int(bar["v"] * pathmodel.volume_fraction(fraction))
+        high, low = intraday_path.range_so_far(bar["o"], bar["h"], bar["l"], bar["c"], fraction)
+        close = intraday_path.price_at(bar["o"], bar["h"], bar["l"], bar["c"], fraction)
+        volume = int(bar["v"] * intraday_path.volume_fraction(fraction))
         return dict(bar, h=round(float(high), 2), l=round(float(low), 2), c=round(float(close), 2), v=volume)
 
     # -- routing -------------------------------------------------------------------------------------------

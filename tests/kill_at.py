@@ -173,10 +173,10 @@ def _traced(method: str, real: Callable) -> Callable:
 
 def install_hooks() -> None:
     """Trace every journal the product opens, and the order calls of both broker adapters."""
-    import alpaca_broker
     import db
-    import runtime
-    import sim_broker
+    from flows import runtime
+    from ports import sim_broker
+    from ports.alpaca import broker
 
     real_open = db.open_journal
 
@@ -187,18 +187,20 @@ def install_hooks() -> None:
         return journal
 
     db.open_journal = runtime.open_journal = open_journal
-    for cls in (sim_broker.SimBroker, alpaca_broker.AlpacaBroker):
+    for cls in (sim_broker.SimBroker, broker.AlpacaBroker):
         for method in BROKER_METHODS:
             setattr(cls, method, _traced(method, getattr(cls, method)))
 
 
 def preload() -> None:
     """Import what the commands import, once, before the forks."""
-    import agent  # noqa: F401
     import main  # noqa: F401
     import monitor  # noqa: F401
-    import reconciler  # noqa: F401
-    import trading  # noqa: F401
+    from flows import (
+        scan,  # noqa: F401
+        scan_orders,  # noqa: F401
+    )
+    from journal import reconcile  # noqa: F401
 
 
 def run_command(index: int, spec: str, argv: list[str]) -> int:

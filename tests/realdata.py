@@ -18,7 +18,7 @@ BARS = SHARED_DATA / "sp500_daily_2013_2018.csv.gz"
 def real_universe(tmp_path_factory) -> Path:
     if not BARS.exists():
         pytest.skip(f"real data file {BARS} is not present")
-    from universe import build_universe, write_universe
+    from common.universe import build_universe, write_universe
 
     path = tmp_path_factory.mktemp("universe") / "universe.json"
     write_universe(build_universe(BARS, "dollar-volume"), path)

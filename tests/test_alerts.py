@@ -7,12 +7,13 @@ import time
 
 import pytest
 
-import alerts
-from clock import Clock, parse_asof
+from common.clock import Clock, parse_asof
+from common.logs import JsonLines
 from config import load_config
 from db import open_journal
+from ports import alerts
+
 from fake_chat_servers import DISCORD_WEBHOOK_PATH, closed_port_url
-from logsetup import JsonLines
 
 CHAT_ID = "-1001234567"
 ASOF = "2016-11-09T10:30"
@@ -115,11 +116,11 @@ def test_a_second_dispatch_sends_nothing_again(journal, both, fake_telegram, fak
 def test_the_log_channel_alone_marks_alerts_delivered_and_logs_each_once(tmp_path, journal, caplog):
     config = make_config(tmp_path, "log")
     event_id = journal.event("info", "alert", "BUY AAPL x10 at 100.00")
-    with caplog.at_level(logging.INFO, logger="alerts"):
+    with caplog.at_level(logging.INFO, logger="ports.alerts"):
         alerts.dispatch(journal, config)
         alerts.dispatch(journal, config)
     assert delivered(journal, event_id) == {"log": "sent", "attempts": {}}
-    assert [r.getMessage() for r in caplog.records if r.name == "alerts"] == ["alert: BUY AAPL x10 at 100.00"]
+    assert [r.getMessage() for r in caplog.records if r.name == "ports.alerts"] == ["alert: BUY AAPL x10 at 100.00"]
 
 
 # --- failing channels -------------------------------------------------------------------------------------------

@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 import time
 
-
 from realdata import cli, rows
-
 
 
 def use_channels(monkeypatch, fake_telegram, fake_discord):

@@ -8,16 +8,24 @@ from datetime import date, datetime, timezone
 import numpy as np
 import pytest
 
-from conftest import FakeTime
+from common.errors import (
+    BrokerUnavailable,
+    ConfigError,
+    DataError,
+    DataUnavailable,
+    DuplicateClientOrderId,
+    InsufficientQty,
+    OrderNotFound,
+    OrderRejected,
+)
+from common.types import OrderRequest
+from core import intraday_path
+from ports.alpaca.broker import AlpacaBroker
+from ports.alpaca.market import AlpacaMarket
+from ports.request_budget import RequestBudget
 
-import pathmodel
-from alpaca_broker import AlpacaBroker
-from alpaca_market import AlpacaMarket
-from errors import (BrokerUnavailable, ConfigError, DataError, DataUnavailable, DuplicateClientOrderId,
-                    InsufficientQty, OrderNotFound, OrderRejected)
+from conftest import FakeTime
 from fake_alpaca import FakeAlpaca, fixture
-from models import OrderRequest
-from ratelimit import RequestBudget
 
 SESSION = date(2024, 6, 14)  # the fake's default "today", a Friday
 PREVIOUS = date(2024, 6, 13)
@@ -434,10 +442,10 @@ def test_past_session_snapshot_views_the_bar_through_the_path_model(fake_alpaca,
     bar, prev = fake_alpaca.bar("MSFT", PREVIOUS), fake_alpaca.bar("MSFT", date(2024, 6, 12))
     j = snap.index("MSFT")
     ohlc = (bar["o"], bar["h"], bar["l"], bar["c"])
-    assert snap.price[j] == pytest.approx(float(pathmodel.price_at(*ohlc, 0.25)))
-    high, low = pathmodel.range_so_far(*ohlc, 0.25)
+    assert snap.price[j] == pytest.approx(float(intraday_path.price_at(*ohlc, 0.25)))
+    high, low = intraday_path.range_so_far(*ohlc, 0.25)
     assert (snap.high[j], snap.low[j]) == (pytest.approx(float(high)), pytest.approx(float(low)))
-    assert snap.volume[j] == pytest.approx(bar["v"] * float(pathmodel.volume_fraction(0.25)))
+    assert snap.volume[j] == pytest.approx(bar["v"] * float(intraday_path.volume_fraction(0.25)))
     assert (snap.open[j], snap.prev_close[j]) == (bar["o"], prev["c"])
     assert snap.bid[j] < snap.price[j] < snap.ask[j]
 

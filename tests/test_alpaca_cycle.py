@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 import executor
+from common.errors import InsufficientQty
 from config import load_config
-from errors import InsufficientQty
-from runtime import Runtime
+from flows.runtime import Runtime
 
 SYMBOL = "AAPL"
 
@@ -116,12 +116,12 @@ def test_403_insufficient_qty_while_a_stop_holds_the_shares(rt, fake_alpaca, mon
 
 
 def test_reconcile_closes_a_trade_whose_stop_filled_at_the_broker(rt, fake_alpaca):
-    import reconciler
+    from journal import reconcile
 
     trade = _open(rt)
     stop = next(o for o in fake_alpaca.orders.values() if o["type"] == "trailing_stop")
     fake_alpaca.fill(stop["id"], price=180.5)
-    report = reconciler.reconcile(rt)
+    report = reconcile.reconcile(rt)
     closed = rt.journal.one("SELECT * FROM trades WHERE id = ?", [trade["id"]])
     assert closed["status"] == "closed" and closed["exit_reason"] == "trailing_stop"
     assert closed["exit_price"] == 180.5 and closed["pnl"] == pytest.approx(-95.0)
@@ -159,7 +159,7 @@ class MovingClock:
         return self.start + timedelta(seconds=self.offset)
 
     def now_ny(self):
-        from clock import NY
+        from common.clock import NY
 
         return self.now().astimezone(NY)
 
@@ -172,8 +172,8 @@ def test_a_high_priority_limit_exit_walks_twice_then_escalates_to_market(tmp_pat
     twice, then sell at market within the same run, recording every attempt."""
     from datetime import datetime, timezone
 
-    import exits
-    import monitor
+    from core import exit_rules
+    from flows import exit_runner
 
     for name in ("MOMENTUM_ASOF", "DATA_SOURCE"):
         monkeypatch.delenv(name, raising=False)
@@ -191,8 +191,8 @@ def test_a_high_priority_limit_exit_walks_twice_then_escalates_to_market(tmp_pat
 
     rt.waiter = executor.Waiter(simulated=False, sleep=sleep, monotonic=lambda: rt.clock.offset)
     trade = _open(rt)
-    trigger = exits.ExitTrigger("trailing_stop", exits.HIGH, trade["qty"], False, "test backstop")
-    state = monitor.start_exit(rt, trade, trigger, [trigger])
+    trigger = exit_rules.ExitTrigger("trailing_stop", exit_rules.HIGH, trade["qty"], False, "test backstop")
+    state = exit_runner.start_exit(rt, trade, trigger, [trigger])
     assert state == "filled"
     attempts = rt.journal.query("SELECT attempt, order_type, limit_price, status FROM exit_attempts ORDER BY attempt")
     assert [(a["attempt"], a["order_type"], a["status"]) for a in attempts] == [

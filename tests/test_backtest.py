@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import backtest
+from backtest import replay
+
 from realdata import BARS, cli
 
 pytestmark = pytest.mark.slow  # whole backtests over the real history
@@ -24,7 +25,7 @@ def rows(path: Path, sql: str, params=()) -> list[dict]:
         return [dict(r) for r in conn.execute(sql, params)]
 
 
-def _cli_step(step: backtest.Step) -> list[str]:
+def _cli_step(step: replay.Step) -> list[str]:
     asof = step.moment.strftime("%Y-%m-%dT%H:%M")
     if step.kind == "scan":
         return ["--asof", asof, "scan", "--type", step.scan_type, "--cap", step.cap]
@@ -53,11 +54,11 @@ def parity_runs(tmp_path_factory, real_universe, shared_cache):  # noqa: F811
     for name, value in env.items():
         mp.setenv(name, value)
     try:
-        from clock import calendar
+        from common.clock import calendar
 
         cal = calendar()
         for day in cal.sessions(date.fromisoformat(PARITY_START), date.fromisoformat(PARITY_END)):
-            for step in backtest.session_steps(cal.session(day), "momentum", "all"):
+            for step in replay.session_steps(cal.session(day), "momentum", "all"):
                 result = cli(*_cli_step(step))
                 assert result.exit_code == 0, (step, result.output)
         result = cli("backtest", "--start", PARITY_START, "--end", PARITY_END, "--out", str(base / "bt"))
@@ -100,7 +101,7 @@ def test_backtest_writes_every_metric_beside_spy_a_chart_and_a_queryable_journal
     assert data["metrics"]["max_drawdown_pct"] == pytest.approx(
         float(np.min(curve / np.maximum.accumulate(curve) - 1) * 100))
     spy = rows(bt / "trades.db", "SELECT spy_close FROM daily_performance ORDER BY date")
-    from market import CsvMarket
+    from ports.market_sources import CsvMarket
 
     before = CsvMarket(BARS).market_series(date(2013, 8, 30), date(2013, 8, 30))["spy_close"].iloc[0]
     assert data["spy_buy_and_hold"]["end_value"] == pytest.approx(100_000 * spy[-1]["spy_close"] / before)
@@ -123,7 +124,7 @@ class PeekingMarket:
     def snapshot(self, symbols, session, fraction):
         from dataclasses import replace
 
-        from clock import calendar
+        from common.clock import calendar
 
         snap = self.inner.snapshot(symbols, session, fraction)
         following = calendar().next_session(session)
@@ -153,13 +154,13 @@ def test_lookahead_check_passes_on_the_momentum_system(real_env, tmp_path):  # n
 
 def test_lookahead_check_reports_a_strategy_that_peeks_at_the_next_close(real_universe, shared_cache, tmp_path):  # noqa: F811,E501
     config = _config(real_universe, shared_cache, tmp_path)
-    checks = backtest.check_lookahead(config, tmp_path / "leak", date(2013, 9, 3), date(2013, 9, 13), cuts=1,
+    checks = replay.check_lookahead(config, tmp_path / "leak", date(2013, 9, 3), date(2013, 9, 13), cuts=1,
                                       wrap_market=PeekingMarket)
     assert len(checks) == 1
     check = checks[0]
     assert check.difference is not None
     assert check.difference.startswith(f"at {check.cut.isoformat()}T13:35:00+00:00: full data candidate open/large")
-    assert "LOOK-AHEAD, first differing decision at" in backtest.lookahead_text(checks)
+    assert "LOOK-AHEAD, first differing decision at" in replay.lookahead_text(checks)
 
 
 def test_rebalance_with_the_regime_filter_stays_out_in_the_2015_crash_and_without_it_buys(
@@ -167,8 +168,8 @@ def test_rebalance_with_the_regime_filter_stays_out_in_the_2015_crash_and_withou
     config = _config(real_universe, shared_cache, tmp_path)
     results = {}
     for system in ("rebalance", "rebalance-regime"):
-        rt = backtest.backtest_runtime(config, tmp_path / system)
-        result = backtest.run_backtest(rt, date(2015, 7, 20), date(2015, 9, 30), system=system)
+        rt = replay.backtest_runtime(config, tmp_path / system)
+        result = replay.run_backtest(rt, date(2015, 7, 20), date(2015, 9, 30), system=system)
         results[system] = (result, rows(tmp_path / system / "trades.db", "SELECT * FROM trades ORDER BY id"))
         rt.close()
     plain, regime = results["rebalance"][1], results["rebalance-regime"][1]

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-import bot
+from cli import bot
+from common.types import OrderRequest
 from config import load_config
-from fake_chat_servers import DEFAULT_DATE, closed_port_url
+from flows.runtime import Runtime
 from main import cli
-from models import OrderRequest
-from runtime import Runtime
+
+from fake_chat_servers import DEFAULT_DATE, closed_port_url
 
 OWNER, PARTNER, STRANGER = 111, 222, 999
 ASOF = "2016-11-09T10:30"
@@ -293,9 +294,6 @@ def test_reports_and_export_use_the_reports_module(env, fake_telegram, monkeypat
 
 
 def test_reports_through_the_real_reporting_modules(env, fake_telegram):
-    pytest.importorskip("reports")
-    pytest.importorskip("exports")
-    pytest.importorskip("charts")
     poll()  # creates the journal
     with sqlite3.connect(env / "trades.db") as conn:
         conn.executemany(

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from common.types import OrderRequest
 from config import load_config
+from flows.runtime import Runtime
 from main import cli
-from models import OrderRequest
-from runtime import Runtime
-from sim_broker import SimBroker
+from ports.sim_broker import SimBroker
 
 ASOF = "2016-11-09T10:30"
 LATER = "2016-11-09T11:00"

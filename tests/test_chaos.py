@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from clock import Clock, parse_asof
+from common.clock import Clock, parse_asof
+from ports.market_sources import CsvMarket
+from ports.sim_broker import SimBroker
+
 from conftest import ROOT
-from market import CsvMarket
 from realdata import BARS, process_env
-from sim_broker import SimBroker
 
 pytestmark = pytest.mark.slow  # kills real processes at random moments for about a minute
 

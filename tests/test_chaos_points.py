@@ -35,18 +35,19 @@ from typing import Callable
 
 import pytest
 
-import book_invariants
 import executor
-from clock import Clock, calendar, parse_asof
+from common.clock import Clock, calendar, parse_asof
+from common.types import OrderRequest
 from config import load_config
+from flows.runtime import Runtime
+from ports.market_sources import CsvMarket
+from ports.sim_broker import SimBroker
+
+import book_invariants
 from conftest import ROOT
 from crafted import ENTRY, flat, ramp, sessions_after, write_market
 from fake_alpaca import FakeAlpaca
-from market import CsvMarket
-from models import OrderRequest
 from realdata import process_env
-from runtime import Runtime
-from sim_broker import SimBroker
 
 pytestmark = pytest.mark.slow  # about 160 commands killed, each re-run and followed: four minutes on two cores
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import ROOT, require_shared_data
 from main import cli
+
+from conftest import ROOT, require_shared_data
 
 
 @pytest.fixture
@@ -146,7 +147,7 @@ def test_dry_run_scan_records_the_scan_and_every_candidate(env):
 
 
 def test_a_second_scan_exits_75_while_the_lock_is_held(env):
-    from locks import scan_lock
+    from common.locks import scan_lock
 
     with scan_lock(env / "trades.db"):
         result = run("--asof", "2016-11-09T12:30", "scan", "--cap", "small", "--dry-run")

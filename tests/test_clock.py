@@ -3,8 +3,8 @@ from datetime import date, datetime, timezone
 import pytest
 from freezegun import freeze_time
 
-from clock import NY, Clock, calendar, parse_asof
-from errors import ConfigError
+from common.clock import NY, Clock, calendar, parse_asof
+from common.errors import ConfigError
 
 
 def test_naive_asof_is_new_york_time():

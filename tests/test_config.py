@@ -4,8 +4,8 @@ import pytest
 from click.testing import CliRunner
 
 import config
+from common.errors import ConfigError
 from config import load_config, parse_runtime_setting, redact, register_secrets
-from errors import ConfigError
 from main import cli
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,11 +5,11 @@ import time
 import pytest
 
 import db as journal_db
-from locks import exclusive
-from clock import Clock, parse_asof
+from common.clock import Clock, parse_asof
+from common.errors import ConfigError, JournalBusy, JournalError
+from common.locks import exclusive
 from config import load_config
-from errors import ConfigError, JournalBusy, JournalError
-from schema import MIGRATIONS, VIEWS
+from journal.schema import MIGRATIONS, VIEWS
 
 CLOCK = Clock(parse_asof("2016-11-09T10:30"))
 

@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import decider
-from decider import Limits, decide, decide_positions, in_skip_mode
+from core import rules_decider
+from core.rules_decider import Limits, decide, decide_positions, in_skip_mode
 
 LIMITS = Limits(free_slots=6, free_cap_slots=2, max_buys=2)
 
@@ -90,4 +90,4 @@ def test_stage1_ranking_matches_a_stable_sort_by_score_then_surge(seed):
                           "volume_surge": surge}, index=[f"S{i:03d}" for i in range(n)])
     expected = frame[frame["stage1"]].sort_values(["score", "volume_surge"], ascending=[False, False],
                                                   kind="mergesort").index.tolist()
-    assert frame.index[decider.rank_stage1(frame)].tolist() == expected
+    assert frame.index[rules_decider.rank_stage1(frame)].tolist() == expected

@@ -6,10 +6,30 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from exit_plan import (CANCEL, CANCELING, DONE, ESCALATED, FILLED, GIVE_UP, GIVEN_UP, LIMIT, MARKET, NEW, SUBMIT,
-                       SUBMITTED, WAIT, WALKED, ExitState, limit_price_for, must_complete_in_run, next_action,
-                       round_price, start_exit, strategy_for)
-from exits import CRITICAL, HIGH, LOW, MEDIUM
+from core.exit_plan import (
+    CANCEL,
+    CANCELING,
+    DONE,
+    ESCALATED,
+    FILLED,
+    GIVE_UP,
+    GIVEN_UP,
+    LIMIT,
+    MARKET,
+    NEW,
+    SUBMIT,
+    SUBMITTED,
+    WAIT,
+    WALKED,
+    ExitState,
+    limit_price_for,
+    must_complete_in_run,
+    next_action,
+    round_price,
+    start_exit,
+    strategy_for,
+)
+from core.exit_rules import CRITICAL, HIGH, LOW, MEDIUM
 
 T0 = datetime(2024, 6, 3, 14, 0, tzinfo=timezone.utc)
 BID, ASK = 99.80, 100.20  # mid 100.00, spread 0.40: every strategy's limits land on whole cents

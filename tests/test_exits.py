@@ -6,8 +6,20 @@ from dataclasses import replace
 import pytest
 
 from config import load_config
-from exits import (CRITICAL, HIGH, LOW, MEDIUM, PRIORITY_RANK, ExitRules, ExitTrigger, PortfolioFlags, PositionState,
-                   choose, evaluate, is_urgent)
+from core.exit_rules import (
+    CRITICAL,
+    HIGH,
+    LOW,
+    MEDIUM,
+    PRIORITY_RANK,
+    ExitRules,
+    ExitTrigger,
+    PortfolioFlags,
+    PositionState,
+    choose,
+    evaluate,
+    is_urgent,
+)
 
 CALM = PortfolioFlags(day_pnl_frac=0.0)
 # A held stock that triggers nothing: +1%, one session old, tight spread, healthy volume, no reversal.

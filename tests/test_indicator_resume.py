@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import indicators
+from core import indicators
 
 SHAPES = [(0, 3), (1, 3), (5, 3), (13, 3), (14, 3), (15, 3), (40, 3), (130, 3), (14, 40), (130, 40)]
 

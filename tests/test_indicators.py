@@ -7,8 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-import indicators
-
+from core import indicators
 
 # ---- plain-loop references (one series, a Python list, no numpy) -------------------------------------------------
 

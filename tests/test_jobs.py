@@ -9,11 +9,11 @@ Tests that change the journal work on a copy.
 from __future__ import annotations
 
 import csv
-from contextlib import closing
 import shutil
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clock import Clock, calendar, parse_asof
+from common.clock import Clock, calendar, parse_asof
+
 from conftest import ROOT, SHARED_DATA
 from realdata import BARS, cli, process_env
 
@@ -47,7 +48,7 @@ def _ok(*args: str) -> str:
 
 def _broker_view(env: dict[str, str], market, asof: str) -> dict:
     """The sim broker's account and positions at `asof`, read directly (not through the product's jobs)."""
-    from sim_broker import SimBroker
+    from ports.sim_broker import SimBroker
 
     broker = SimBroker(Path(env["MOMENTUM_DB"]).parent / "sim_broker.db", market, Clock(parse_asof(asof)))
     try:
@@ -60,7 +61,7 @@ def _broker_view(env: dict[str, str], market, asof: str) -> dict:
 
 
 def _produce(folder: Path, universe: Path, cache: Path) -> dict:
-    from market import CsvMarket
+    from ports.market_sources import CsvMarket
 
     env = _env_for(folder, universe, cache)
     market = CsvMarket(BARS, cache_dir=cache)

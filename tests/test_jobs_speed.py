@@ -17,9 +17,9 @@ import pytest
 
 import db as journal_db
 import jobs
-from clock import NY, Clock, calendar, parse_asof
-from models import Account, Panel, Position
-from schema import MIGRATIONS
+from common.clock import NY, Clock, calendar, parse_asof
+from common.types import Account, Panel, Position
+from journal.schema import MIGRATIONS
 
 FIRST, LAST = date(2016, 5, 2), date(2016, 7, 29)
 SYMBOLS = ("AAA", "BBB", "CCC", "GAP", "ZZZ")
@@ -70,7 +70,7 @@ def _candidates_of(session: date, i: int) -> list[tuple[str, float | None]]:
 
 def reference_update_outcomes(rt) -> dict[str, int]:
     """The row-by-row job (a dict per candidate, scalar rules): what update-outcomes must keep writing."""
-    last_session = jobs.last_completed_session(rt)
+    last_session = rt.calendar.last_completed_session(rt.clock.now())
     oldest_retry = rt.calendar.sessions_back(last_session, jobs.OUTCOME_RETRY_SESSIONS).isoformat()
     pending = rt.journal.query(
         f"SELECT id, symbol, session, price, {', '.join(jobs.OUTCOME_COLUMNS)}, outcome_updated_at FROM candidates "

@@ -17,10 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 import db as journal_db
-from clock import Clock, parse_asof
-from conftest import ROOT
-from errors import JournalError
+from common.clock import Clock, parse_asof
+from common.errors import JournalError
 from main import cli
+
+from conftest import ROOT
 
 ASOF = "2016-11-09T10:30"
 CLOCK = Clock(parse_asof(ASOF))
@@ -56,8 +57,8 @@ RACE = textwrap.dedent("""
     sys.path.insert(0, {root!r})
     import db
     import main
-    from clock import Clock, parse_asof
-    from schema import MIGRATIONS
+    from common.clock import Clock, parse_asof
+    from journal.schema import MIGRATIONS
 
     def racer(journal, gun, out):
         os.dup2(os.open(out, os.O_WRONLY | os.O_CREAT, 0o644), 2)
@@ -105,7 +106,7 @@ RACE = textwrap.dedent("""
 
 
 def test_commands_starting_together_on_a_new_or_upgraded_journal_all_succeed(tmp_path):
-    from schema import MIGRATIONS
+    from journal.schema import MIGRATIONS
 
     rounds = [(2 + number % 3, "new" if number % 2 == 0 else "upgraded") for number in range(10)]
     env = {**os.environ, "LOG_DIR": str(tmp_path / "logs"), "CACHE_DIR": str(tmp_path / "cache")}
@@ -238,12 +239,12 @@ def test_on_a_large_journal_open_checks_the_tables_every_command_writes(tmp_path
 
 
 def test_damage_met_in_the_middle_of_a_command_gives_exit_2(env, monkeypatch):
-    import ops
+    from flows import operator
 
     def read_a_damaged_page(rt):
         raise sqlite3.DatabaseError("database disk image is malformed")
 
-    monkeypatch.setattr(ops, "status", read_a_damaged_page)
+    monkeypatch.setattr(operator, "status", read_a_damaged_page)
     result = run("status")
     assert result.exit_code == 2, result.output
     assert "is damaged (database disk image is malformed); restore it from" in one_error_line(result.stderr)

@@ -11,15 +11,16 @@ import pytest
 from click.testing import CliRunner
 
 import executor
-import sim_broker
-import trading
+from common.errors import BrokerUnavailable, InsufficientQty
+from common.types import OrderRequest
 from config import load_config
-from crafted import ENTRY, flat, ramp, sessions_after, write_market
-from errors import BrokerUnavailable, InsufficientQty
+from flows import scan_orders
+from flows.runtime import Runtime
 from main import cli as command
-from models import OrderRequest
+from ports import sim_broker
+
+from crafted import ENTRY, flat, ramp, sessions_after, write_market
 from realdata import rows
-from runtime import Runtime
 from test_alpaca_cycle import SYMBOL, FakeExchange, rt  # noqa: F401 - the fake-Alpaca runtime fixture
 
 SCENARIOS = {
@@ -229,7 +230,7 @@ def test_a_broker_outage_right_after_the_entry_fill_leaves_it_flagged_with_a_cri
     calls = {"n": 0}
 
     def orders_then_outage(status="open", symbols=None):
-        from errors import BrokerUnavailable
+        from common.errors import BrokerUnavailable
 
         calls["n"] += 1
         raise BrokerUnavailable("GET /v2/orders: 503 after 3 attempts")
@@ -247,7 +248,7 @@ def test_a_broker_outage_right_after_the_entry_fill_leaves_it_flagged_with_a_cri
 
 
 def test_an_unclear_entry_after_the_post_is_reported_before_the_error_goes_on(rt, fake_alpaca, monkeypatch):
-    from errors import BrokerUnavailable
+    from common.errors import BrokerUnavailable
 
     def lookup_fails(client_order_id):
         raise BrokerUnavailable("GET /v2/orders:by_client_order_id: timed out")
@@ -268,9 +269,9 @@ def test_close_whose_stop_will_not_cancel_says_nothing_was_sent_and_leaves_the_p
                                    trade_fields={"strategy": "momentum"}, fill_timeout=5)
     assert trade["status"] == "open"
     fake_alpaca.cancel_after_reads = 10_000  # the stop stays pending_cancel
-    result = trading.close_symbol(rt, SYMBOL)
+    result = scan_orders.close_symbol(rt, SYMBOL)
     assert not result.sent and not result.closed
-    text = trading.close_text(result)
+    text = scan_orders.close_text(result)
     assert text.startswith(f"close of {SYMBOL} NOT sent")
     assert not [o for o in fake_alpaca.orders.values() if o["side"] == "sell" and o["type"] == "market"]
     after = rt.journal.one("SELECT status FROM trades WHERE id = ?", [trade["id"]])
@@ -322,13 +323,13 @@ def test_protect_all_keeps_a_good_stop_that_an_empty_open_orders_answer_left_out
 # --- 9. the stop the journal shows is the broker's -----------------------------------------------------------------
 
 def test_reconcile_keeps_the_trades_trailing_stop_at_the_level_the_broker_has_now(rt, fake_alpaca):
-    import reconciler
+    from journal import reconcile
 
     trade = executor.open_position(rt, symbol=SYMBOL, cap="large", qty=10, session="2024-06-14", scan_type="open",
                                    trade_fields={"strategy": "momentum"}, fill_timeout=5)
     before = rt.journal.one("SELECT trailing_stop_price FROM trades WHERE id = ?", [trade["id"]])["trailing_stop_price"]
     fake_alpaca.trade_at(SYMBOL, 220.0)  # the trailing stop rises with the price: 5% under 220
-    reconciler.reconcile(rt)
+    reconcile.reconcile(rt)
     after = rt.journal.one("SELECT trailing_stop_price FROM trades WHERE id = ?", [trade["id"]])["trailing_stop_price"]
     assert before == pytest.approx(180.5) and after == pytest.approx(209.0)
 

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 import requests
 
-import decider
-from decider import Decision, Limits
-
-from llm_decider import LlmOutcome, decide_with_llm
+from core import rules_decider
+from core.rules_decider import Decision, Limits
+from ports.llm_decider import LlmOutcome, decide_with_llm
 
 API_KEY = "sk-ant-test-0123456789abcdef"
 MODEL = "claude-test-model"
@@ -86,7 +85,7 @@ def _reply(**changes) -> dict:
 
 
 def _rules(candidates: pd.DataFrame = CANDIDATES, limits: Limits = LIMITS) -> Decision:
-    return decider.decide(candidates, POSITIONS, HELD, limits)
+    return rules_decider.decide(candidates, POSITIONS, HELD, limits)
 
 
 # ---- the request --------------------------------------------------------------------------------------------------

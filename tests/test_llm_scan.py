@@ -6,7 +6,6 @@ import sqlite3
 
 import pytest
 
-
 from realdata import cli, rows
 
 ASOF = "2016-11-10T12:30"

@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from errors import ScanLocked
-from locks import scan_lock
+from common.errors import ScanLocked
+from common.locks import scan_lock
 
 HOLDER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
-    from locks import scan_lock
+    from common.locks import scan_lock
     with scan_lock({path!r}):
         print("held", flush=True)
         time.sleep(60)

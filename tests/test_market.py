@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import market
-import pathmodel
-from clock import calendar
+from common.clock import calendar
+from common.errors import ConfigError, DataError
+from core import intraday_path
+from ports import market_sources
+from ports.market_sources import CsvMarket, SimMarket, open_market
+
 from conftest import ROOT, require_shared_data
-from errors import ConfigError, DataError
-from market import CsvMarket, SimMarket, open_market
 
 STOCKS_FILE = "sp500_daily_2013_2018.csv.gz"
 MARKET_FILE = "spy_vix_daily_1993_2018.csv"
@@ -52,8 +53,8 @@ def test_sim_snapshot_agrees_with_bars():
     assert whole_day.prev_close.tolist() == panel.close[0, ::-1].tolist()
     midday = sim.snapshot(["AAPL"], session, 0.5)
     o, h, lo, c = (getattr(panel, name)[1, 0] for name in ("open", "high", "low", "close"))
-    assert midday.price[0] == pytest.approx(float(pathmodel.price_at(o, h, lo, c, 0.5)))
-    assert midday.volume[0] == pytest.approx(panel.volume[1, 0] * pathmodel.volume_fraction(0.5))
+    assert midday.price[0] == pytest.approx(float(intraday_path.price_at(o, h, lo, c, 0.5)))
+    assert midday.volume[0] == pytest.approx(panel.volume[1, 0] * intraday_path.volume_fraction(0.5))
     assert midday.ask[0] - midday.bid[0] == pytest.approx(midday.price[0] * 0.001)
 
 
@@ -108,7 +109,7 @@ def _quick_rule_passes(sim: SimMarket, symbols: list[str], sessions: list[date])
     for session in sessions:
         i = day_index[session]
         snap = sim.snapshot(symbols, session, MIDDAY)
-        rvol = snap.volume / pathmodel.volume_fraction(MIDDAY) / panel.volume[i - 20:i].mean(axis=0)
+        rvol = snap.volume / intraday_path.volume_fraction(MIDDAY) / panel.volume[i - 20:i].mean(axis=0)
         stage1 = (snap.price > 5) & (snap.price / snap.prev_close - 1 > 0.005) & (rvol >= 1.2)
         gap_up = snap.open / panel.close[i - 1] - 1
         breakout = snap.price > panel.high[i - 5:i].max(axis=0)
@@ -180,8 +181,8 @@ def test_csv_snapshot_uses_the_last_close_before_the_session(small_csv, tmp_path
     data = CsvMarket(small_csv, cache_dir=tmp_path / "cache")
     snap = data.snapshot(["AAA", "BBB"], date(2016, 3, 3), 0.5)
     assert snap.prev_close.tolist() == [11.8, 20.5]  # BBB skipped 03-02
-    assert snap.price[0] == pytest.approx(float(pathmodel.price_at(11.8, 12.2, 11, 11.2, 0.5)))
-    assert snap.volume[1] == pytest.approx(2500 * pathmodel.volume_fraction(0.5))
+    assert snap.price[0] == pytest.approx(float(intraday_path.price_at(11.8, 12.2, 11, 11.2, 0.5)))
+    assert snap.volume[1] == pytest.approx(2500 * intraday_path.volume_fraction(0.5))
     with pytest.raises(DataError) as caught:
         data.snapshot(["AAA"], date(2016, 3, 4), 0.5)
     assert str(caught.value) == f"no data for session 2016-03-04 in {small_csv} (covers 2016-03-01 .. 2016-03-03)"
@@ -235,7 +236,7 @@ def test_csv_gzip_source_and_cache_round_trip(tmp_path, monkeypatch):
     def no_parsing(path):
         raise AssertionError("the cache should have been used")
 
-    monkeypatch.setattr(market, "parse_stock_file", no_parsing)
+    monkeypatch.setattr(market_sources, "parse_stock_file", no_parsing)
     second = CsvMarket(source, cache_dir=cache)
     for name in ("open", "high", "low", "close", "volume"):
         assert np.array_equal(first._fields[name], second._fields[name], equal_nan=True)
@@ -318,10 +319,10 @@ def test_real_snapshot_follows_the_path_model(real, raw_rows):
     snap = real.snapshot(["AAPL", "BMY", "AOS", "DHR"], date(2016, 6, 1), 0.4)
     today, before = raw_rows[("2016-06-01", "AAPL")], raw_rows[("2016-05-31", "AAPL")]
     o, h, lo, c = (float(today[k]) for k in ("open", "high", "low", "close"))
-    assert snap.price[0] == pytest.approx(float(pathmodel.price_at(o, h, lo, c, 0.4)))
-    high, low = pathmodel.range_so_far(o, h, lo, c, 0.4)
+    assert snap.price[0] == pytest.approx(float(intraday_path.price_at(o, h, lo, c, 0.4)))
+    high, low = intraday_path.range_so_far(o, h, lo, c, 0.4)
     assert (snap.high[0], snap.low[0]) == (pytest.approx(float(high)), pytest.approx(float(low)))
-    assert snap.volume[0] == pytest.approx(float(today["volume"]) * pathmodel.volume_fraction(0.4))
+    assert snap.volume[0] == pytest.approx(float(today["volume"]) * intraday_path.volume_fraction(0.4))
     assert snap.prev_close[0] == float(before["close"])
     assert snap.bid[0] == pytest.approx(snap.price[0] * (1 - 0.0005))
     gap_day = real.snapshot(["BMY"], date(2013, 4, 29), 0.5)  # BMY has no row on 2013-04-26

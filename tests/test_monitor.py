@@ -10,9 +10,10 @@ from click.testing import CliRunner
 
 import executor
 from config import load_config
-from crafted import ENTRY, flat, ramp, sessions_after, write_market
+from flows.runtime import Runtime
 from main import cli as command
-from runtime import Runtime
+
+from crafted import ENTRY, flat, ramp, sessions_after, write_market
 from realdata import rows
 
 SCENARIOS = {
@@ -200,7 +201,7 @@ class NoStopsBroker:
         return getattr(self._inner, name)
 
     def submit(self, request):
-        from errors import OrderRejected
+        from common.errors import OrderRejected
 
         if request.type in ("stop", "trailing_stop"):
             raise OrderRejected("stop orders are not accepted for this symbol", status_code=422)

@@ -1,12 +1,13 @@
-"""Operator views (ops.py) against the local fake Alpaca: what `positions` shows is the broker's state now."""
+"""Operator views (flows/operator.py) against the local fake Alpaca: what `positions` shows is the broker's state
+now."""
 from __future__ import annotations
 
 import pytest
 
-import ops
+from common.types import OrderRequest
 from config import load_config
-from models import OrderRequest
-from runtime import Runtime
+from flows import operator
+from flows.runtime import Runtime
 
 ASOF = "2024-06-14T11:00"
 
@@ -42,7 +43,7 @@ def test_positions_show_each_stop_where_the_broker_has_it_now(rt, fake_alpaca):
     fake_alpaca.trade_at("AAPL", 116.19)  # the trailing stop follows the high at the broker
     fake_alpaca.clear_log()
 
-    rows = ops.positions(rt)
+    rows = operator.positions(rt)
 
     by_symbol = {row["symbol"]: row for row in rows}
     assert (by_symbol["AAPL"]["stop"], by_symbol["AAPL"]["trade"], by_symbol["AAPL"]["status"]) == (
@@ -57,13 +58,13 @@ def test_the_first_stop_to_fire_is_shown_and_a_canceled_one_is_not(rt, fake_alpa
     protected_trade(rt, fake_alpaca, "AAPL", 10, 100.0, 106.73)
     fake_alpaca.set_position("AAPL", 20, 100.0)
     fixed = rt.broker.submit(OrderRequest("s-AAPL-2", "AAPL", "sell", "stop", 10, "gtc", stop_price=104.5))
-    assert [row["stop"] for row in ops.positions(rt)] == [104.5]
+    assert [row["stop"] for row in operator.positions(rt)] == [104.5]
     rt.broker.cancel(fixed.id)
-    assert [row["stop"] for row in ops.positions(rt)] == [101.39]
+    assert [row["stop"] for row in operator.positions(rt)] == [101.39]
 
 
 def test_no_positions_no_order_read(rt, fake_alpaca):
     assert rt.broker is not None  # built (and checked against the journal) before the log is cleared
     fake_alpaca.clear_log()
-    assert ops.positions(rt) == []
+    assert operator.positions(rt) == []
     assert [r.path for r in fake_alpaca.requests] == ["/v2/positions"]

@@ -14,20 +14,19 @@ from pathlib import Path
 import pytest
 
 import executor
-import exits
 import monitor
-import options
-import options_monitor
-import options_trading
-import reconciler
-from clock import Clock, calendar, parse_asof
+from common.clock import Clock, calendar, parse_asof
 from config import load_config
+from core import exit_rules, option_math
+from flows import option_entries, option_exits
+from flows.runtime import Runtime
+from journal import reconcile
+from ports.market_sources import CsvMarket
+from ports.sim_broker import SimBroker
+
 from crafted import run_ok as run
 from crafted import use_csv_journal
 from fake_alpaca import fixture
-from market import CsvMarket
-from runtime import Runtime
-from sim_broker import SimBroker
 from realdata import rows
 
 SIGNAL_DAY = date(2016, 6, 8)
@@ -85,9 +84,9 @@ def monitor_options(asof: str) -> monitor.MonitorReport:
     rt = Runtime(load_config({"MOMENTUM_ASOF": asof}))
     try:
         report = monitor.MonitorReport()
-        reconciler.reconcile(rt)
+        reconcile.reconcile(rt)
         flags = monitor.portfolio_flags(rt, report)
-        options_monitor.evaluate_option_positions(rt, flags, report, dry_run=False)
+        option_exits.evaluate_option_positions(rt, flags, report, dry_run=False)
         executor.settle_fills(rt)
         return report
     finally:
@@ -112,7 +111,7 @@ def test_offline_cycle_signal_contract_order_and_exit_on_days_to_expiry(env):
     assert "filled" in out, out
     trade = rows(env, "SELECT * FROM trades")[0]
     order = rows(env, "SELECT * FROM orders")[0]
-    contract = options.parse_occ(trade["symbol"])
+    contract = option_math.parse_occ(trade["symbol"])
     assert contract.root == "STR" and contract.kind == "call"
     assert 7 <= (contract.expiry - date(2016, 6, 9)).days <= 21 and contract.expiry.weekday() == 4
     delta = json.loads(trade["entry_signals"])["contract"]["delta"]
@@ -167,11 +166,11 @@ def test_offline_cycle_signal_contract_order_and_exit_on_days_to_expiry(env):
 
 def test_max_loss_and_underlying_stop_rules_reach_the_exit_engine():
     base = dict(trade_id=1, symbol="STR160617C00041000", qty=3, original_qty=3, entry_price=0.80,
-                asset_class=exits.OPTION, underlying_stop=40.2, underlying_target=41.6)
-    state = exits.PositionState(price=0.39, days_to_expiry=8, underlying_price=40.6, **base)
-    assert exits.choose(exits.evaluate(state, exits.PortfolioFlags(0.0))).reason == "max_loss"
-    state = exits.PositionState(price=0.60, days_to_expiry=8, underlying_price=40.1, **base)
-    assert exits.choose(exits.evaluate(state, exits.PortfolioFlags(0.0))).reason == "stop_loss"
+                asset_class=exit_rules.OPTION, underlying_stop=40.2, underlying_target=41.6)
+    state = exit_rules.PositionState(price=0.39, days_to_expiry=8, underlying_price=40.6, **base)
+    assert exit_rules.choose(exit_rules.evaluate(state, exit_rules.PortfolioFlags(0.0))).reason == "max_loss"
+    state = exit_rules.PositionState(price=0.60, days_to_expiry=8, underlying_price=40.1, **base)
+    assert exit_rules.choose(exit_rules.evaluate(state, exit_rules.PortfolioFlags(0.0))).reason == "stop_loss"
 
 
 def test_at_most_the_configured_number_of_option_positions(env, monkeypatch):
@@ -193,7 +192,7 @@ STRIKES = {185.0: (0.62, 6.80, 6.95), 190.0: (0.51, 2.85, 2.95), 195.0: (0.38, 1
 
 def _contract(strike: float) -> dict:
     body = copy.deepcopy(fixture("option_contracts.json")["option_contracts"][0])
-    symbol = options.format_occ("AAPL", EXPIRY, "call", strike)
+    symbol = option_math.format_occ("AAPL", EXPIRY, "call", strike)
     body.update(symbol=symbol, name=f"AAPL Jun 28 2024 {strike:g} Call", expiration_date=str(EXPIRY),
                 strike_price=f"{strike:g}")
     return body
@@ -210,7 +209,7 @@ def _snapshots_route(fake, match, query, body):
     template = next(iter(fixture("option_snapshot.json")["snapshots"].values()))
     found = {}
     for symbol in query.get("symbols", "").split(","):
-        parsed = options.parse_occ(symbol)
+        parsed = option_math.parse_occ(symbol)
         delta, bid, ask = fake.option_quotes.get(parsed.strike, STRIKES[parsed.strike])
         entry = copy.deepcopy(template)
         entry["greeks"]["delta"] = delta
@@ -261,7 +260,7 @@ def test_alpaca_order_flow_with_option_fixtures(tmp_path, fake_alpaca):
             "target, stop, magnitude_pct, reward_risk, created_at) VALUES ('AAPL', '1D', '2-2', 'bullish', "
             "'reversal', '2024-06-13', 190.0, 194.0, 187.0, 2.1, 1.33, '2024-06-13T21:00:00+00:00')")
     signal = rt.journal.one("SELECT * FROM strat_signals")
-    executions = options_trading.execute_signals(rt, [signal])
+    executions = option_entries.execute_signals(rt, [signal])
     assert [(e.status, e.contract, e.qty, e.limit_price) for e in executions] == [
         ("filled", "AAPL240628C00190000", 1, 2.95)]
     pages = [r for r in fake.requests if r.path == "/v2/options/contracts"]
@@ -276,7 +275,7 @@ def test_alpaca_order_flow_with_option_fixtures(tmp_path, fake_alpaca):
     trade = rt.journal.one("SELECT * FROM trades")
     assert (trade["status"], trade["asset_class"], trade["entry_price"], trade["qty"]) == ("open", "us_option",
                                                                                            2.95, 1)
-    assert options_trading.execute_signals(rt, [signal])[0].reason == "already ordered; not sent again"
+    assert option_entries.execute_signals(rt, [signal])[0].reason == "already ordered; not sent again"
     rt.close()
 
     # Three days before expiry the monitor sells it: an aggressive limit at the bid from the option snapshot.
@@ -285,8 +284,8 @@ def test_alpaca_order_flow_with_option_fixtures(tmp_path, fake_alpaca):
     fake.set_price("AAPL", 190.4)
     rt = alpaca_runtime(tmp_path, fake, "2024-06-25T11:00")
     report = monitor.MonitorReport()
-    reconciler.reconcile(rt)
-    options_monitor.evaluate_option_positions(rt, exits.PortfolioFlags(0.0), report, dry_run=False)
+    reconcile.reconcile(rt)
+    option_exits.evaluate_option_positions(rt, exit_rules.PortfolioFlags(0.0), report, dry_run=False)
     executor.settle_fills(rt)
     assert report.exits_started == [("AAPL240628C00190000", "time_based_urgent", "HIGH")]
     sells = [r.body for r in fake.requests if r.method == "POST" and r.path == "/v2/orders"][1:]
@@ -303,16 +302,16 @@ def test_expired_day_limit_cancels_the_pending_option_trade(env):
     run("--asof", "2016-06-08T17:00", "strat", "scan", "--symbols", "STR")
     rt = Runtime(load_config({"MOMENTUM_ASOF": "2016-06-09T10:00"}))
     signal = rt.journal.one("SELECT * FROM strat_signals")
-    original = options.entry_limit
+    original = option_math.entry_limit
 
     def far_below(quote):
         return round(original(quote) * 0.5, 2)  # a limit the market never comes down to
 
     try:
-        options.entry_limit = far_below
-        execution = options_trading.execute_signals(rt, [signal])[0]
+        option_math.entry_limit = far_below
+        execution = option_entries.execute_signals(rt, [signal])[0]
     finally:
-        options.entry_limit = original
+        option_math.entry_limit = original
     assert execution.status == "ordered"
     assert rt.journal.one("SELECT status FROM trades")["status"] == "pending"
     rt.close()

@@ -6,12 +6,10 @@ import re
 
 import pytest
 
-import reconciler
-import schema
-import trades
-from models import FINAL_STATUSES
+from common.types import FINAL_STATUSES
+from journal import reconcile, schema, trade_book
 
-LIVE_QUERY = (f"SELECT * FROM orders WHERE rowid IN (SELECT rowid FROM orders WHERE {reconciler.LIVE_ORDERS}) "
+LIVE_QUERY = (f"SELECT * FROM orders WHERE rowid IN (SELECT rowid FROM orders WHERE {reconcile.LIVE_ORDERS}) "
               "ORDER BY rowid")
 
 
@@ -21,8 +19,8 @@ def _plan(journal, sql: str) -> str:
 
 def test_the_live_condition_is_the_indexs_and_covers_every_final_status():
     index_condition = re.search(r"WHERE (status NOT IN \([^)]*\))", schema.MIGRATION_0006).group(1)
-    assert index_condition == reconciler.LIVE_ORDERS
-    assert set(reconciler.FINAL_OR_UNSENT) == set(FINAL_STATUSES) | {"not_sent"}
+    assert index_condition == reconcile.LIVE_ORDERS
+    assert set(reconcile.FINAL_OR_UNSENT) == set(FINAL_STATUSES) | {"not_sent"}
 
 
 def test_refresh_and_the_fill_check_use_the_partial_indexes(journal):
@@ -64,16 +62,16 @@ def test_apply_order_fills_skips_its_full_read_only_when_nothing_can_apply(journ
 
     monkeypatch.setattr(journal, "query", counting)
     _order(journal, "done", "filled", filled=10, applied=10)
-    trades.apply_order_fills(rt, _Report())
+    trade_book.apply_order_fills(rt, _Report())
     assert reads == []  # nothing unapplied, no pending trade
     _order(journal, "late", "filled", filled=10, applied=4)
-    trades.apply_order_fills(rt, _Report())
+    trade_book.apply_order_fills(rt, _Report())
     assert len(reads) == 1  # an unapplied fill: the full read runs (the order has no trade, so nothing applies)
 
 
 @pytest.fixture
 def journal(tmp_path):
-    from clock import Clock, parse_asof
+    from common.clock import Clock, parse_asof
     from db import open_journal
 
     j = open_journal(tmp_path / "trades.db", Clock(parse_asof("2016-01-04T10:00")))

@@ -18,10 +18,12 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 VERSION = PYPROJECT["project"]["version"]
 
 
-def test_every_top_level_module_is_packaged_and_nothing_else():
-    listed = PYPROJECT["tool"]["setuptools"]["py-modules"]
-    on_disk = sorted(path.stem for path in ROOT.glob("*.py"))
-    assert sorted(listed) == on_disk
+def test_every_module_and_package_is_packaged_and_nothing_else():
+    setuptools = PYPROJECT["tool"]["setuptools"]
+    assert sorted(setuptools["py-modules"]) == sorted(path.stem for path in ROOT.glob("*.py"))
+    packages = sorted(".".join(init.parent.relative_to(ROOT).parts) for init in ROOT.glob("**/__init__.py")
+                      if not {"tests", "bench", "build"} & set(init.relative_to(ROOT).parts))
+    assert sorted(setuptools["packages"]) == packages
 
 
 def test_runtime_requirements_are_what_the_product_imports():
@@ -43,8 +45,13 @@ def test_installed_momentum_command_runs_a_scan_from_its_own_home(tmp_path):
     # a copy of what the distribution is built from, so the build leaves nothing in the checkout
     source = tmp_path / "source"
     source.mkdir()
-    for name in [*PYPROJECT["tool"]["setuptools"]["py-modules"]]:
+    for name in PYPROJECT["tool"]["setuptools"]["py-modules"]:
         shutil.copy2(ROOT / f"{name}.py", source)
+    for package in PYPROJECT["tool"]["setuptools"]["packages"]:
+        folder = source.joinpath(*package.split("."))
+        folder.mkdir(parents=True, exist_ok=True)
+        for module in ROOT.joinpath(*package.split(".")).glob("*.py"):
+            shutil.copy2(module, folder)
     for name in ("pyproject.toml", "requirements.in", "README.md"):
         shutil.copy2(ROOT / name, source)
     (source / "data").mkdir()

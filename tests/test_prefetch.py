@@ -8,11 +8,12 @@ from datetime import date
 import numpy as np
 import pytest
 
-import agent
-import backtest
-import reversal
 import scanner
-from prefetch import SessionPrefetch
+from backtest import replay
+from backtest.prefetch import SessionPrefetch
+from core import reversal
+from flows import scan
+
 from realdata import BARS
 from test_prepared_history import assert_same_prepared
 
@@ -25,14 +26,14 @@ def rt(real_universe, shared_cache, tmp_path):  # noqa: F811
 
     config = load_config({"UNIVERSE_FILE": str(real_universe), "DATA_SOURCE": f"csv:{BARS}", "BROKER": "sim",
                           "CACHE_DIR": str(shared_cache), "LOG_DIR": str(tmp_path / "logs"), "MOMENTUM_ASOF": ""})
-    runtime = backtest.backtest_runtime(config, tmp_path / "bt")
+    runtime = replay.backtest_runtime(config, tmp_path / "bt")
     yield runtime
     runtime.close()
 
 
 def _history(rt, day: date, symbols: list[str]):
     cal = rt.calendar
-    return rt.market.bars(symbols, cal.sessions_back(day, agent.HISTORY_SESSIONS), cal.previous_session(day))
+    return rt.market.bars(symbols, cal.sessions_back(day, scanner.HISTORY_SESSIONS), cal.previous_session(day))
 
 
 def test_the_worker_seeds_the_columns_the_replay_would_prepare(rt):
@@ -77,10 +78,10 @@ def test_a_failing_worker_leaves_the_replay_to_prepare_in_process(rt, caplog):
 
 
 def test_nothing_is_prefetched_for_a_live_feed_or_a_rebalance(rt):
-    assert backtest._prefetch_symbols(rt, "rebalance") == []
-    assert len(backtest._prefetch_symbols(rt, "momentum")) > 400
+    assert replay._prefetch_symbols(rt, "rebalance") == []
+    assert len(replay._prefetch_symbols(rt, "momentum")) > 400
     rt.__dict__["history_cache"] = None
-    assert backtest._prefetch_symbols(rt, "momentum") == []
+    assert replay._prefetch_symbols(rt, "momentum") == []
     with SessionPrefetch(rt, DAYS, []) as ahead:
         assert not ahead.seed(DAYS[0])
 
@@ -88,13 +89,13 @@ def test_nothing_is_prefetched_for_a_live_feed_or_a_rebalance(rt):
 def test_seeded_snapshots_scan_frames_and_contexts_are_the_direct_ones(rt):
     import pandas as pd
 
-    from history_cache import market_snapshot, scan_frame
+    from flows.prepared_history import market_snapshot, scan_frame
 
     day = DAYS[1]
     session = rt.calendar.session(day)
     small = rt.universe.symbols("small")
-    steps = [s for s in backtest.session_steps(session, "momentum", "all") if s.kind in ("scan", "monitor")]
-    moments = {day: backtest._step_moments(rt, session, "momentum", "all")}
+    steps = [s for s in replay.session_steps(session, "momentum", "all") if s.kind in ("scan", "monitor")]
+    moments = {day: replay._step_moments(rt, session, "momentum", "all")}
     with SessionPrefetch(rt, [day], rt.universe.symbols("all"), moments) as ahead:
         assert ahead.seed(day)
     scans = [s for s in steps if s.kind == "scan" and s.cap == "small"]
@@ -108,12 +109,12 @@ def test_seeded_snapshots_scan_frames_and_contexts_are_the_direct_ones(rt):
         for name in ("open", "high", "low", "price", "volume", "prev_close", "bid", "ask"):
             np.testing.assert_array_equal(getattr(seeded, name), getattr(direct, name))
         history = _history(rt, day, wanted)
-        rules = agent.cap_rules(rt.config, "small")
+        rules = scan.cap_rules(rt.config, "small")
         assert rt.history_cache.frame(seeded, rules, history.dates) is not None
         pd.testing.assert_frame_equal(scan_frame(rt, history, market_snapshot(rt, wanted, day, fraction), rules),
                                       scanner.scan(history, direct, rules))
         assert rt.history_cache.context(day, fraction, small) is not None
-        assert agent.scan_context(rt, session, fraction, seeded, small) == agent.market_context(
+        assert scan.scan_context(rt, session, fraction, seeded, small) == scan.market_context(
             rt, session, fraction, direct.select(small))
     # a moment the worker did not compute, or a symbol outside its universe, is computed directly
     assert rt.history_cache.snapshot(small, day, 0.123) is None
@@ -123,7 +124,7 @@ def test_seeded_snapshots_scan_frames_and_contexts_are_the_direct_ones(rt):
 def test_a_worker_whose_replay_is_gone_stops_waiting_on_a_full_queue(monkeypatch):
     import queue
 
-    import prefetch
+    from backtest import prefetch
 
     full = queue.Queue(maxsize=1)
     full.put("waiting")

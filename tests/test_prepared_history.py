@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import indicators
-import reversal
 import scanner
-from history_cache import HistoryCache, join_columns, take_columns
+from core import indicators, reversal
+from flows.prepared_history import HistoryCache, join_columns, take_columns
+
 from test_scanner_realdata import daily, history_before, snapshot_of  # noqa: F401 - the real-data fixture
 
 pytestmark = pytest.mark.slow  # real-data validation of the prepared histories

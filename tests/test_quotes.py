@@ -1,9 +1,9 @@
 
 import numpy as np
 
-import quotes
 from config import load_config
-from runtime import Runtime
+from flows import quotes
+from flows.runtime import Runtime
 
 
 class CountingMarket:

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FakeTime
+from common.errors import Unavailable
+from ports.request_budget import RequestBudget
 
-from errors import Unavailable
-from ratelimit import RequestBudget
+from conftest import FakeTime
 
 
 @pytest.fixture

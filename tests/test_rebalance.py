@@ -1,11 +1,11 @@
 """The 52-week-high rebalance on the real S&P 500 data."""
 from __future__ import annotations
 
-
 import pandas as pd
 import pytest
 
-import pathmodel
+from core import intraday_path
+
 from conftest import SHARED_DATA
 from realdata import BARS, cli, rows
 
@@ -26,8 +26,8 @@ def expected_top(day: str, fraction: float, n: int = 5) -> list[str]:
         past = before[before["symbol"] == symbol].sort_values("date").tail(252)
         if len(past) < 252 or past["close"].isna().any():
             continue
-        price = float(pathmodel.price_at(row["open"], row["high"], row["low"], row["close"], fraction))
-        high_so_far, _ = pathmodel.range_so_far(row["open"], row["high"], row["low"], row["close"], fraction)
+        price = float(intraday_path.price_at(row["open"], row["high"], row["low"], row["close"], fraction))
+        high_so_far, _ = intraday_path.range_so_far(row["open"], row["high"], row["low"], row["close"], fraction)
         if price > 5:
             ratios[symbol] = price / max(past["high"].max(), float(high_so_far))
     return sorted(ratios, key=lambda s: (-ratios[s], s))[:n]

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import executor
-from clock import Clock, parse_asof
+from common.clock import Clock, parse_asof
+from common.types import OrderRequest
 from config import load_config
-from market import CsvMarket
-from models import OrderRequest
-from runtime import Runtime
+from flows.runtime import Runtime
+from ports.market_sources import CsvMarket
+from ports.sim_broker import SimBroker
+
 from realdata import BARS, cli, rows
-from sim_broker import SimBroker
 
 
 def broker_at(env, asof):

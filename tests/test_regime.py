@@ -9,11 +9,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import regime
+from common.errors import DataError
+from core.regime import classify
+from core.regime.classify import FACTORS, compute_regimes, regime_for_day
+from core.regime.jump_model import fit_jump_model, online_labels
+
 from conftest import require_shared_data
-from errors import DataError
-from regime import FACTORS, compute_regimes, regime_for_day
-from regime_model import fit_jump_model, online_labels
 
 SPY_VIX = "spy_vix_daily_1993_2018.csv"
 
@@ -38,7 +39,7 @@ def test_factors_are_the_documented_allocation():
 
 def test_one_day_vix_jump_starts_crash_which_ends_when_vix_is_back_after_two_sessions():
     vix = [15.0] * 40 + [18.3, 16.0, 16.4, 16.0, 15.0, 15.0]  # +22% on day 40, back near 15 at once
-    override = regime.vix_override(pd.Series(vix, index=pd.bdate_range("2010-01-04", periods=len(vix))))
+    override = classify.vix_override(pd.Series(vix, index=pd.bdate_range("2010-01-04", periods=len(vix))))
     assert override["active"].tolist()[38:] == [False, False, True, True, False, False, False, False]
     assert override["trigger"].iloc[40] and override["reference"].iloc[40] == 15.0
     # day 41 is already back under 15 * 1.1 = 16.5 but a spike is not undone by the next session's noise;
@@ -47,7 +48,7 @@ def test_one_day_vix_jump_starts_crash_which_ends_when_vix_is_back_after_two_ses
 
 def test_three_day_vix_jump_starts_crash_and_ten_sessions_end_it_when_vix_stays_high():
     vix = [14.0] * 40 + [16.0, 18.5, 21.5] + [21.5] * 14  # each day under +20%, three days +54%
-    override = regime.vix_override(pd.Series(vix, index=pd.bdate_range("2010-01-04", periods=len(vix))))
+    override = classify.vix_override(pd.Series(vix, index=pd.bdate_range("2010-01-04", periods=len(vix))))
     active = override["active"].to_numpy()
     assert not active[:42].any()
     assert override["trigger"].iloc[42] and override["reference"].iloc[42] == 14.0
@@ -56,7 +57,7 @@ def test_three_day_vix_jump_starts_crash_and_ten_sessions_end_it_when_vix_stays_
 
 def test_a_new_spike_while_active_restarts_the_count_and_keeps_the_first_pre_spike_level():
     vix = [15.0] * 40 + [19.0, 19.0, 19.0, 24.0] + [20.0] * 12
-    override = regime.vix_override(pd.Series(vix, index=pd.bdate_range("2010-01-04", periods=len(vix))))
+    override = classify.vix_override(pd.Series(vix, index=pd.bdate_range("2010-01-04", periods=len(vix))))
     active = override["active"].to_numpy()
     assert active[40:53].all() and not active[53:].any()  # 10 sessions counted from the second trigger (day 43)
     assert override["reference"].iloc[45] == 15.0
@@ -135,8 +136,8 @@ def test_features_at_a_day_do_not_change_when_later_data_changes(spy_vix):
     altered = spy_vix.copy()
     later = altered.index > cut
     altered.loc[later, "spy_close"] *= np.random.default_rng(1).uniform(0.5, 1.5, later.sum())
-    original = regime.standardise(regime.raw_features(spy_vix)).loc[:cut]
-    changed = regime.standardise(regime.raw_features(altered)).loc[:cut]
+    original = classify.standardise(classify.raw_features(spy_vix)).loc[:cut]
+    changed = classify.standardise(classify.raw_features(altered)).loc[:cut]
     pd.testing.assert_frame_equal(original, changed)
     assert original.iloc[-1].notna().all()
 
@@ -205,13 +206,13 @@ def test_one_day_is_fast(spy_vix):
 @pytest.mark.slow
 def test_own_jump_model_agrees_with_the_jumpmodels_library(spy_vix):
     jump = pytest.importorskip("jumpmodels.jump")
-    z = regime.standardise(regime.raw_features(spy_vix)).dropna().loc["1998-01-01":"2008-12-31"].to_numpy()
-    ours = fit_jump_model(z, regime.JUMP_PENALTY)
-    theirs = jump.JumpModel(n_components=2, jump_penalty=regime.JUMP_PENALTY, random_state=0).fit(z, sort_by=None)
+    z = classify.standardise(classify.raw_features(spy_vix)).dropna().loc["1998-01-01":"2008-12-31"].to_numpy()
+    ours = fit_jump_model(z, classify.JUMP_PENALTY)
+    theirs = jump.JumpModel(n_components=2, jump_penalty=classify.JUMP_PENALTY, random_state=0).fit(z, sort_by=None)
     same_order = np.mean(ours.labels == theirs.labels_) >= 0.5
     aligned = np.asarray(theirs.labels_) if same_order else 1 - np.asarray(theirs.labels_)
     assert np.mean(ours.labels == aligned) >= 0.99
     assert ours.objective == pytest.approx(theirs.val_, rel=1e-9)
     online_theirs = np.asarray(theirs.predict_online(z))
-    online_ours = online_labels(z, ours.centers, regime.JUMP_PENALTY)
+    online_ours = online_labels(z, ours.centers, classify.JUMP_PENALTY)
     assert np.mean(online_ours == (online_theirs if same_order else 1 - online_theirs)) >= 0.99

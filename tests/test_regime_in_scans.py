@@ -7,7 +7,6 @@ import json
 from realdata import cli, rows
 
 
-
 def test_regime_command_prints_and_stores_the_label(real_env):
     result = cli("--asof", "2011-08-08T17:00", "regime")
     assert result.exit_code == 0, result.output

@@ -144,14 +144,14 @@ def test_metrics_since_inception(journal):
     ([10.0, -5.0, 0.0, 30.0], {"wins": 2, "losses": 2, "profit_factor": 8.0, "avg_loss": -2.5, "avg_win": 20.0}),
 ])
 def test_trade_statistics(pnls, expected):
-    from reports import trade_stats
+    from flows.reports import trade_stats
 
     stats = trade_stats(pnls)
     assert {key: stats[key] for key in expected} == expected
 
 
 def test_return_statistics_of_a_flat_and_a_falling_equity():
-    from reports import return_stats
+    from flows.reports import return_stats
 
     flat = return_stats([100.0, 100.0, 100.0])
     assert flat["sharpe"] is None and flat["sortino"] is None and flat["max_drawdown_pct"] == 0
@@ -222,7 +222,7 @@ def test_export_to_a_missing_directory_is_a_one_line_error(journal, tmp_path):
 
 
 def test_audit_append_writes_one_file_per_new_york_day_with_one_header(tmp_path):
-    from exports import AUDIT_COLUMNS, audit_append
+    from journal.exports import AUDIT_COLUMNS, audit_append
 
     evening = datetime(2016, 11, 10, 2, 0, tzinfo=timezone.utc)  # 21:00 on 2016-11-09 in New York
     first = audit_append(tmp_path, {"event": "submitted", "client_order_id": "m-1", "symbol": "CAT", "side": "buy",

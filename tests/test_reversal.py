@@ -7,10 +7,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import indicators
-from models import Panel, Snapshot
-from pathmodel import volume_fraction
-from reversal import MAX_REVERSAL_SCORE, REVERSAL_WEIGHTS, reversal_scores
+from common.types import Panel, Snapshot
+from core import indicators
+from core.intraday_path import volume_fraction
+from core.reversal import MAX_REVERSAL_SCORE, REVERSAL_WEIGHTS, reversal_scores
 
 SESSION = date(2024, 6, 3)
 # Against a flat history at 100 (high 101, low 99, volume 1e6) this bar triggers nothing: price above every SMA,

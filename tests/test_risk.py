@@ -7,10 +7,21 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
+from common.types import BUY, SELL
 from config import load_config
-from models import BUY, SELL
-from risk import (BUY_GATES, GateResult, HeldPosition, OrderProposal, PortfolioState, RiskLimits, check_orders,
-                  daily_loss_breached, pearson_correlation, refusal_storm, size_position)
+from core.risk import (
+    BUY_GATES,
+    GateResult,
+    HeldPosition,
+    OrderProposal,
+    PortfolioState,
+    RiskLimits,
+    check_orders,
+    daily_loss_breached,
+    pearson_correlation,
+    refusal_storm,
+    size_position,
+)
 
 EQUITY = 100_000.0
 UNIVERSE = {f"S{i:02d}" for i in range(60)} | {"AAA", "BBB", "CCC", "HELD", "HELD2"}

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 import scanner
-from models import Panel, Snapshot
-from pathmodel import volume_fraction
+from common.types import Panel, Snapshot
+from core.intraday_path import volume_fraction
 from scanner import CAP_RULES, CapRules, composite_score, market_context, scan
 
 SESSION = date(2024, 6, 3)

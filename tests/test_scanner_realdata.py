@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import require_shared_data
-from models import BAR_FIELDS, Panel, Snapshot
-from pathmodel import price_at, range_so_far, volume_fraction
+from common.types import BAR_FIELDS, Panel, Snapshot
+from core.intraday_path import price_at, range_so_far, volume_fraction
 from scanner import CAP_RULES, scan
+
+from conftest import require_shared_data
 
 pytestmark = pytest.mark.slow  # real-data validation of every indicator against plain loops
 

@@ -13,15 +13,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import pathmodel
-
-from clock import NY, Clock
-from errors import (
-    DataUnavailable, DuplicateClientOrderId, InsufficientQty, JournalError, OrderNotFound, OrderRejected, SimTimeError,
+from common.clock import NY, Clock
+from common.errors import (
+    DataUnavailable,
+    DuplicateClientOrderId,
+    InsufficientQty,
+    JournalError,
+    OrderNotFound,
+    OrderRejected,
+    SimTimeError,
 )
-from models import BUY, LIMIT, MARKET, SELL, STOP, TRAILING_STOP, OrderRequest, Panel, Snapshot
-from sim_broker import SimBroker
-from sim_fills import cost_rate, round_price
+from common.types import BUY, LIMIT, MARKET, SELL, STOP, TRAILING_STOP, OrderRequest, Panel, Snapshot
+from core import intraday_path
+from ports.sim_broker import SimBroker
+from ports.sim_fills import cost_rate, round_price
 
 NOV = {d: date(2016, 11, d) for d in range(1, 30)}
 
@@ -474,10 +479,10 @@ FRACTIONS = [0.0, 1e-9, 0.1, 1 / 6, 1 / 3, 0.4, 0.5, 2 / 3, 0.9, 389 / 390, 1.0,
 def _array_path(bar, f_from: float, f_to: float) -> list[tuple[float, float]]:
     """The walk's points computed with pathmodel's array functions."""
     f_from, f_to = max(0.0, min(1.0, f_from)), max(0.0, min(1.0, f_to))
-    points = [(f_from, float(pathmodel.price_at(*bar, f_from)))]
-    points += [(float(t), float(p)) for t, p in zip(pathmodel.VERTEX_TIMES, pathmodel.vertices(*bar))
+    points = [(f_from, float(intraday_path.price_at(*bar, f_from)))]
+    points += [(float(t), float(p)) for t, p in zip(intraday_path.VERTEX_TIMES, intraday_path.vertices(*bar))
                if f_from < t < f_to]
-    return points + ([(f_to, float(pathmodel.price_at(*bar, f_to)))] if f_to > f_from else [])
+    return points + ([(f_to, float(intraday_path.price_at(*bar, f_to)))] if f_to > f_from else [])
 
 
 @pytest.mark.slow
@@ -486,9 +491,9 @@ def test_the_walks_path_is_the_snapshots_path_to_the_bit():
     they must not differ by one bit: every point, every vertex, every clamped fraction."""
     for bar in _bars_to_check():
         for f_from in FRACTIONS:
-            assert pathmodel.bar_price(*bar, f_from) == float(pathmodel.price_at(*bar, f_from)), (bar, f_from)
+            assert intraday_path.bar_price(*bar, f_from) == float(intraday_path.price_at(*bar, f_from)), (bar, f_from)
             for f_to in FRACTIONS:
-                assert pathmodel.path_points(*bar, f_from, f_to) == _array_path(bar, f_from, f_to), (bar, f_from,
+                assert intraday_path.path_points(*bar, f_from, f_to) == _array_path(bar, f_from, f_to), (bar, f_from,
                                                                                                       f_to)
 
 

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-import strat
+from common.types import Panel
+from core import strat_signals
+from main import cli as command
+
 from conftest import require_shared_data
 from crafted import run_ok as run
 from crafted import use_csv_journal
-from main import cli as command
-from models import Panel
 from realdata import rows
 
 
@@ -29,7 +30,7 @@ def bars(rows):
 
 def signals(rows, **kw):
     dates, o, h, lo, c = bars(rows)
-    return strat.find_signals(dates, ["X"], o, h, lo, c, "1D", last_only=False, **kw)
+    return strat_signals.find_signals(dates, ["X"], o, h, lo, c, "1D", last_only=False, **kw)
 
 
 # --- bar types --------------------------------------------------------------------------------------------------
@@ -37,14 +38,13 @@ def signals(rows, **kw):
 def test_bar_types_against_the_previous_bar_with_equal_extremes_counting_as_inside():
     high = np.array([[10.0, 5], [11, 5], [11, 6], [10, 6], [12, 7], [12, np.nan], [11.5, 7]])
     low = np.array([[9.0, 4], [9.5, 4], [9.5, 3], [9.0, 4], [8.0, 2], [8.5, 1], [8.5, 1]])
-    types = strat.classify(high, low)
+    types = strat_signals.classify(high, low)
     # column 0: -, 2U (higher high), 1 (equal high and low), 2D (lower low), 3 (both), 1 (equal high), 1
-    assert types[:, 0].tolist() == [strat.UNKNOWN, strat.UP, strat.INSIDE, strat.DOWN, strat.OUTSIDE, strat.INSIDE,
-                                    strat.INSIDE]
+    s = strat_signals
+    assert types[:, 0].tolist() == [s.UNKNOWN, s.UP, s.INSIDE, s.DOWN, s.OUTSIDE, s.INSIDE, s.INSIDE]
     # column 1: -, 1, 3, 2D... with a missing high: that bar and the next are unknown
-    assert types[:, 1].tolist() == [strat.UNKNOWN, strat.INSIDE, strat.OUTSIDE, strat.INSIDE, strat.OUTSIDE,
-                                    strat.UNKNOWN, strat.UNKNOWN]
-    assert strat.labels(types[:5, 0]).tolist() == ["-", "2U", "1", "2D", "3"]
+    assert types[:, 1].tolist() == [s.UNKNOWN, s.INSIDE, s.OUTSIDE, s.INSIDE, s.OUTSIDE, s.UNKNOWN, s.UNKNOWN]
+    assert strat_signals.labels(types[:5, 0]).tolist() == ["-", "2U", "1", "2D", "3"]
 
 
 # --- patterns on hand-made bars ------------------------------------------------------------------------------------
@@ -102,17 +102,17 @@ def test_quality_filters_magnitude_and_reward_risk():
 def test_last_only_reports_just_the_last_bar():
     rows = [REFERENCE, (100, 101, 99, 100), (100.6, 101.5, 100.5, 101.4), (101, 101.2, 100, 100.1)]
     dates, o, h, lo, c = bars(rows)
-    assert [s.bar_date for s in strat.find_signals(dates, ["X"], o, h, lo, c, "1D")] == ["2020-01-09"]
-    assert strat.find_signals(dates[:-1], ["X"], o[:-1], h[:-1], lo[:-1], c[:-1], "1D") == []
+    assert [s.bar_date for s in strat_signals.find_signals(dates, ["X"], o, h, lo, c, "1D")] == ["2020-01-09"]
+    assert strat_signals.find_signals(dates[:-1], ["X"], o[:-1], h[:-1], lo[:-1], c[:-1], "1D") == []
 
 
 def test_classification_is_vectorised_across_symbols():
     rng = np.random.default_rng(7)
     close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (300, 50)), axis=0))
     high, low = close * (1 + rng.uniform(0, 0.01, close.shape)), close * (1 - rng.uniform(0, 0.01, close.shape))
-    together = strat.pattern_table(close, high, low, close)
+    together = strat_signals.pattern_table(close, high, low, close)
     for j in (0, 17, 49):
-        alone = strat.pattern_table(close[:, [j]], high[:, [j]], low[:, [j]], close[:, [j]])
+        alone = strat_signals.pattern_table(close[:, [j]], high[:, [j]], low[:, [j]], close[:, [j]])
         assert (alone["types"][:, 0] == together["types"][:, j]).all()
         assert (alone["pattern"][:, 0] == together["pattern"][:, j]).all()
         np.testing.assert_array_equal(alone["target"][:, 0], together["target"][:, j])
@@ -129,7 +129,7 @@ def spy():
 def spy_signals(spy):
     dates = spy.date.values.astype("datetime64[D]")
     o, h, lo, c = (spy[f"spy_{k}"].values[:, None] for k in ("open", "high", "low", "close"))
-    return {s.bar_date: s for s in strat.find_signals(dates, ["SPY"], o, h, lo, c, "1D", last_only=False)}
+    return {s.bar_date: s for s in strat_signals.find_signals(dates, ["SPY"], o, h, lo, c, "1D", last_only=False)}
 
 
 def test_real_spy_bars_checked_by_hand(spy):
@@ -168,7 +168,7 @@ def test_weekly_bars_from_real_daily_bars(spy):
     dates = spy.date.values.astype("datetime64[D]")
     fields = [spy[f"spy_{k}"].values[:, None] for k in ("open", "high", "low", "close", "volume")]
     daily = Panel(dates, ["SPY"], *fields)
-    weekly = strat.weekly_panel(daily)
+    weekly = strat_signals.weekly_panel(daily)
     i = list(weekly.dates.astype(str)).index("2017-03-31")
     # 2017-03-27..31: open = Monday's open 213.8372, high = the week's highest high, low = Monday's 213.5422,
     # close = Friday's close; the bar is dated by its last session
@@ -179,7 +179,7 @@ def test_weekly_bars_from_real_daily_bars(spy):
     # a week still trading is left out: through Wednesday 2017-03-29 the last weekly bar is the week of 03-24
     through = int((dates <= np.datetime64("2017-03-29")).sum())
     cut = Panel(dates[:through], ["SPY"], *(f[:through] for f in fields))
-    assert str(strat.weekly_panel(cut, date(2017, 3, 29)).dates[-1]) == "2017-03-24"
+    assert str(strat_signals.weekly_panel(cut, date(2017, 3, 29)).dates[-1]) == "2017-03-24"
 
 
 # --- the command ---------------------------------------------------------------------------------------------------

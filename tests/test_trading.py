@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from common.clock import Clock, parse_asof
+from ports.market_sources import CsvMarket
+from ports.sim_broker import SimBroker
 
-from clock import Clock, parse_asof
-from market import CsvMarket
 from realdata import BARS, cli, rows
-from sim_broker import SimBroker
 
 SCANS = ["2016-11-09T10:30", "2016-11-10T12:30", "2016-11-11T15:30", "2016-11-14T10:30"]
 

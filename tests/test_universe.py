@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from common.errors import ConfigError
+from common.universe import Universe, build_universe, load_universe, write_universe
+
 from conftest import ROOT, require_shared_data
-from errors import ConfigError
-from universe import Universe, build_universe, load_universe, write_universe
 
 SYMBOL = re.compile(r"^[A-Z][A-Z0-9.]{0,9}$")
 

@@ -1,0 +1,126 @@
+"""The command-line application: the click group with the global options, the mapping of the product's errors to
+one line and the documented exit code, and how every command starts and finishes its run in the journal."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import click
+
+from common.errors import EXIT_FAILURE, MomentumError
+from config import load_config, product_version, redact
+
+log = logging.getLogger("momentum")
+GLOBAL_OPTIONS = {"db": "MOMENTUM_DB", "data": "DATA_SOURCE", "market": "MARKET_DATA", "broker": "BROKER",
+                  "asof": "MOMENTUM_ASOF", "universe": "UNIVERSE_FILE"}
+
+
+class AgentGroup(click.Group):
+    """Maps the product's errors to one line on stderr and the documented exit code.
+
+    A SQLite failure of the journal met anywhere in a command (locked by another command past the busy timeout,
+    damaged, read-only) is mapped here, in one place, to the journal's own errors (db.journal_fault)."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except MomentumError as err:
+            _fail(ctx, err)
+        except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("error: interrupted", err=True)
+            sys.exit(130)
+        except Exception as err:  # the last line of defence: log the traceback, show one line
+            fault = _journal_fault(ctx, err)
+            if fault is not None:
+                log.error("journal failure: %s", fault, exc_info=err)
+                # Not recorded in the journal: it is locked (recording would wait another busy timeout), damaged or
+                # read-only; closing the connection rolls back whatever the command had not committed.
+                _fail(ctx, fault, record=False)
+            log.exception("unexpected failure")
+            message = redact(f"{type(err).__name__}: {err}")
+            click.echo(f"error: unexpected failure ({message}); details in the log", err=True)
+            _finish_run(ctx, "failed", EXIT_FAILURE, message)
+            sys.exit(EXIT_FAILURE)
+
+
+def _fail(ctx: click.Context, err: MomentumError, *, record: bool = True) -> NoReturn:
+    message = redact(str(err))
+    stream_err = err.exit_code != 0
+    click.echo(message if not stream_err else f"error: {message}", err=stream_err)
+    if record:
+        _finish_run(ctx, "skipped" if err.exit_code in (0, 75) else "failed", err.exit_code, message)
+    sys.exit(err.exit_code)
+
+
+def _journal_fault(ctx: click.Context, err: Exception) -> MomentumError | None:
+    """The journal error `err` amounts to (a sqlite3 error of the journal), or None."""
+    rt = ctx.obj
+    if rt is None:
+        return None
+    from db import journal_fault
+
+    return journal_fault(err, rt.config.momentum_db)
+
+
+def _finish_run(ctx: click.Context, status: str, code: int, detail: str | None = None) -> None:
+    rt = ctx.obj
+    if rt is not None and "journal" in getattr(rt, "__dict__", {}):
+        try:
+            rt.journal.finish_run(status, code, detail)
+            deliver_alerts(rt)
+        except Exception:  # noqa: BLE001 - recording the run must never hide the original error
+            log.warning("could not record the end of the run", exc_info=True)
+
+
+def deliver_alerts(rt) -> None:
+    """Send the alerts this command recorded (the outbox); a failing channel is recorded, never raised."""
+    from ports import alerts
+
+    report = alerts.dispatch(rt.journal, rt.config)
+    if report.errors:
+        log.warning("alert delivery: %s", report.summary())
+
+
+@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--db", help="Journal file [MOMENTUM_DB, default data/trades.db].")
+@click.option("--data", help="Market data: sim, csv:PATH or alpaca [DATA_SOURCE, default sim].")
+@click.option("--market", help="SPY/VIX daily CSV [MARKET_DATA].")
+@click.option("--broker", help="Broker: sim or alpaca [BROKER, default sim].")
+@click.option("--asof", help="Simulated time, ISO; naive = America/New_York [MOMENTUM_ASOF].")
+@click.option("--universe", help="Universe JSON [UNIVERSE_FILE, default data/universe.json].")
+@click.option("-v", "--verbose", is_flag=True, help="Also log to stderr.")
+@click.version_option(product_version(), "--version", prog_name="momentum-agent", message="%(prog)s %(version)s")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool, **options: str | None) -> None:
+    """Momentum Agent: an autonomous momentum-trading agent for US equities.
+
+    Every command works offline on the embedded simulated market and broker with no configuration.
+    Exit codes: 0 done, 1 unexpected failure, 2 bad input or configuration, 3 broker or data source
+    unreachable, 75 another scan holds the lock.
+    """
+    from common.logs import configure_logging
+    from flows.runtime import Runtime
+
+    overrides = {GLOBAL_OPTIONS[k]: v for k, v in options.items() if v is not None}
+    config = load_config(overrides)
+    configure_logging(Path(config.log_dir), config.log_level, verbose=verbose)
+    ctx.obj = Runtime(config, ctx.invoked_subcommand or "")
+    ctx.call_on_close(ctx.obj.close)
+
+
+def start(ctx: click.Context):
+    """The command's runtime, its run recorded as started in the journal."""
+    rt = ctx.find_root().obj
+    rt.journal.start_run(ctx.command_path)
+    return rt
+
+
+def done(rt, status: str = "done", *, deliver: bool = True) -> None:
+    """Record the run as finished and send the alerts it recorded (the outbox)."""
+    rt.journal.finish_run(status, 0)
+    if deliver:
+        deliver_alerts(rt)

@@ -1,0 +1,268 @@
+"""Operator commands: status, positions, orders, settings, set, errors, reconcile, scan, monitor, close, halt,
+resume, regime, rebalance and universe build. Each parses its options, starts its run, calls one flow, prints."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from cli.app import cli, done, start
+
+# Each command imports the flow it runs inside its function: `settings` or `status` does not pay for pandas, the
+# brokers and the scanner it never uses (command start-up is most of a cron run).
+
+
+@cli.command()
+@click.pass_context
+def status(ctx: click.Context) -> None:
+    """Mode, clock, market hours, account, positions, halt state and monitoring statistics."""
+    from flows import operator
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt))
+    click.echo(operator.status_text(operator.status(rt)))
+    done(rt)
+
+
+@cli.command()
+@click.pass_context
+def positions(ctx: click.Context) -> None:
+    """Open positions at the broker with their journal trade and stop."""
+    from common import render
+    from flows import operator
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt))
+    rows = operator.positions(rt)
+    click.echo(render.table(rows, operator.POSITION_COLUMNS) if rows else "no open positions")
+    done(rt)
+
+
+@cli.command()
+@click.option("--open", "open_only", is_flag=True, help="Only orders not in a final state.")
+@click.pass_context
+def orders(ctx: click.Context, open_only: bool) -> None:
+    """Orders recorded in the journal, newest first."""
+    from common import render
+    from flows import operator
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt))
+    rows = operator.orders(rt, open_only)
+    click.echo(render.table(rows, operator.ORDER_COLUMNS) if rows else "no orders")
+    done(rt)
+
+
+@cli.command()
+@click.pass_context
+def settings(ctx: click.Context) -> None:
+    """Runtime settings stored in the journal."""
+    from common import render
+    from config import RUNTIME_SETTINGS
+
+    rt = start(ctx)
+    values = rt.journal.settings()
+    rows = [{"key": k, "value": values[k], "meaning": spec.help} for k, spec in RUNTIME_SETTINGS.items()]
+    click.echo(render.table(rows, ["key", "value", "meaning"]))
+    done(rt)
+
+
+@cli.command(name="set")
+@click.argument("key")
+@click.argument("value")
+@click.pass_context
+def set_setting(ctx: click.Context, key: str, value: str) -> None:
+    """Change a runtime setting, e.g. `set autoclose_threshold 6`."""
+    rt = start(ctx)
+    stored = rt.journal.set_setting(key, value, by="cli")
+    rt.journal.event("info", "setting", f"setting {key} = {stored}", source="cli")
+    click.echo(f"{key} = {stored}")
+    done(rt)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def errors(ctx: click.Context, as_json: bool) -> None:
+    """The last 10 distinct errors recorded in the journal."""
+    from common import render
+
+    rt = start(ctx)
+    rows = rt.journal.recent_errors(10)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        click.echo(render.table(rows, ["last_seen", "level", "count", "source", "message"]) if rows
+                   else "no errors recorded")
+    done(rt)
+
+
+@cli.command()
+@click.pass_context
+def reconcile(ctx: click.Context) -> None:
+    """Bring the journal in line with the broker: orders, fills, positions and stops."""
+    from flows import operator
+    from journal import reconcile
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt))
+    import executor
+
+    report = reconcile.reconcile(rt)
+    click.echo(reconcile.report_text(report))
+    for symbol in executor.protect_all(rt):
+        click.echo(f"  stop placed for {symbol} (it had no single stop covering the whole position)")
+    done(rt)
+
+
+@cli.command()
+@click.option("--type", "scan_type", type=click.Choice(["open", "midday", "close"]),
+              help="Which of the day's three scans [default: from the time of day].")
+@click.option("--cap", type=click.Choice(["large", "mid", "small", "all"]), default="all", show_default=True)
+@click.option("--dry-run", is_flag=True, help="Compute and record everything, send no order, ignore market hours.")
+@click.option("--max-buys", type=click.IntRange(0, 100), help="Cap the buys of this scan.")
+@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.pass_context
+def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: int | None, force: bool) -> None:
+    """Scan the universe, decide, execute and record (the autonomous loop)."""
+    from flows import operator, scan
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+    scan_type = scan_type or scan.scan_type_for(rt.clock.now())
+    results = scan.run_scan(rt, scan_type, cap, dry_run=dry_run, max_buys=max_buys, force=force)
+    click.echo(scan.summary_text(results))
+    done(rt)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Check and record, send no order, ignore market hours.")
+@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.pass_context
+def monitor(ctx: click.Context, dry_run: bool, force: bool) -> None:
+    """Check positions (each every 30 minutes, urgent ones every run) and run the exit engine."""
+    import monitor as position_monitor
+    from flows import operator
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+    report = position_monitor.run_monitor(rt, dry_run=dry_run, force=force)
+    click.echo(position_monitor.report_text(report))
+    done(rt)
+
+
+@cli.command()
+@click.argument("symbol")
+@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.pass_context
+def close(ctx: click.Context, symbol: str, force: bool) -> None:
+    """Close one position: cancel its stops, wait for the shares, sell at market."""
+    from flows import operator, scan_orders
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt))
+    operator.require_market_open(rt, force=force, what="close")
+    result = scan_orders.close_symbol(rt, symbol)
+    if not result.sent:
+        raise scan_orders.CloseNotSent(scan_orders.close_text(result))
+    click.echo(scan_orders.close_text(result))
+    done(rt)
+
+
+@cli.command()
+@click.option("--flatten", is_flag=True, help="Also close every position at market.")
+@click.pass_context
+def halt(ctx: click.Context, flatten: bool) -> None:
+    """Stop buying (stored in the journal); --flatten also closes everything."""
+    from flows import operator, scan_orders
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt))
+    closed = scan_orders.halt(rt, flatten=flatten)
+    click.echo("halted: no new buys until `resume`")
+    for result in closed:
+        click.echo(f"  {scan_orders.close_text(result)}")
+    done(rt)
+
+
+@cli.command()
+@click.pass_context
+def resume(ctx: click.Context) -> None:
+    """Allow buying again after `halt`."""
+    from flows import scan_orders
+
+    rt = start(ctx)
+    scan_orders.resume(rt)
+    click.echo("resumed: buying allowed")
+    done(rt)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def regime(ctx: click.Context, as_json: bool) -> None:
+    """The market regime of the last completed session, its features and why."""
+    from common.errors import DataError
+    from journal import regime_labels
+
+    rt = start(ctx)
+    day = rt.calendar.last_completed_session(rt.clock.now())
+    row = regime_labels.regime_on(rt, day)
+    if row is None:
+        raise DataError(f"regime: no SPY history available from {rt.config.data_source}")
+    if as_json:
+        click.echo(json.dumps({k: row[k] for k in ("date", "regime", "factor", "reason", "features", "params")},
+                              indent=2, default=str))
+    else:
+        click.echo(f"{row['date']}: {row['regime']} (exposure factor {row['factor']:g})")
+        click.echo(row["reason"])
+        for name, value in row["features"].items():
+            click.echo(f"  {name:<24} {value}")
+    done(rt)
+
+
+@cli.command(name="rebalance")
+@click.option("--universe", "universe_name", required=True,
+              help="A universe.json key (large, mid, small, all) or a GICS sector, e.g. 'Information Technology'.")
+@click.option("--top-n", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--dry-run", is_flag=True, help="Print the order table, send nothing.")
+@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.option("--first-session-only", is_flag=True, help="Do nothing unless today is the month's first session "
+              "(for cron).")
+@click.pass_context
+def rebalance_command(ctx: click.Context, universe_name: str, top_n: int, dry_run: bool, force: bool,
+                      first_session_only: bool) -> None:
+    """The 52-week-high momentum rebalance: top N at equal weight x the regime's allocation."""
+    from flows import operator, rebalance
+
+    rt = start(ctx)
+    click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+    plan = rebalance.run_rebalance(rt, universe_name, top_n, dry_run=dry_run, force=force,
+                                   first_session_only=first_session_only)
+    click.echo(rebalance.plan_text(plan, top_n) if plan else "rebalance: not the month's first session; nothing to do")
+    done(rt)
+
+
+@cli.group()
+def universe() -> None:
+    """Build the cap-tiered universe file."""
+
+
+@universe.command(name="build")
+@click.option("--from", "source", required=True, type=click.Path(dir_okay=False),
+              help="A long-format bars file (dollar-volume) or a CSV with market caps (market-cap).")
+@click.option("--by", type=click.Choice(["dollar-volume", "market-cap"]), required=True,
+              help="Terciles of median dollar volume, or >$10B / $2-10B / <$2B market cap.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Where to write it [default: --universe].")
+@click.pass_context
+def universe_build(ctx: click.Context, source: str, by: str, out: str | None) -> None:
+    """Build data/universe.json from a bars file or a market-cap list."""
+    from common.universe import build_universe, write_universe
+
+    rt = ctx.obj
+    built = build_universe(source, by)
+    target = Path(out or rt.config.universe_file)
+    write_universe(built, target)
+    counts = ", ".join(f"{cap} {len(built.symbols(cap))}" for cap in ("large", "mid", "small"))
+    click.echo(f"wrote {target}: {counts}")

@@ -1,0 +1,141 @@
+"""Process locks: exclusive, non-blocking fcntl locks on files beside the journal.
+
+The kernel drops a lock when its holder exits for any reason (even SIGKILL), so a crashed command never leaves one
+stuck. The scan lock keeps two scans of one journal from overlapping; position locks keep two commands from acting
+on one position at once; alert delivery and the Telegram poll use the same mechanism so that two overlapping runs
+never send the same thing twice.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from pathlib import Path
+from typing import Iterator
+
+from common.errors import ScanLocked
+
+
+@contextlib.contextmanager
+def exclusive(path: Path) -> Iterator[int | None]:
+    """Yields the locked file's descriptor, or None when another process holds the lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        yield fd
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+class PositionLocks:
+    """One lock per symbol per journal: whoever sends or changes orders of a position holds its symbol's lock.
+
+    This is what keeps two commands (a scan and the monitor, `close` and the bot) from acting on one position at
+    once, and it is the lease of an order in flight: a `pending_submit` order whose symbol lock another process
+    holds may still reach the broker, so reconciliation leaves it alone; once the lock is free, its submitter has
+    finished or died (the kernel releases a dead holder's lock), and the row can be resolved from the broker alone.
+    Locks are reentrant within a process; descriptors stay open (a few syscalls per use) up to MAX_OPEN.
+    """
+
+    MAX_OPEN = 128
+    POLL_S = 0.05
+
+    def __init__(self, journal_path: Path):
+        self.folder = Path(journal_path).with_name(Path(journal_path).name + ".locks")
+        self._fds: dict[str, int] = {}
+        self._depth: dict[str, int] = {}
+
+    def _fd(self, symbol: str) -> int:
+        fd = self._fds.get(symbol)
+        if fd is None:
+            if len(self._fds) >= self.MAX_OPEN:
+                for idle in [s for s in self._fds if s not in self._depth]:
+                    os.close(self._fds.pop(idle))
+            self.folder.mkdir(parents=True, exist_ok=True)
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", symbol) or "_"
+            fd = self._fds[symbol] = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        return fd
+
+    @contextlib.contextmanager
+    def hold(self, symbol: str, wait: float = 0.0) -> Iterator[bool]:
+        """Yields True while this process holds `symbol`'s lock, or False when another process kept it for `wait`
+        seconds; the caller then leaves the position alone."""
+        if symbol in self._depth:
+            self._depth[symbol] += 1
+            try:
+                yield True
+            finally:
+                self._depth[symbol] -= 1
+            return
+        fd = self._fd(symbol)
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(self.POLL_S)
+        self._depth[symbol] = 1
+        try:
+            yield True
+        finally:
+            if self._depth.pop(symbol) != 1:
+                raise RuntimeError(f"lock of {symbol} released out of order")
+            fcntl.flock(fd, fcntl.LOCK_UN)
+
+    def held_by_another(self, symbol: str) -> bool:
+        """Whether another live process holds `symbol`'s lock now."""
+        with self.hold(symbol) as mine:
+            return not mine
+
+
+_POSITION_LOCKS: dict[Path, PositionLocks] = {}
+
+
+def position_locks(journal_path: Path) -> PositionLocks:
+    """This process's position locks of the journal at `journal_path`."""
+    key = Path(journal_path).resolve()
+    if key not in _POSITION_LOCKS:
+        _POSITION_LOCKS[key] = PositionLocks(key)
+    return _POSITION_LOCKS[key]
+
+
+def lock_path(journal_path: Path) -> Path:
+    return journal_path.with_name(journal_path.name + ".scan.lock")
+
+
+@contextlib.contextmanager
+def scan_lock(journal_path: Path) -> Iterator[Path]:
+    """One scan at a time per journal; the pid written inside is for the refusal message only."""
+    path = lock_path(Path(journal_path))
+    with exclusive(path) as fd:
+        if fd is None:
+            holder = path.read_text(errors="replace").strip() or "unknown"
+            raise ScanLocked(f"another scan is running on this journal (pid {holder}); skipped")
+        pid = str(os.getpid()).encode()
+        if os.pread(fd, len(pid) + 1, 0) != pid:  # a process scanning again (a backtest) already wrote its pid
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, pid, 0)
+        yield path
+
+
+@contextlib.contextmanager
+def exclusive_within(path: Path, wait: float, poll: float = 0.05) -> Iterator[int | None]:
+    """Like `exclusive`, but waits up to `wait` seconds for the holder to let go; None if it still holds the lock."""
+    deadline = time.monotonic() + wait
+    while True:
+        with exclusive(path) as fd:
+            if fd is not None or time.monotonic() >= deadline:
+                yield fd
+                return
+        time.sleep(poll)

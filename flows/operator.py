@@ -1,0 +1,159 @@
+"""Operator commands: status, positions, orders, settings, errors. Each returns data; *_text() formats it."""
+from __future__ import annotations
+
+from typing import Any
+
+from common import render
+from common.clock import NY
+from common.errors import EXIT_OK, MomentumError
+from common.types import FINAL_OR_UNSENT, Order, sql_list
+from core.option_math import multiplier
+from executor import working_stops_by_symbol
+from flows.runtime import Runtime
+
+MODE_LINES = {
+    "SIM": "mode: SIM (embedded simulated broker, no real orders)",
+    "PAPER": "mode: PAPER (Alpaca paper account, no real money)",
+    "LIVE": "mode: LIVE (Alpaca live account, REAL MONEY)",
+}
+
+
+class MarketClosed(MomentumError):
+    """Outside regular hours without --force: nothing to do, which is a normal outcome for cron."""
+
+    exit_code = EXIT_OK
+
+
+def mode_line(rt: Runtime) -> str:
+    line = MODE_LINES[rt.mode]
+    if rt.clock.simulated:
+        line += f" | simulated time {render.ny_time(rt.clock.now())}"
+    return line
+
+
+def require_market_open(rt: Runtime, *, force: bool, what: str) -> None:
+    """The market-hours guard: outside the regular session a trading command stops unless --force."""
+    now = rt.clock.now()
+    if force or rt.calendar.is_open(now):
+        return
+    raise MarketClosed(f"{what}: market closed at {render.ny_time(now)}; next open "
+                       f"{render.ny_time(rt.calendar.next_open(now))} (use --force to run anyway)")
+
+
+def market_state(rt: Runtime) -> dict[str, Any]:
+    now = rt.clock.now()
+    cal = rt.calendar
+    state: dict[str, Any] = {"now": now, "open": cal.is_open(now)}
+    today = now.astimezone(NY).date()
+    if state["open"]:
+        session = cal.session(today)
+        state.update(session_close=session.close, early_close=session.early_close)
+    state["next_open"] = cal.next_open(now)
+    state["next_session"] = cal.session(state["next_open"].astimezone(NY).date())
+    return state
+
+
+def status(rt: Runtime) -> dict[str, Any]:
+    journal = rt.journal
+    account = rt.broker.account()
+    positions = rt.broker.positions()
+    settings = journal.settings()
+    last_scan = journal.one("SELECT type, cap, asof, status, dry_run FROM scans ORDER BY id DESC LIMIT 1")
+    checks = journal.one("SELECT COUNT(*) AS n, MAX(checked_at) AS last FROM position_checks")
+    held = journal.held_trades("status")
+    open_trades = {"n": len(held), "unprotected": sum(t["status"] == "unprotected" for t in held)}
+    breaker = journal.state("circuit_breaker_session")
+    return {
+        "mode": rt.mode, "market": market_state(rt), "account": account, "positions": positions,
+        "settings": settings, "halted": settings["halt"] == "on",
+        "circuit_breaker": breaker == str(rt.clock.today()), "last_scan": last_scan,
+        "position_checks": checks, "open_trades": open_trades,
+        "journal": str(journal.path), "data_source": rt.config.data_source,
+    }
+
+
+def status_text(data: dict[str, Any]) -> str:
+    market = data["market"]
+    account = data["account"]
+    if market["open"]:
+        market_line = f"OPEN until {render.ny_time(market['session_close'])}"
+        market_line += " (early close)" if market.get("early_close") else ""
+    else:
+        market_line = f"CLOSED, next open {render.ny_time(market['next_open'])}"
+        if market["next_session"].early_close:
+            market_line += f" (early close {market['next_session'].close.astimezone(NY):%H:%M})"
+    day_pnl = account.equity - account.last_equity
+    day_pct = day_pnl / account.last_equity * 100 if account.last_equity else None
+    last_scan = data["last_scan"]
+    scan_line = "none yet" if not last_scan else (
+        f"{last_scan['type']} {last_scan['cap']} at {last_scan['asof']} ({last_scan['status']}"
+        f"{', dry run' if last_scan['dry_run'] else ''})")
+    trades = data["open_trades"]
+    checks = data["position_checks"]
+    halt = "HALTED (buying stopped)" if data["halted"] else "no"
+    if data["circuit_breaker"]:
+        halt += " | CIRCUIT BREAKER tripped today"
+    pairs = [
+        ("clock", render.ny_time(market["now"])),
+        ("market", market_line),
+        ("data source", data["data_source"]),
+        ("journal", data["journal"]),
+        ("equity", render.money(account.equity)),
+        ("cash", render.money(account.cash)),
+        ("buying power", render.money(account.buying_power)),
+        ("day P&L", f"{render.money(day_pnl)} ({render.pct(day_pct)})"),
+        ("positions", f"{len(data['positions'])} at the broker, {trades['n']} open in the journal"
+                      f" ({trades['unprotected'] or 0} unprotected)"),
+        ("halted", halt),
+        ("auto-close", f"{data['settings']['autoclose']} at reversal score >= "
+                       f"{data['settings']['autoclose_threshold']}"),
+        ("skip-buy mode", data["settings"]["skip_buys"]),
+        ("last scan", scan_line),
+        ("position checks", f"{checks['n']} recorded, last {checks['last'] or '-'}"),
+    ]
+    return render.key_values(pairs)
+
+
+def positions(rt: Runtime) -> list[dict[str, Any]]:
+    """Broker positions joined with their journal trade and the stop the broker holds now.
+
+    The stop is the broker's: a trailing stop's price rises with the market at the broker, and the price the
+    journal noted when the stop was placed says nothing about where it stands today. One orders call serves every
+    position; a position with no working stop at the broker shows none."""
+    trades = {row["symbol"]: row for row in rt.journal.held_trades("symbol, id, status")}
+    held = rt.broker.positions()
+    stops = working_stops_by_symbol(rt, [pos.symbol for pos in held])
+    rows = []
+    for pos in held:
+        trade = trades.get(pos.symbol, {})
+        cost = pos.avg_entry_price * pos.qty * multiplier(pos.symbol)
+        rows.append({
+            "symbol": pos.symbol, "qty": pos.qty, "available": pos.qty_available,
+            "entry": pos.avg_entry_price, "price": pos.current_price, "value": pos.market_value,
+            "pnl": pos.unrealized_pl, "pnl_pct": pos.unrealized_pl / cost * 100 if cost else None,
+            "trade": trade.get("id"), "status": trade.get("status", "untracked"),
+            "stop": protecting_stop_price(stops[pos.symbol]),
+        })
+    return rows
+
+
+def protecting_stop_price(stops: list[Order]) -> float | None:
+    """The price at which the first of a position's working stops fires (the highest, for sell stops)."""
+    prices = [order.stop_price for order in stops if order.stop_price is not None]
+    return max(prices) if prices else None
+
+
+POSITION_COLUMNS = ["symbol", "qty", "available", "entry", "price", "value", "pnl", "pnl_pct", "trade", "status",
+                    "stop"]
+
+
+def orders(rt: Runtime, open_only: bool) -> list[dict[str, Any]]:
+    where = f"WHERE status NOT IN {sql_list(FINAL_OR_UNSENT)}" if open_only else ""
+    return rt.journal.query(
+        f"SELECT client_order_id, symbol, side, type, qty, limit_price, stop_price, trail_percent, purpose, "
+        f"status, filled_qty, filled_avg_price, submitted_at FROM orders {where} ORDER BY created_at DESC LIMIT 200")
+
+
+ORDER_COLUMNS = ["client_order_id", "symbol", "side", "type", "qty", "purpose", "status", "filled_qty",
+                 "filled_avg_price", "submitted_at"]
+

@@ -1,0 +1,294 @@
+"""Performance reports from the journal: metrics since inception, weekly, monthly (with a weekly breakdown) and the
+poor-signal summary. Each report function returns JSON-ready data (numbers, strings, lists, None); the matching
+`*_text()` function is the one place that formats it for a terminal or a chat message.
+
+Equity figures come from the daily_performance snapshots (the nightly `daily-snapshot` job), trade figures from
+closed trades, and SPY from the market-series port over exactly the dates the equity figures cover.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections import Counter
+from datetime import date, timedelta
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from common import render
+from common.clock import day_bounds_utc
+from common.errors import ConfigError
+
+if TYPE_CHECKING:  # annotations only: the runtime module wires every port
+    from flows.runtime import Runtime
+
+log = logging.getLogger(__name__)
+TRADING_DAYS_PER_YEAR = 252
+CLOSED_STATUSES = ("closed", "unknown")
+
+
+# --- pure statistics -----------------------------------------------------------------------------------------------
+
+def trade_stats(pnls: list[float]) -> dict[str, Any]:
+    """Win rate, average win and loss, profit factor of realised trade P&Ls (a flat trade counts as a loss)."""
+    wins = [p for p in pnls if p > 0]
+    losses = [p for p in pnls if p <= 0]
+    gross_loss = -sum(losses)
+    return {
+        "trades": len(pnls), "wins": len(wins), "losses": len(losses),
+        "win_rate_pct": len(wins) / len(pnls) * 100 if pnls else None,
+        "avg_win": sum(wins) / len(wins) if wins else None,
+        "avg_loss": sum(losses) / len(losses) if losses else None,
+        # None rather than infinity when nothing was lost, so the value stays valid JSON
+        "profit_factor": sum(wins) / gross_loss if gross_loss > 0 else None,
+        "realised_pnl": round(sum(pnls), 2),
+    }
+
+
+def return_stats(equity: list[float]) -> dict[str, Any]:
+    """Sharpe and Sortino of daily equity returns (annualised with sqrt(252), no risk-free rate) and max drawdown."""
+    values = np.asarray(equity, dtype=float)
+    returns = values[1:] / values[:-1] - 1 if len(values) > 1 else np.array([])
+    out: dict[str, Any] = {"sharpe": None, "sortino": None, "max_drawdown_pct": None, "volatility_pct": None}
+    if len(values):
+        out["max_drawdown_pct"] = float(np.min(values / np.maximum.accumulate(values) - 1) * 100)
+    if len(returns) >= 2:
+        std = float(np.std(returns, ddof=1))
+        downside = float(np.sqrt(np.mean(np.minimum(returns, 0.0) ** 2)))
+        scale = math.sqrt(TRADING_DAYS_PER_YEAR)
+        out["volatility_pct"] = std * scale * 100
+        out["sharpe"] = float(np.mean(returns)) / std * scale if std > 0 else None
+        out["sortino"] = float(np.mean(returns)) / downside * scale if downside > 0 else None
+    return out
+
+
+# --- journal reads -------------------------------------------------------------------------------------------------
+
+def performance_rows(rt: Runtime, start: date | None = None, end: date | None = None) -> list[dict]:
+    return rt.journal.query(
+        "SELECT * FROM daily_performance WHERE date >= ? AND date <= ? ORDER BY date",
+        [(start or date.min).isoformat(), (end or date.max).isoformat()])
+
+
+def closed_trades(rt: Runtime, start: date | None = None, end: date | None = None) -> list[dict]:
+    """Trades closed (with a known P&L) on New York dates start..end inclusive."""
+    low = day_bounds_utc(start)[0] if start else ""
+    high = day_bounds_utc(end)[1] if end else "9999"
+    return rt.journal.query(
+        "SELECT id, symbol, cap, qty, entry_time, entry_price, exit_time, exit_price, exit_reason, pnl, pnl_pct, "
+        "holding_days FROM trades WHERE status IN (?, ?) AND pnl IS NOT NULL AND exit_time >= ? AND exit_time < ? "
+        "ORDER BY exit_time, id", [*CLOSED_STATUSES, low, high])
+
+
+def _opened_count(rt: Runtime, start: date, end: date) -> int:
+    return rt.journal.one(
+        "SELECT COUNT(*) AS n FROM trades WHERE entry_time >= ? AND entry_time < ? "
+        "AND status NOT IN ('pending', 'canceled')", [day_bounds_utc(start)[0], day_bounds_utc(end)[1]])["n"]
+
+
+def spy_return_pct(rt: Runtime, first_day: date, last_day: date) -> dict[str, Any]:
+    """SPY from the close before `first_day` to the close of `last_day` (the span a set of snapshots covers)."""
+    before = rt.calendar.previous_session(first_day)
+    series = rt.market.market_series(before, last_day)["spy_close"].dropna()
+    closes = {index.date(): float(value) for index, value in series.items()}
+    start, end = closes.get(before), closes.get(last_day)
+    change = (end / start - 1) * 100 if start and end else None
+    return {"spy_start": start, "spy_end": end, "spy_return_pct": change}
+
+
+# --- reports -------------------------------------------------------------------------------------------------------
+
+def metrics(rt: Runtime) -> dict[str, Any]:
+    """Since inception: returns from the snapshots (baseline: the first snapshot), trade statistics, SPY."""
+    rows = performance_rows(rt)
+    equity = [row["equity"] for row in rows]
+    out: dict[str, Any] = {"start_date": rows[0]["date"] if rows else None, "end_date": rows[-1]["date"] if rows
+                           else None, "days": len(rows), "start_equity": equity[0] if rows else None,
+                           "end_equity": equity[-1] if rows else None, "total_return_pct": None,
+                           "spy_return_pct": None, "vs_spy_pct": None}
+    if rows:
+        out["total_return_pct"] = (equity[-1] / equity[0] - 1) * 100
+        first_spy, last_spy = rows[0]["spy_close"], rows[-1]["spy_close"]
+        if first_spy and last_spy:
+            out["spy_return_pct"] = (last_spy / first_spy - 1) * 100
+            out["vs_spy_pct"] = out["total_return_pct"] - out["spy_return_pct"]
+    out.update(return_stats(equity))
+    out.update(trade_stats([t["pnl"] for t in closed_trades(rt)]))
+    out["open_trades"] = len(rt.journal.held_trades("id"))
+    return out
+
+
+def period_summary(rt: Runtime, start: date, end: date) -> dict[str, Any]:
+    """Equity change, SPY over the same dates, and trades for the New York dates start..end."""
+    rows = performance_rows(rt, start, end)
+    out: dict[str, Any] = {"start": start.isoformat(), "end": end.isoformat(), "snapshots": len(rows),
+                           "start_equity": None, "end_equity": None, "pnl": None, "return_pct": None,
+                           "spy_start": None, "spy_end": None, "spy_return_pct": None, "vs_spy_pct": None}
+    if rows:
+        # the first day's P&L is measured from the snapshot (or start-of-day equity) before it
+        base = rows[0]["equity"] - rows[0]["day_pnl"]
+        out.update(start_equity=round(base, 2), end_equity=rows[-1]["equity"],
+                   pnl=round(rows[-1]["equity"] - base, 2), return_pct=(rows[-1]["equity"] / base - 1) * 100)
+        out.update(spy_return_pct(rt, date.fromisoformat(rows[0]["date"]), date.fromisoformat(rows[-1]["date"])))
+        if out["spy_return_pct"] is not None:
+            out["vs_spy_pct"] = out["return_pct"] - out["spy_return_pct"]
+    trades = closed_trades(rt, start, end)
+    out["trades_opened"] = _opened_count(rt, start, end)
+    out.update({f"closed_{k}" if k == "trades" else k: v for k, v in trade_stats([t["pnl"] for t in trades]).items()})
+    out["closed"] = [{k: t[k] for k in ("symbol", "exit_time", "exit_reason", "pnl", "pnl_pct")} for t in trades]
+    return out
+
+
+def completed_week(rt: Runtime) -> tuple[date, date]:
+    """Monday and Sunday of the latest week whose sessions have all closed."""
+    today = rt.clock.today()
+    monday = today - timedelta(days=today.weekday())
+    sessions = rt.calendar.sessions(monday, monday + timedelta(days=6))
+    if not sessions or sessions[-1] > rt.calendar.last_completed_session(rt.clock.now()):
+        monday -= timedelta(days=7)
+    return monday, monday + timedelta(days=6)
+
+
+def weekly(rt: Runtime, week_of: date | None = None) -> dict[str, Any]:
+    """The last completed week (or the week holding `week_of`), with its daily figures."""
+    if week_of is None:
+        monday, sunday = completed_week(rt)
+    else:
+        monday = week_of - timedelta(days=week_of.weekday())
+        sunday = monday + timedelta(days=6)
+    out = period_summary(rt, monday, sunday)
+    out["days"] = [{k: row[k] for k in ("date", "equity", "day_pnl", "day_pnl_pct", "spy_change_pct")}
+                   for row in performance_rows(rt, monday, sunday)]
+    return out
+
+
+def completed_month(rt: Runtime) -> tuple[date, date]:
+    """First and last day of the latest month whose sessions have all closed."""
+    today = rt.clock.today()
+    first = today.replace(day=1)
+    last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+    sessions = rt.calendar.sessions(first, last)
+    if not sessions or sessions[-1] > rt.calendar.last_completed_session(rt.clock.now()):
+        last = first - timedelta(days=1)
+        first = last.replace(day=1)
+    return first, last
+
+
+def monthly(rt: Runtime, month: str | None = None) -> dict[str, Any]:
+    """The last completed month (or `month`, YYYY-MM) with a breakdown by week (weeks cut at the month's edges)."""
+    if month is None:
+        first, last = completed_month(rt)
+    else:
+        first = _parse_month(month)
+        last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+    out = period_summary(rt, first, last)
+    out["month"] = first.strftime("%Y-%m")
+    weeks = []
+    monday = first - timedelta(days=first.weekday())
+    while monday <= last:
+        weeks.append(period_summary(rt, max(monday, first), min(monday + timedelta(days=6), last)))
+        monday += timedelta(days=7)
+    out["weeks"] = weeks
+    return out
+
+
+def _parse_month(text: str) -> date:
+    try:
+        return date.fromisoformat(f"{text}-01")
+    except ValueError:
+        raise ConfigError(f"--month: expected YYYY-MM, got {text!r}") from None
+
+
+def _json_list(text: str | None) -> list:
+    try:
+        value = json.loads(text) if text else []
+    except ValueError:
+        return []
+    if isinstance(value, dict):  # entry signals are stored as a name -> value mapping: the true flags count
+        return [name for name, flag in value.items() if flag is True]
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def poor_signals(rt: Runtime, top: int = 10) -> dict[str, Any]:
+    """Trades closed on a reversal: the reversal triggers and entry signals they most often had."""
+    rows = rt.journal.query("SELECT * FROM poor_signals ORDER BY id")
+    triggers = Counter(name for row in rows for name in _json_list(row["reversal_signals"]))
+    entries = Counter(name for row in rows for name in _json_list(row["entry_signals"]))
+    reasons = Counter(row["exit_reason"] or "-" for row in rows)
+    pnls = [row["pnl_pct"] for row in rows if row["pnl_pct"] is not None]
+    ranked = lambda counts: [{"name": name, "count": n} for name, n in counts.most_common(top)]  # noqa: E731
+    return {
+        "count": len(rows), "unreviewed": sum(1 for row in rows if not row["reviewed"]),
+        "avg_pnl_pct": sum(pnls) / len(pnls) if pnls else None,
+        "reversal_triggers": ranked(triggers), "entry_signals": ranked(entries), "exit_reasons": ranked(reasons),
+        "recent": [{k: row[k] for k in ("symbol", "entry_date", "exit_date", "pnl_pct", "reversal_score")}
+                   for row in rows[-top:][::-1]],
+    }
+
+
+# --- text ----------------------------------------------------------------------------------------------------------
+
+def _num(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def metrics_text(data: dict[str, Any]) -> str:
+    if not data["days"] and not data["trades"]:
+        return "no daily snapshots or closed trades yet: run `jobs daily-snapshot` after a session"
+    pairs = [
+        ("period", f"{data['start_date'] or '-'} .. {data['end_date'] or '-'} ({data['days']} snapshots)"),
+        ("equity", f"{render.money(data['start_equity'])} -> {render.money(data['end_equity'])}"),
+        ("total return", render.pct(data["total_return_pct"])),
+        ("SPY return", render.pct(data["spy_return_pct"])),
+        ("vs SPY", render.pct(data["vs_spy_pct"])),
+        ("Sharpe", _num(data["sharpe"])), ("Sortino", _num(data["sortino"])),
+        ("max drawdown", render.pct(data["max_drawdown_pct"])),
+        ("closed trades", f"{data['trades']} ({data['wins']} won, {data['losses']} lost); {data['open_trades']} open"),
+        ("win rate", "n/a" if data["win_rate_pct"] is None else f"{data['win_rate_pct']:.1f}%"),
+        ("average win", render.money(data["avg_win"])), ("average loss", render.money(data["avg_loss"])),
+        ("profit factor", _num(data["profit_factor"]) if data["profit_factor"] is not None
+         else ("n/a (no losing trade)" if data["trades"] else "n/a")),
+        ("realised P&L", render.money(data["realised_pnl"])),
+    ]
+    return "metrics since inception\n" + render.key_values(pairs)
+
+
+def _period_pairs(data: dict[str, Any]) -> list[tuple[str, Any]]:
+    return [
+        ("equity", f"{render.money(data['start_equity'])} -> {render.money(data['end_equity'])}"),
+        ("P&L", f"{render.money(data['pnl'])} ({render.pct(data['return_pct'])})"),
+        ("SPY", f"{render.pct(data['spy_return_pct'])} (vs SPY {render.pct(data['vs_spy_pct'])})"),
+        ("trades", f"{data['trades_opened']} opened, {data['closed_trades']} closed "
+                   f"({data['wins']} won, {data['losses']} lost), realised {render.money(data['realised_pnl'])}"),
+    ]
+
+
+def weekly_text(data: dict[str, Any]) -> str:
+    lines = [f"week {data['start']} .. {data['end']} ({data['snapshots']} snapshots)",
+             render.key_values(_period_pairs(data))]
+    if data["days"]:
+        lines += ["", render.table(data["days"], ["date", "equity", "day_pnl", "day_pnl_pct", "spy_change_pct"])]
+    if data["closed"]:
+        lines += ["", render.table(data["closed"], ["symbol", "exit_time", "exit_reason", "pnl", "pnl_pct"])]
+    return "\n".join(lines)
+
+
+def monthly_text(data: dict[str, Any]) -> str:
+    weeks = [{"week": f"{w['start']}..{w['end']}", "pnl": w["pnl"], "return_pct": w["return_pct"],
+              "spy_pct": w["spy_return_pct"], "opened": w["trades_opened"], "closed": w["closed_trades"],
+              "realised": w["realised_pnl"]} for w in data["weeks"]]
+    return "\n".join([f"month {data['month']} ({data['snapshots']} snapshots)", render.key_values(_period_pairs(data)),
+                      "", render.table(weeks, ["week", "pnl", "return_pct", "spy_pct", "opened", "closed",
+                                               "realised"])])
+
+
+def poor_signals_text(data: dict[str, Any]) -> str:
+    if not data["count"]:
+        return "no poor signals recorded (no trade has been closed on a reversal)"
+    lines = [f"poor signals: {data['count']} trades closed on a reversal ({data['unreviewed']} unreviewed), "
+             f"average P&L {render.pct(data['avg_pnl_pct'])}"]
+    for title, key in (("reversal triggers", "reversal_triggers"), ("entry signals", "entry_signals"),
+                       ("exit reasons", "exit_reasons")):
+        lines += ["", title, render.table(data[key], ["name", "count"])]
+    return "\n".join(lines)

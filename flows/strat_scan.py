@@ -1,0 +1,124 @@
+"""The `strat scan` run (SPEC section 12): classifies the last completed bar of every symbol (core/strat_signals.py),
+stores new signals in `strat_signals` (unique per symbol, timeframe, pattern and bar date, so running it again stores
+and alerts nothing twice), alerts each new one, and, when the runtime setting options_trading is on, hands the bar's
+untraded signals to the option entries (flows/option_entries.py).
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from common.errors import ConfigError
+from common.types import Panel
+from core.strat_signals import HISTORY_SESSIONS, TIMEFRAMES, Signal, find_signals, weekly_panel
+from flows import option_entries
+
+if TYPE_CHECKING:  # annotations only: the runtime module wires every port
+    from flows.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+# --- the scan run -------------------------------------------------------------------------------------------------
+
+@dataclass
+class ScanResult:
+    timeframe: str
+    bar_date: str | None
+    symbols: int
+    signals: list[Signal] = field(default_factory=list)
+    new_ids: list[int] = field(default_factory=list)
+    executions: list = field(default_factory=list)
+    options_note: str = ""
+
+
+def scan_bars(rt: Runtime, symbols: list[str], timeframe: str) -> Panel:
+    """Completed bars of the timeframe up to the last completed session (nothing from the session in progress)."""
+    last = rt.calendar.last_completed_session(rt.clock.now())
+    daily = rt.market.bars(symbols, rt.calendar.sessions_back(last, HISTORY_SESSIONS[timeframe]), last)
+    return weekly_panel(daily, last) if timeframe == "1W" else daily
+
+
+def _store(journal, signals: list[Signal]) -> list[int]:
+    """Insert the signals not stored yet; returns the ids of the new rows."""
+    new_ids = []
+    with journal.atomic():
+        for signal in signals:
+            cursor = journal.db.execute(
+                "INSERT OR IGNORE INTO strat_signals (symbol, timeframe, pattern, direction, kind, bar_date, "
+                "entry_trigger, target, stop, magnitude_pct, reward_risk, status, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'new', ?)",
+                [signal.symbol, signal.timeframe, signal.pattern, signal.direction, signal.kind, signal.bar_date,
+                 signal.entry_trigger, signal.target, signal.stop, signal.magnitude_pct, signal.reward_risk,
+                 journal.now()])
+            if cursor.rowcount:
+                new_ids.append(cursor.lastrowid)
+    return new_ids
+
+
+def signal_text(signal: Signal | dict) -> str:
+    s = asdict(signal) if isinstance(signal, Signal) else signal
+    return (f"STRAT {s['timeframe']} {s['symbol']} {s['pattern']} {s['direction']} {s['kind']} ({s['bar_date']}): "
+            f"entry {s['entry_trigger']:.2f}, target {s['target']:.2f}, stop {s['stop']:.2f}, "
+            f"magnitude {s['magnitude_pct']:.2f}%, R:R {s['reward_risk']:.2f}")
+
+
+def _alert(journal, ids: list[int]) -> None:
+    for row in journal.query(f"SELECT * FROM strat_signals WHERE id IN ({','.join('?' * len(ids))}) AND alerted = 0 "
+                             "ORDER BY id", ids):
+        with journal.atomic():
+            journal.event("info", "alert", signal_text(row), source="strat",
+                          detail={"kind": "strat_signal", "signal_id": row["id"], "symbol": row["symbol"]})
+            journal.db.execute("UPDATE strat_signals SET alerted = 1 WHERE id = ?", [row["id"]])
+
+
+def run_scan(rt: Runtime, timeframe: str, symbols: Sequence[str] | None = None, *, dry_run: bool = False,
+             force: bool = False) -> ScanResult:
+    """Classify the last completed bar of every symbol, store and alert new signals, trade them as options when
+    options_trading is on (never in a dry run)."""
+    if timeframe not in TIMEFRAMES:
+
+        raise ConfigError(f"strat scan: timeframe must be 1D or 1W, not {timeframe!r}")
+    wanted = list(dict.fromkeys(symbols or rt.universe.symbols("all")))
+    panel = scan_bars(rt, wanted, timeframe)
+    if len(panel.dates) == 0:
+        return ScanResult(timeframe, None, len(wanted), options_note="no completed bars")
+    signals = find_signals(panel.dates, panel.symbols, panel.open, panel.high, panel.low, panel.close, timeframe)
+    result = ScanResult(timeframe, str(np.datetime64(panel.dates[-1], "D")), len(wanted), signals)
+    result.new_ids = _store(rt.journal, signals)
+    _alert(rt.journal, result.new_ids)
+    result.options_note = _execute(rt, result, dry_run=dry_run, force=force)
+    return result
+
+
+def _execute(rt: Runtime, result: ScanResult, *, dry_run: bool, force: bool) -> str:
+    if rt.journal.setting("options_trading") != "on":
+        return "options_trading is off: signals and alerts only"
+    if dry_run:
+        return "dry run: no option orders"
+
+    pending = rt.journal.query("SELECT * FROM strat_signals WHERE timeframe = ? AND bar_date = ? AND status = 'new' "
+                               "ORDER BY reward_risk DESC, magnitude_pct DESC, id", [result.timeframe,
+                                                                                     result.bar_date])
+    result.executions = option_entries.execute_signals(rt, pending, force=force)
+    return f"options: {len(result.executions)} signal(s) considered"
+
+
+def summary_text(result: ScanResult) -> str:
+    lines = [f"strat scan {result.timeframe}: {result.symbols} symbols, bar {result.bar_date or '-'}, "
+             f"{len(result.signals)} signal(s), {len(result.new_ids)} new"]
+    lines += [f"  {signal_text(s)}" for s in result.signals]
+    if result.options_note:
+        lines.append(f"  {result.options_note}")
+    for execution in result.executions:
+        lines.append(f"  option {execution.text()}")
+    return "\n".join(lines)
+
+
+def signals_json(result: ScanResult) -> str:
+    return json.dumps({"timeframe": result.timeframe, "bar_date": result.bar_date,
+                       "signals": [asdict(s) for s in result.signals], "new": result.new_ids}, indent=2)

@@ -1,0 +1,472 @@
+"""Market-data port implementations: `sim` (synthetic, offline) and `csv:PATH` (replay of real daily bars).
+
+Both serve daily bars as a Panel and an intraday Snapshot of a session through the shared path model
+(core/intraday_path.py): the current price, high and low so far come from the fixed open -> extreme -> extreme ->
+close path, and volume so far is the day's volume times the U-shaped intraday profile. Bid and ask sit half of a
+0.10% spread either side.
+
+The csv source pivots the long-format file once into dates x symbols arrays and caches them as an .npz keyed by the
+source's absolute path, size and modification time, so later processes load in milliseconds.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import tempfile
+import zipfile
+import zlib
+from datetime import date
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from common.clock import calendar
+from common.errors import ConfigError, DataError
+from common.types import BAR_FIELDS, MarketData, Panel, Snapshot
+from config import home
+from core import intraday_path
+from ports import sim_market
+
+log = logging.getLogger(__name__)
+
+SIM_EPOCH = date(2010, 1, 4)  # session index 0 of the synthetic market; its paths are fixed from here on
+SPREAD = 0.001  # full bid/ask spread quoted in snapshots, as a share of the price
+STOCK_COLUMNS = ("date", "symbol", "open", "high", "low", "close", "volume")
+MARKET_COLUMNS = ("date", "spy_open", "spy_high", "spy_low", "spy_close", "spy_volume",
+                  "vix_open", "vix_high", "vix_low", "vix_close")
+_BARS_MEMO_SIZE = 32  # recent bars requests a CsvMarket keeps (a backtest session repeats a handful of them)
+_CACHE_FORMAT = 1  # bump when the cached layout changes, so old cache files are reparsed
+
+
+def default_cache_dir() -> Path:
+    """Where parsed files are cached when no cache folder is given: data/cache in the home folder (CACHE_DIR's
+    default)."""
+    return home() / "data" / "cache"
+
+
+def intraday_snapshot(session: date, fraction: float, symbols: Sequence[str], bar: dict[str, np.ndarray],
+                      prev_close: np.ndarray) -> Snapshot:
+    """The Snapshot of one session's daily bars (arrays per field, one entry per symbol) at `fraction`."""
+    fraction = float(min(1.0, max(0.0, fraction)))
+    o, h, lo, c = bar["open"], bar["high"], bar["low"], bar["close"]
+    price, high_so_far, low_so_far = intraday_path.intraday_view(o, h, lo, c, fraction)
+    half_spread = price * SPREAD / 2.0
+    # At the close the whole day's volume has traded; the profile's float rounding would leave it a hair short.
+    volume_share = 1.0 if fraction >= 1.0 else float(intraday_path.volume_fraction(fraction))
+    return Snapshot(session=session, fraction=fraction, symbols=list(symbols), open=o.copy(), high=high_so_far,
+                    low=low_so_far, price=price, volume=bar["volume"] * volume_share,
+                    prev_close=prev_close, bid=price - half_spread, ask=price + half_spread)
+
+
+# ----------------------------------------------------------------------------------------------------------- sim
+
+@functools.lru_cache(maxsize=1)
+def _sim_sessions() -> np.ndarray:
+    """NYSE sessions from SIM_EPOCH on (datetime64[D]); a session's position is its index in the sim model."""
+    days = calendar().sessions(SIM_EPOCH, date(2200, 1, 1))
+    return np.array(days, dtype="datetime64[D]")
+
+
+class SimMarket:
+    """A deterministic synthetic market for any symbol, plus SPY and VIX, from SIM_EPOCH on (ports/sim_market.py)."""
+
+    name = "sim"
+    static_history = True  # completed sessions never change (flows/prepared_history.py)
+    first_date = SIM_EPOCH
+    market_first_date = SIM_EPOCH
+
+    def __init__(self, symbols: Sequence[str] | None = None):
+        self._known = list(symbols or [])
+
+    def _day_range(self, start: date, end: date) -> tuple[int, int]:
+        if start < SIM_EPOCH:
+            raise DataError(f"the sim market starts on {SIM_EPOCH}; no data from {start}")
+        sessions = _sim_sessions()
+        lo = int(np.searchsorted(sessions, np.datetime64(start, "D")))
+        hi = int(np.searchsorted(sessions, np.datetime64(end, "D"), side="right")) - 1
+        return lo, hi
+
+    def _session_index(self, session: date) -> int:
+        lo, hi = self._day_range(session, session)
+        if hi != lo:
+            raise DataError(f"no data for session {session} in the sim market ({session} is not an NYSE session)")
+        return lo
+
+    def bars(self, symbols: Sequence[str], start: date, end: date) -> Panel:
+        lo, hi = self._day_range(start, end)
+        symbols = list(symbols)
+        if hi < lo or not symbols:
+            return _empty_panel(symbols, _sim_sessions()[lo:max(lo, hi + 1)])
+        daily = sim_market.daily_bars(symbols, lo, hi)
+        return Panel(_sim_sessions()[lo:hi + 1], symbols, daily.open, daily.high, daily.low, daily.close,
+                     daily.volume)
+
+    def snapshot(self, symbols: Sequence[str], session: date, fraction: float) -> Snapshot:
+        day = self._session_index(session)
+        symbols = list(symbols)
+        daily = sim_market.daily_bars(symbols, day, day)
+        bar = {name: getattr(daily, name)[0] for name in BAR_FIELDS}
+        return intraday_snapshot(session, fraction, symbols, bar, daily.prev_close[0])
+
+    def market_series(self, start: date, end: date) -> pd.DataFrame:
+        lo, hi = self._day_range(start, end)
+        index = pd.DatetimeIndex(_sim_sessions()[lo:hi + 1], name="date")
+        if hi < lo:
+            return pd.DataFrame({name: [] for name in MARKET_COLUMNS[1:]}, index=index, dtype=float)
+        return pd.DataFrame(sim_market.market_series(lo, hi), index=index)[list(MARKET_COLUMNS[1:])]
+
+    def known_symbols(self) -> list[str]:
+        return list(self._known)
+
+
+def _empty_panel(symbols: list[str], dates: np.ndarray) -> Panel:
+    shape = (len(dates), len(symbols))
+    fields = [np.full(shape, np.nan) for _ in BAR_FIELDS]
+    return Panel(dates, symbols, *fields)
+
+
+# ----------------------------------------------------------------------------------------------------------- cache
+
+def _signature(source: Path, kind: str) -> str:
+    stat = source.stat()
+    return f"{source.resolve()}|{kind}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_FORMAT}"
+
+
+def _cache_file(source: Path, cache_dir: Path, kind: str) -> Path:
+    """One cache file per source path and kind of file it was read as (a stocks file given as the market file must
+    be parsed as one, not served the stock arrays); valid only while the stored signature matches."""
+    digest = hashlib.sha256(f"{source.resolve()}|{kind}".encode("utf-8")).hexdigest()[:16]
+    return cache_dir / f"{source.name.split('.')[0]}-{digest}.npz"
+
+
+def _read_cache(cache_path: Path, signature: str) -> dict[str, np.ndarray] | None:
+    if not cache_path.exists():
+        return None
+    try:
+        with np.load(cache_path, allow_pickle=False) as stored:
+            arrays = {key: stored[key] for key in stored.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("market-data cache %s is unreadable (%s); parsing the source again", cache_path, exc)
+        return None
+    if str(arrays.pop("_signature", "")) != signature:
+        return None
+    return arrays
+
+
+def _write_cache(cache_path: Path, signature: str, arrays: dict[str, np.ndarray]) -> None:
+    """Write atomically (temp file + rename), so a reader never sees half a cache file."""
+    try:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_path.parent, suffix=".tmp", delete=False) as handle:
+            np.savez(handle, _signature=np.array(signature), **arrays)
+        os.replace(handle.name, cache_path)
+    except OSError as exc:
+        # A read-only or full disk only costs speed; the data itself was parsed fine.
+        log.warning("cannot write market-data cache %s: %s", cache_path, exc)
+
+
+def load_cached(source: Path, cache_dir: Path | None, parse: Callable[[Path], dict[str, np.ndarray]],
+                kind: str) -> dict[str, np.ndarray]:
+    """Arrays parsed from `source` as a `kind` file ("stocks" or "market"), from the cache when it is current, else
+    parsed and cached."""
+    try:
+        signature = _signature(source, kind)
+    except OSError as exc:
+        raise DataError(f"{source}: cannot read market data ({exc.strerror or exc})") from None
+    cache_path = _cache_file(source, cache_dir or default_cache_dir(), kind)
+    arrays = _read_cache(cache_path, signature)
+    if arrays is None:
+        arrays = parse(source)
+        _write_cache(cache_path, signature, arrays)
+    return arrays
+
+
+# ----------------------------------------------------------------------------------------------------------- csv
+
+def _read_csv(path: Path, required: Sequence[str], numeric: Sequence[str]) -> pd.DataFrame:
+    """The required columns of a CSV (gz allowed), or DataError naming the file and what is wrong."""
+    try:
+        header = pd.read_csv(path, nrows=0)
+        missing = [name for name in required if name not in header.columns]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {', '.join(missing)} "
+                            f"(expected {','.join(required)})")
+        frame = pd.read_csv(path, usecols=list(required), dtype={"date": str, "symbol": str})
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
+        raise DataError(f"{path}: cannot read market data ({_one_line(exc)})") from None
+    for name in numeric:
+        frame[name] = _as_numbers(path, name, frame[name])
+    return frame
+
+
+def _as_numbers(path: Path, name: str, values: pd.Series) -> pd.Series:
+    """A numeric column as float64; text cells become NaN (the scanner skips them) and are counted."""
+    if pd.api.types.is_numeric_dtype(values):
+        return values.astype(np.float64)
+    numbers = pd.to_numeric(values, errors="coerce")
+    garbled = int((numbers.isna() & values.notna()).sum())
+    if garbled:
+        log.warning("%s: %d non-numeric value(s) in column %s read as missing", path, garbled, name)
+    return numbers.astype(np.float64)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _parse_dates(path: Path, values: pd.Series) -> np.ndarray:
+    try:
+        return pd.to_datetime(values, format="ISO8601").to_numpy().astype("datetime64[D]")
+    except (ValueError, TypeError) as exc:
+        raise DataError(f"{path}: bad date ({_one_line(exc)})") from None
+
+
+def parse_stock_file(path: Path) -> dict[str, np.ndarray]:
+    """Pivot a long-format daily file into dates x symbols float64 arrays (NaN where a symbol has no row)."""
+    frame = _read_csv(path, STOCK_COLUMNS, BAR_FIELDS)
+    frame = frame.dropna(subset=["date", "symbol"])
+    day = _parse_dates(path, frame["date"])
+    date_codes, dates = pd.factorize(day, sort=True)
+    symbol_codes, symbols = pd.factorize(frame["symbol"].str.strip().to_numpy(), sort=True)
+    keep = _last_of_duplicates(path, date_codes * len(symbols) + symbol_codes)
+    arrays: dict[str, np.ndarray] = {"dates": np.asarray(dates, dtype="datetime64[D]"),
+                                     "symbols": np.asarray(symbols, dtype=str)}
+    for name in BAR_FIELDS:
+        grid = np.full((len(dates), len(symbols)), np.nan)
+        grid[date_codes[keep], symbol_codes[keep]] = frame[name].to_numpy(dtype=np.float64)[keep]
+        arrays[name] = grid
+    log.info("parsed %s: %d rows, %d dates, %d symbols", path, len(frame), len(dates), len(symbols))
+    return arrays
+
+
+def _last_of_duplicates(path: Path, keys: np.ndarray) -> np.ndarray:
+    """Mask keeping the last row of each (date, symbol); duplicates are reported, not fatal."""
+    duplicated = pd.Series(keys).duplicated(keep="last").to_numpy()
+    count = int(duplicated.sum())
+    if count:
+        log.warning("%s: %d duplicate (date, symbol) rows; the last of each is used", path, count)
+    return ~duplicated
+
+
+def parse_market_file(path: Path) -> dict[str, np.ndarray]:
+    """SPY and VIX daily columns of a market file, sorted by date."""
+    frame = _read_csv(path, MARKET_COLUMNS, MARKET_COLUMNS[1:])
+    frame = frame.dropna(subset=["date"])
+    frame["date"] = _parse_dates(path, frame["date"])
+    frame = frame.drop_duplicates("date", keep="last").sort_values("date")
+    arrays = {name: frame[name].to_numpy(dtype=np.float64) for name in MARKET_COLUMNS[1:]}
+    arrays["dates"] = frame["date"].to_numpy().astype("datetime64[D]")
+    return arrays
+
+
+def companion_market_file(stocks_path: Path) -> Path | None:
+    """A spy_vix_daily*.csv (or .csv.gz) beside the stocks file, if there is one."""
+    found = sorted(stocks_path.parent.glob("spy_vix_daily*.csv")) + sorted(
+        stocks_path.parent.glob("spy_vix_daily*.csv.gz"))
+    return found[0] if found else None
+
+
+class CsvMarket:
+    """Replays real daily bars from a long-format CSV; SPY and VIX come from a market file."""
+
+    name = "csv"
+    static_history = True  # the file does not change while it is open (flows/prepared_history.py)
+
+    def __init__(self, path: str | Path, market_path: str | Path | None = None, cache_dir: Path | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: market data file not found")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        arrays = load_cached(self.path, self.cache_dir, parse_stock_file, "stocks")
+        if len(arrays["dates"]) == 0:
+            raise DataError(f"{self.path}: no rows of market data")
+        self.dates: np.ndarray = arrays["dates"]
+        self.symbols: list[str] = [str(s) for s in arrays["symbols"]]
+        self._fields = {name: arrays[name] for name in BAR_FIELDS}
+        self._column = {symbol: j for j, symbol in enumerate(self.symbols)}
+        if market_path is not None and not Path(market_path).is_file():
+            raise DataError(f"{market_path}: market (SPY/VIX) file not found")
+        self.market_path = Path(market_path) if market_path is not None else companion_market_file(self.path)
+        self._market: dict[str, np.ndarray] | None = None
+        self._bars_memo: dict[tuple, Panel] = {}
+        self._series_memo: dict[tuple, pd.DataFrame] = {}
+
+    @property
+    def first_date(self) -> date:
+        return self.dates[0].astype(date)
+
+    @property
+    def last_date(self) -> date:
+        return self.dates[-1].astype(date)
+
+    def known_symbols(self) -> list[str]:
+        return list(self.symbols)
+
+    # --- SPY / VIX
+
+    @property
+    def market_first_date(self) -> date:
+        """First day of the SPY/VIX series (it usually starts long before the stocks file)."""
+        return self._market_arrays()["dates"][0].astype(date)
+
+    def _market_arrays(self) -> dict[str, np.ndarray]:
+        if self._market is None:
+            if self.market_path is None:
+                raise DataError(f"no SPY/VIX data for {self.path}: give --market PATH or put a "
+                                f"spy_vix_daily*.csv beside it")
+            self._market = load_cached(self.market_path, self.cache_dir, parse_market_file, "market")
+        return self._market
+
+    def _spy_from_market(self, symbols: Sequence[str]) -> bool:
+        return "SPY" in symbols and "SPY" not in self._column and self.market_path is not None
+
+    def market_series(self, start: date, end: date) -> pd.DataFrame:
+        """Memoised like `bars` (every scan of a session asks for the same window); each caller gets a copy."""
+        key = (start, end)
+        stored = self._series_memo.get(key)
+        if stored is None:
+            market = self._market_arrays()
+            rows = _window(market["dates"], start, end)
+            index = pd.DatetimeIndex(market["dates"][rows], name="date")
+            stored = pd.DataFrame({name: market[name][rows] for name in MARKET_COLUMNS[1:]}, index=index)
+            if len(self._series_memo) >= _BARS_MEMO_SIZE:
+                self._series_memo.pop(next(iter(self._series_memo)))
+            self._series_memo[key] = stored
+        return stored.copy()
+
+    # --- bars and snapshots
+
+    def _columns(self, symbols: Sequence[str]) -> np.ndarray:
+        """Each symbol's column in the stock file (-1 when the file does not have it)."""
+        return np.array([self._column.get(s, -1) for s in symbols], dtype=np.int64)
+
+    def _gather(self, name: str, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        """Field `name` at stock-file rows `rows` (-1 = no such date) and `columns` (-1 = unknown symbol: NaN)."""
+        if name not in self._fields:  # the derived "_close_before" table, built on first use
+            self._fields[name] = self._close_before_table()
+        # rows first, then columns: two plain takes cost less than one two-dimensional fancy index
+        out = self._fields[name].take(np.maximum(rows, 0), axis=0).take(np.maximum(columns, 0), axis=1)
+        out[:, columns < 0] = np.nan
+        out[rows < 0, :] = np.nan
+        return out
+
+    def bars(self, symbols: Sequence[str], start: date, end: date) -> Panel:
+        """Served from a small in-process memo of earlier identical requests (the file never changes while it is
+        open, and a backtest asks for the same symbols and window many times a session). The arrays are shared and
+        read-only: a caller that wants to change values works on a copy (numpy refuses a write to them)."""
+        key = (tuple(symbols), start, end)
+        stored = self._bars_memo.get(key)
+        if stored is None:
+            stored = self._bars(list(symbols), start, end)
+            for array in (stored.dates, *(getattr(stored, name) for name in BAR_FIELDS)):
+                array.flags.writeable = False
+            if len(self._bars_memo) >= _BARS_MEMO_SIZE:
+                self._bars_memo.pop(next(iter(self._bars_memo)))  # the oldest request goes first
+            self._bars_memo[key] = stored
+        return Panel(stored.dates, list(stored.symbols), *(getattr(stored, name) for name in BAR_FIELDS))
+
+    def _bars(self, symbols: list[str], start: date, end: date) -> Panel:
+        dates = self.dates[_window(self.dates, start, end)]
+        serve_spy = self._spy_from_market(symbols)
+        if serve_spy:
+            market_dates = self._market_arrays()["dates"]
+            dates = np.union1d(dates, market_dates[_window(market_dates, start, end)])
+        rows, columns = _positions(self.dates, dates), self._columns(symbols)
+        fields = {name: self._gather(name, rows, columns) for name in BAR_FIELDS}
+        if serve_spy:
+            self._fill_spy(fields, symbols, dates)
+        return Panel(dates, symbols, *(fields[name] for name in BAR_FIELDS))
+
+    def _fill_spy(self, fields: dict[str, np.ndarray], symbols: list[str], dates: np.ndarray) -> None:
+        market = self._market_arrays()
+        rows = _positions(market["dates"], dates)
+        spy_columns = [j for j, s in enumerate(symbols) if s == "SPY"]
+        for name in BAR_FIELDS:
+            values = np.where(rows >= 0, market[f"spy_{name}"][np.maximum(rows, 0)], np.nan)
+            for j in spy_columns:
+                fields[name][:, j] = values
+
+    def snapshot(self, symbols: Sequence[str], session: date, fraction: float) -> Snapshot:
+        symbols = list(symbols)
+        row = int(_positions(self.dates, np.array([session], dtype="datetime64[D]"))[0])
+        if row < 0:
+            raise DataError(f"no data for session {session} in {self.path} "
+                            f"(covers {self.first_date} .. {self.last_date})")
+        rows, columns = np.array([row]), self._columns(symbols)
+        bar = {name: self._gather(name, rows, columns)[0] for name in BAR_FIELDS}
+        prev_close = self._last_close_before(row, columns)
+        if self._spy_from_market(symbols):
+            self._spy_snapshot_bar(bar, prev_close, symbols, session)
+        return intraday_snapshot(session, fraction, symbols, bar, prev_close)
+
+    def _last_close_before(self, row: int, columns: np.ndarray) -> np.ndarray:
+        """Each symbol's last close before stock-file row `row` (a symbol may have skipped days).
+
+        Read from a table of every symbol's last close before every row, built once: the data never changes
+        while the market is open, and gathering the whole history per snapshot grew with the date."""
+        if row == 0:
+            return np.full(len(columns), np.nan)
+        return self._gather("_close_before", np.array([row]), columns)[0]
+
+    def _close_before_table(self) -> np.ndarray:
+        """Row r, column j: symbol j's last non-NaN close in rows < r (NaN when it has none)."""
+        closes = self._fields["close"]
+        rows = np.arange(closes.shape[0])[:, None]
+        last_row = np.maximum.accumulate(np.where(~np.isnan(closes), rows, -1), axis=0)
+        filled = np.where(last_row >= 0, closes[np.maximum(last_row, 0), np.arange(closes.shape[1])[None, :]],
+                          np.nan)
+        before = np.full_like(closes, np.nan)
+        before[1:] = filled[:-1]
+        return before
+
+    def _spy_snapshot_bar(self, bar: dict[str, np.ndarray], prev_close: np.ndarray, symbols: list[str],
+                          session: date) -> None:
+        market = self._market_arrays()
+        row = int(_positions(market["dates"], np.array([session], dtype="datetime64[D]"))[0])
+        for j, symbol in enumerate(symbols):
+            if symbol != "SPY":
+                continue
+            for name in BAR_FIELDS:
+                bar[name][j] = market[f"spy_{name}"][row] if row >= 0 else np.nan
+            prev_close[j] = market["spy_close"][row - 1] if row > 0 else np.nan
+
+
+def _window(dates: np.ndarray, start: date, end: date) -> slice:
+    lo = int(np.searchsorted(dates, np.datetime64(start, "D")))
+    hi = int(np.searchsorted(dates, np.datetime64(end, "D"), side="right"))
+    return slice(lo, max(lo, hi))
+
+
+def _positions(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+    """Index of each needle date in the sorted `haystack`, -1 where absent."""
+    at = np.searchsorted(haystack, needles)
+    inside = at < len(haystack)
+    found = inside & (haystack[np.minimum(at, len(haystack) - 1)] == needles) if len(haystack) else inside
+    return np.where(found, at, -1)
+
+
+# ----------------------------------------------------------------------------------------------------------- factory
+
+def open_market(source: str, *, market_path: str | None = None, universe_symbols: list[str] | None = None,
+                cache_dir: Path | None = None) -> MarketData:
+    """The market-data port named by `source`: "sim", "csv:PATH" or "alpaca"."""
+    text = (source or "").strip()
+    if text == "sim":
+        if market_path:
+            log.warning("--market %s is ignored with the sim source (its SPY and VIX are synthetic)", market_path)
+        return SimMarket(universe_symbols)
+    if text.startswith("csv:"):
+        path = text[4:].strip()
+        if not path:
+            raise ConfigError("--data: csv source needs a path (use csv:PATH)")
+        return CsvMarket(path, market_path=market_path, cache_dir=cache_dir)
+    if text == "alpaca":
+        raise ConfigError("--data alpaca: alpaca market data needs API keys and is built by the runtime "
+                          "(alpaca_adapter.AlpacaMarket), not by open_market")
+    raise ConfigError(f"--data: unknown source {source!r} (use sim, csv:PATH or alpaca)")

@@ -11,10 +11,11 @@ Three rules keep a trader's money safe here:
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from common.errors import BrokerUnavailable, InsufficientQty, MomentumError, OrderNotFound, OrderRejected, PositionBusy
 from common.locks import position_locks
@@ -74,24 +75,19 @@ def next_order_id(journal, kind: str, trade_id: int) -> str:
 
 # --- position locks -----------------------------------------------------------------------------------------------
 
-def position_lock(rt: Runtime, symbol: str, wait: float = LOCK_WAIT_S):
-    """Context manager yielding True while this command holds `symbol`'s position lock (see locks.PositionLocks);
-    False when another command kept it for `wait` seconds."""
-    return position_locks(rt.journal.path).hold(symbol, wait)
+def position_lock(rt: Runtime, symbol: str, wait: float | None = None):
+    """Context manager yielding True while this command holds `symbol`'s position lock (common/locks.py
+    PositionLocks); False when another command kept it for `wait` seconds (LOCK_WAIT_S unless given)."""
+    return position_locks(rt.journal.path).hold(symbol, LOCK_WAIT_S if wait is None else wait)
 
 
-def require_position(rt: Runtime, symbol: str, wait: float = LOCK_WAIT_S):
+@contextlib.contextmanager
+def require_position(rt: Runtime, symbol: str, wait: float | None = None) -> Iterator[None]:
     """position_lock that raises PositionBusy (exit 75) when the position stays busy."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def held():
-        with position_lock(rt, symbol, wait) as mine:
-            if not mine:
-                raise PositionBusy(f"{symbol}: another command is acting on this position; try again shortly")
-            yield
-
-    return held()
+    with position_lock(rt, symbol, wait) as mine:
+        if not mine:
+            raise PositionBusy(f"{symbol}: another command is acting on this position; try again shortly")
+        yield
 
 
 # --- submission ---------------------------------------------------------------------------------------------------

@@ -41,27 +41,19 @@ class PositionLocks:
     once, and it is the lease of an order in flight: a `pending_submit` order whose symbol lock another process
     holds may still reach the broker, so reconciliation leaves it alone; once the lock is free, its submitter has
     finished or died (the kernel releases a dead holder's lock), and the row can be resolved from the broker alone.
-    Locks are reentrant within a process; descriptors stay open (a few syscalls per use) up to MAX_OPEN.
+    Locks are reentrant within a process; a lock's file is open only while it is held.
     """
 
-    MAX_OPEN = 128
     POLL_S = 0.05
 
     def __init__(self, journal_path: Path):
         self.folder = Path(journal_path).with_name(Path(journal_path).name + ".locks")
-        self._fds: dict[str, int] = {}
         self._depth: dict[str, int] = {}
 
-    def _fd(self, symbol: str) -> int:
-        fd = self._fds.get(symbol)
-        if fd is None:
-            if len(self._fds) >= self.MAX_OPEN:
-                for idle in [s for s in self._fds if s not in self._depth]:
-                    os.close(self._fds.pop(idle))
-            self.folder.mkdir(parents=True, exist_ok=True)
-            name = re.sub(r"[^A-Za-z0-9._-]", "_", symbol) or "_"
-            fd = self._fds[symbol] = os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
-        return fd
+    def _open(self, symbol: str) -> int:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", symbol) or "_"
+        return os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
     @contextlib.contextmanager
     def hold(self, symbol: str, wait: float = 0.0) -> Iterator[bool]:
@@ -74,24 +66,26 @@ class PositionLocks:
             finally:
                 self._depth[symbol] -= 1
             return
-        fd = self._fd(symbol)
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    yield False
-                    return
-                time.sleep(self.POLL_S)
-        self._depth[symbol] = 1
+        fd = self._open(symbol)
         try:
-            yield True
+            deadline = time.monotonic() + wait
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        yield False
+                        return
+                    time.sleep(self.POLL_S)
+            self._depth[symbol] = 1
+            try:
+                yield True
+            finally:
+                if self._depth.pop(symbol) != 1:
+                    raise RuntimeError(f"lock of {symbol} released out of order")
         finally:
-            if self._depth.pop(symbol) != 1:
-                raise RuntimeError(f"lock of {symbol} released out of order")
-            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)  # closing the descriptor releases the lock
 
     def held_by_another(self, symbol: str) -> bool:
         """Whether another live process holds `symbol`'s lock now."""

@@ -312,6 +312,7 @@ def test_500_with_empty_body_on_a_read(fake_alpaca, broker):
     assert str(unavailable.value) == "alpaca list open orders: HTTP 500 (empty body)"
 
 
+@pytest.mark.slow
 def test_stalled_server_times_out(fake_alpaca, fake_time):
     fake_alpaca.stall("/v2/account", times=3, seconds=3.0)
     broker = AlpacaBroker("k", "s", url_override=fake_alpaca.url, timeout=0.5, sleep=fake_time.sleep)

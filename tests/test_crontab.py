@@ -7,6 +7,8 @@ import shlex
 import sqlite3
 from datetime import date
 
+import pytest
+
 from conftest import ROOT
 from realdata import cli
 
@@ -44,6 +46,7 @@ def test_crontab_covers_every_scheduled_job():
     assert sum(1 for c in commands if c.startswith("scan")) == 9
 
 
+@pytest.mark.slow
 def test_every_line_runs_on_a_trading_day_and_on_a_holiday(real_env):
     runs = []
     for minute, hour, dow, args in cron_entries():

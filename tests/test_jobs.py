@@ -302,6 +302,7 @@ def test_cleanup_removes_only_old_candidates_checks_and_audit_files(produced, tm
 
 # --- entry points --------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_jobs_py_runs_a_job_with_global_options_after_the_name(produced, tmp_path, monkeypatch):
     env = copy_journal(produced, tmp_path, monkeypatch)
     proc = subprocess.run([sys.executable, str(ROOT / "jobs.py"), "daily-snapshot", "--asof", "2016-11-24T16:05"],

@@ -105,6 +105,7 @@ RACE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_commands_starting_together_on_a_new_or_upgraded_journal_all_succeed(tmp_path):
     from journal.schema import MIGRATIONS
 

@@ -49,9 +49,12 @@ class PositionLocks:
     def __init__(self, journal_path: Path):
         self.folder = Path(journal_path).with_name(Path(journal_path).name + ".locks")
         self._depth: dict[str, int] = {}
+        self._folder_made = False
 
     def _open(self, symbol: str) -> int:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        if not self._folder_made:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self._folder_made = True
         name = re.sub(r"[^A-Za-z0-9._-]", "_", symbol) or "_"
         return os.open(self.folder / f"{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
@@ -93,15 +96,18 @@ class PositionLocks:
             return not mine
 
 
-_POSITION_LOCKS: dict[Path, PositionLocks] = {}
+_POSITION_LOCKS: dict[Path | str, PositionLocks] = {}
 
 
 def position_locks(journal_path: Path) -> PositionLocks:
-    """This process's position locks of the journal at `journal_path`."""
-    key = Path(journal_path).resolve()
-    if key not in _POSITION_LOCKS:
-        _POSITION_LOCKS[key] = PositionLocks(key)
-    return _POSITION_LOCKS[key]
+    """This process's position locks of the journal at `journal_path` (found by the path as given first: resolving
+    it costs system calls on every order and every reconciliation)."""
+    locks = _POSITION_LOCKS.get(journal_path)
+    if locks is None:
+        resolved = Path(journal_path).resolve()
+        locks = _POSITION_LOCKS.get(resolved) or PositionLocks(resolved)
+        _POSITION_LOCKS[resolved] = _POSITION_LOCKS[journal_path] = locks
+    return locks
 
 
 def lock_path(journal_path: Path) -> Path:

@@ -152,10 +152,12 @@ def reconcile(rt) -> ReconcileReport:
                 report.busy.append(symbol)
             elif _still_untracked(journal, symbol):
                 trade_book.adopt_external(rt, broker_positions[symbol], report)
+    flagged = {row["key"] for row in journal.query("SELECT key FROM state WHERE key LIKE 'missing:%'")}
     for trade in open_trades:
         position = broker_positions.get(trade["symbol"])
         if position is not None and position.qty == trade["qty"]:
-            _found_again(rt, trade)
+            if _missing_key(trade) in flagged:
+                _found_again(rt, trade)
             continue
         with locks.hold(trade["symbol"]) as mine:
             if not mine:

@@ -40,6 +40,19 @@ def _block_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
 
 
+@pytest.fixture
+def private_journal(tmp_path, monkeypatch) -> Path:
+    """For commands run in this process: a private journal, logs and cache in tmp_path, and none of the variables
+    that would point a command elsewhere (data source, broker, clock, universe, market file, Alpaca)."""
+    for name in ("MOMENTUM_DB", "DATA_SOURCE", "BROKER", "MOMENTUM_ASOF", "UNIVERSE_FILE", "MARKET_DATA",
+                 "SIM_BROKER_DB", "ALPACA_TRADING_URL", "ALPACA_API_KEY", "ALPACA_SECRET_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MOMENTUM_DB", str(tmp_path / "trades.db"))
+    monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
+    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path
+
+
 def require_shared_data(name: str) -> Path:
     """Path of a file in ../shared/data, or skip the test with a reason when it is absent."""
     path = SHARED_DATA / name

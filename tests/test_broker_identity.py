@@ -21,15 +21,8 @@ ALPACA_ACCOUNT = "00000000-0000-4000-8000-000000000001"  # the id in fixtures/ac
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A private journal and sim broker file, nothing else configured."""
-    for name in ("MOMENTUM_DB", "DATA_SOURCE", "BROKER", "MOMENTUM_ASOF", "UNIVERSE_FILE", "MARKET_DATA",
-                 "SIM_BROKER_DB", "ALPACA_TRADING_URL", "ALPACA_API_KEY", "ALPACA_SECRET_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MOMENTUM_DB", str(tmp_path / "trades.db"))
-    monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
+def env(private_journal):
+    return private_journal
 
 
 def run(*args: str):

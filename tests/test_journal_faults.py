@@ -28,14 +28,8 @@ CLOCK = Clock(parse_asof(ASOF))
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch):
-    """A private journal, logs and cache; nothing else configured."""
-    for name in ("MOMENTUM_DB", "DATA_SOURCE", "BROKER", "MOMENTUM_ASOF", "UNIVERSE_FILE", "MARKET_DATA"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MOMENTUM_DB", str(tmp_path / "trades.db"))
-    monkeypatch.setenv("LOG_DIR", str(tmp_path / "logs"))
-    monkeypatch.setenv("CACHE_DIR", str(tmp_path / "cache"))
-    return tmp_path
+def env(private_journal):
+    return private_journal
 
 
 def run(*args: str):

@@ -74,12 +74,19 @@ class Panel:
         return pd.DataFrame(data, index=pd.DatetimeIndex(self.dates, name="date"))
 
 
+# What a Snapshot was built from (the information-set rule, README "Honest replay"):
+# DAILY: daily bars only. Before the close it shows the completed sessions and today's open, nothing else: price,
+#   high and low so far are the open, volume so far is unknown (NaN). From the close on it shows the whole bar.
+# INTRADAY: real intraday bars (or a live quote): price, range and volume so far as they were at that moment.
+DAILY, INTRADAY = "daily", "intraday"
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The intraday view of one session at a session fraction, one entry per symbol.
 
     `fraction` is the share of the regular session elapsed (0 at the open, 1 at the close). Arrays are NaN for a
-    symbol with no bar that session.
+    symbol with no bar that session. `view` says what the values are built from (DAILY or INTRADAY above).
     """
 
     session: date
@@ -93,6 +100,7 @@ class Snapshot:
     prev_close: np.ndarray
     bid: np.ndarray
     ask: np.ndarray
+    view: str = INTRADAY
 
     def index(self, symbol: str) -> int:
         return self.symbols.index(symbol)
@@ -102,7 +110,25 @@ class Snapshot:
         index = _positions(self.symbols, symbols)
         arrays = {name: _take_at(np.asarray(getattr(self, name))[None, :], index)[0]
                   for name in ("open", "high", "low", "price", "volume", "prev_close", "bid", "ask")}
-        return Snapshot(self.session, self.fraction, list(symbols), **arrays)
+        return Snapshot(self.session, self.fraction, list(symbols), **arrays, view=self.view)
+
+
+@dataclass(frozen=True)
+class SessionBars:
+    """One session's intraday bars for many symbols, in time order (sources with intraday data only).
+
+    `ends[k]` is the session fraction at which bar k ends (ascending, in (0, 1]); a bar is known from its end on.
+    Arrays are (bars, symbols), NaN where a symbol did not trade in a bar.
+    """
+
+    session: date
+    symbols: list[str]
+    ends: np.ndarray
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -182,6 +208,9 @@ class MarketData(Protocol):
 
     def market_series(self, start: date, end: date) -> pd.DataFrame:
         """SPY and VIX daily series indexed by date: spy_open..spy_volume, vix_open..vix_close (NaN if unknown)."""
+
+    # Optional, for sources with intraday data: `session_bars(symbols, session) -> SessionBars`. A source without it
+    # serves DAILY snapshots, and the sim broker settles each session from its daily bar (ports/sim_fills.py).
 
     def known_symbols(self) -> list[str]:
         """Every stock symbol the source can serve (for universe building and validation)."""

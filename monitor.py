@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -120,11 +121,13 @@ def evaluate_positions(rt: Runtime, flags: exit_rules.PortfolioFlags, report: Mo
     history = rt.market.bars(symbols, rt.calendar.sessions_back(session.day, scanner.HISTORY_SESSIONS),
                              rt.calendar.previous_session(session.day))
     signals = scanner.holding_signals(prepared(rt, scanner.prepare, history, snap.session, snap.symbols), snap)
+    peaks = reversal.peak_closes(history, snap, trades)
     scores = reversal.reversal_scores(prepared(rt, reversal.prepare, history, snap.session, snap.symbols), snap,
-                                      reversal.peak_closes(history, snap, trades))
+                                      peaks)
     rules = exit_rules.ExitRules.from_config(rt.config)
     context = _portfolio_context(rt, trades)
     context["settings"] = rt.journal.settings()
+    context["peaks"] = peaks
     views = symbol_views(snap.symbols, signals, scores)
     for trade in trades:
         view = views[trade["symbol"]]
@@ -166,7 +169,10 @@ def position_state(rt: Runtime, trade: dict, snap, view: dict, context: dict) ->
         log.warning("monitor: no price for %s; skipped this run", symbol)
         return None
     settings = context["settings"]
-    peak = max(v for v in (trade["peak_price"], trade["entry_price"], price) if v)
+    # the highest price seen since entry, and the closes of the sessions completed since (with daily bars a run
+    # during the session sees only the open, so a close it never saw still raises the peak)
+    peak = max(v for v in (trade["peak_price"], trade["entry_price"], price, context.get("peaks", {}).get(symbol))
+               if v and math.isfinite(v))
     entry_score = trade["composite_score"]
     return exit_rules.PositionState(
         trade_id=trade["id"], symbol=symbol, qty=trade["qty"], original_qty=trade["original_qty"] or trade["qty"],

@@ -11,8 +11,13 @@ Conventions (all ratios and *_pct values are fractions: 0.01 means 1%):
 - RSI14 and ATR14 are Wilder's, seeded with the simple mean of the first 14 changes / true ranges of the history
   passed in, so the caller should pass the same depth of history from scan to scan (the Wilder average forgets the
   seed after about 100 bars).
-- Volume so far is time-normalised by the U-shaped intraday profile (pathmodel.volume_fraction); the session
+- Volume so far is time-normalised by the U-shaped intraday profile (core/volume_profile.py); the session
   fraction is floored at one minute so that a scan at the opening bell does not divide by zero.
+- A DAILY snapshot (daily bars only, common/types.py) shows today's open and nothing else of today before the
+  close, so the intraday-only signals are replaced by what is knowable: price, high and low so far are the open
+  (change_pct is the gap, follow_through is False, breakout_5d compares the open); RVOL and volume surge are the
+  LAST COMPLETED session's volume over the 20-session average before it; intraday_strength is unknown (NaN, earns
+  no points). From the close on, a daily snapshot is the whole bar and every signal reads it as usual.
 - Thresholds compare with a tolerance of 1e-9, so a value equal to a threshold up to float rounding counts as equal:
   "at least 3%" accepts 103 / 100 - 1, "above +0.5%" refuses 100.5 / 100 - 1.
 - A history row with no usable bar for a symbol (close, high or low missing or non-positive, or volume missing or
@@ -30,9 +35,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from common.types import Panel, Snapshot
+from common.types import DAILY, Panel, Snapshot
 from core import indicators
-from core.intraday_path import volume_fraction
+from core.volume_profile import volume_fraction
 
 HISTORY_SESSIONS = 120  # bars read before today: a fixed depth keeps Wilder RSI/ATR identical from scan to scan
 LOOKBACK = 60  # daily bars required before today
@@ -133,6 +138,22 @@ def normalised_volume(snap: Snapshot) -> np.ndarray:
     """Volume so far scaled to a full-day equivalent by the intraday volume profile."""
     share_of_day = max(float(volume_fraction(snap.fraction)), float(volume_fraction(ONE_MINUTE)))
     return np.asarray(snap.volume, dtype=float) / share_of_day
+
+
+def volume_surge(history: "History", snap: Snapshot) -> np.ndarray:
+    """RVOL / volume surge as knowable at the snapshot's moment: volume so far scaled to a day over the 20-day
+    average, or, before the close of a DAILY snapshot (no volume so far), the last completed session's surge."""
+    if snap.view == DAILY and snap.fraction < 1.0:
+        return history.last_surge
+    return ratio(normalised_volume(snap), history.avg_volume)
+
+
+def last_session_surge(bars: Panel, sessions: int = VOLUME_AVERAGE_SESSIONS) -> np.ndarray:
+    """The last completed session's volume over the mean volume of the `sessions` before it."""
+    if bars.volume.shape[0] < 2:
+        return np.full(len(bars.symbols), np.nan)
+    before = bars.volume[:-1][-sessions:]
+    return ratio(bars.volume[-1], indicators.sma(before, sessions, window_min_count(sessions))[-1])
 
 
 def average_volume(bars: Panel, sessions: int = VOLUME_AVERAGE_SESSIONS) -> np.ndarray:
@@ -251,8 +272,10 @@ def _roc_and_sma20(history: "History", price: np.ndarray) -> dict[str, np.ndarra
             "sma20": indicators.sma_step(history.sma20, price, window_min_count(20))}
 
 
-def _price_signals(history: "History", today: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _price_signals(history: "History", today: dict[str, np.ndarray], range_known: bool) -> dict[str, np.ndarray]:
     price = today["price"]
+    strength = (intraday_strength(price, today["high"], today["low"]) if range_known
+                else np.full(price.shape, np.nan))
     return {
         "change_pct": ratio(price, today["prev_close"]) - 1.0,
         "gap_up": ratio(today["open"], today["prev_close"]) - 1.0,
@@ -260,7 +283,7 @@ def _price_signals(history: "History", today: dict[str, np.ndarray]) -> dict[str
         "breakout_5d": above(price, history.prior_high),
         **_roc_and_sma20(history, price),
         "sma50": indicators.sma_step(history.sma50, price, window_min_count(50)),
-        "intraday_strength": intraday_strength(price, today["high"], today["low"]),
+        "intraday_strength": strength,
         "rsi_14": indicators.rsi_step(history.rsi, price),
         "atr_14": indicators.atr_step(history.atr, today["high"], today["low"], price),
     }
@@ -325,6 +348,7 @@ class History:
     rows: int  # completed sessions in the window
     reasons: np.ndarray  # why the history cannot be trusted (None when it can), per symbol
     avg_volume: np.ndarray  # mean volume of the last 20 completed sessions
+    last_surge: np.ndarray  # the last completed session's volume over the 20-session average before it
     prior_high: np.ndarray  # highest high of the last 5 completed sessions
     reference_close: np.ndarray  # the close 10 sessions before today (the last one present before it)
     sma20: indicators.SmaTail
@@ -339,7 +363,7 @@ def prepare(history: Panel, session: date, symbols: Sequence[str]) -> History:
     rows, n_symbols = bars.close.shape
     return History(
         session=session, symbols=list(symbols), rows=rows, reasons=history_reasons(bars),
-        avg_volume=average_volume(bars),
+        avg_volume=average_volume(bars), last_surge=last_session_surge(bars),
         prior_high=(np.fmax.reduce(bars.high[-BREAKOUT_SESSIONS:], axis=0) if rows
                     else np.full(n_symbols, np.nan)),
         reference_close=(indicators.last_present(bars.close[:rows - ROC_SESSIONS + 1]) if rows >= ROC_SESSIONS
@@ -364,8 +388,8 @@ def scan(history: Panel | History, snap: Snapshot, rules: CapRules) -> pd.DataFr
     """
     history = prepared_for(history, snap, prepare)
     today = _snapshot_arrays(snap)
-    surge = ratio(normalised_volume(snap), history.avg_volume)
-    signals = _price_signals(history, today)
+    surge = volume_surge(history, snap)
+    signals = _price_signals(history, today, range_known=not (snap.view == DAILY and snap.fraction < 1.0))
     signals.update(price=today["price"], prev_close=today["prev_close"], rvol=surge, volume_surge=surge.copy())
     reasons = skip_reasons(history, snap, signals["change_pct"], surge)
     usable = np.equal(reasons, None)
@@ -379,7 +403,7 @@ def holding_signals(history: Panel | History, snap: Snapshot) -> dict[str, np.nd
     without the rest of the scan."""
     history = prepared_for(history, snap, prepare)
     price = np.asarray(snap.price, dtype=float)
-    return {**_roc_and_sma20(history, price), "volume_surge": ratio(normalised_volume(snap), history.avg_volume)}
+    return {**_roc_and_sma20(history, price), "volume_surge": volume_surge(history, snap)}
 
 
 def prepared_for(history, snap: Snapshot, prepare_history):

@@ -1,7 +1,9 @@
 """The 0-13 reversal score of held positions (SPEC section 8), vectorised across symbols.
 
 Today's bar is the snapshot: "close" means the current price, today's high and low are the high and low so far,
-and the volume is time-normalised by the intraday profile before it is compared with the 20-day average. SMAs,
+and the volume is time-normalised by the intraday profile before it is compared with the 20-day average (before
+the close of a DAILY snapshot, which has no volume so far, the last completed session's volume surge stands in, as
+in the scanner; its high and low so far are the open). SMAs,
 RSI14 and the MACD histogram are computed over the daily history plus today's price as the latest value (the same
 convention as the scanner); yesterday is the last completed session of the history. A signal whose inputs are
 missing (too little history, a missing bar) is False, so broken data never raises a score by itself; a symbol
@@ -26,9 +28,9 @@ from scanner import (
     average_volume,
     below,
     intraday_strength,
-    normalised_volume,
+    last_session_surge,
     prepared_for,
-    ratio,
+    volume_surge,
     window_min_count,
 )
 
@@ -78,6 +80,7 @@ class History:
     yesterday_low: np.ndarray
     yesterday_close: np.ndarray
     avg_volume: np.ndarray
+    last_surge: np.ndarray
 
 
 def prepare(history: Panel, session: date, symbols: Sequence[str]) -> History:
@@ -89,6 +92,7 @@ def prepare(history: Panel, session: date, symbols: Sequence[str]) -> History:
                    sma5=indicators.sma_tail(bars.close, 5), sma10=indicators.sma_tail(bars.close, 10),
                    sma20=indicators.sma_tail(bars.close, 20), macd=indicators.macd_state(bars.close),
                    rsi=indicators.rsi_state(bars.close, 14), avg_volume=average_volume(bars),
+                   last_surge=last_session_surge(bars),
                    **{f"yesterday_{name}": values for name, values in yesterday.items()})
 
 
@@ -124,7 +128,7 @@ def _candle_signals(history: History, snap: Snapshot) -> dict[str, np.ndarray]:
 def _session_signals(history: History, snap: Snapshot, peaks: np.ndarray) -> dict[str, np.ndarray]:
     price, open_ = np.asarray(snap.price, dtype=float), np.asarray(snap.open, dtype=float)
     prev_close = np.asarray(snap.prev_close, dtype=float)
-    volume_ratio = ratio(normalised_volume(snap), history.avg_volume)
+    volume_ratio = volume_surge(history, snap)
     return {
         "down_day_high_volume": below(price, prev_close) & at_least(volume_ratio, HIGH_VOLUME_MULTIPLE),
         "gap_down": at_most(open_, prev_close * GAP_DOWN_FACTOR),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from common.clock import iso_utc
-from common.types import Snapshot
+from common.types import DAILY, Snapshot
 from flows.prepared_history import market_snapshot
 
 if TYPE_CHECKING:  # annotations only: the runtime module wires every port
@@ -41,11 +41,11 @@ def current(rt: Runtime, symbols: list[str]) -> Snapshot:
         arrays = {name: np.array([float(cached[s][name]) if cached[s][name] is not None else np.nan
                                   for s in symbols]) for name in FIELDS}
         return Snapshot(session.day, float(cached[symbols[0]]["fraction"]) if symbols else fraction, list(symbols),
-                        **arrays)
+                        **arrays, view=cached[symbols[0]]["view"] if symbols else DAILY)
     snap = market_snapshot(rt, symbols, session.day, fraction)
     stamp = iso_utc(now)
     columns = {name: [_plain(value) for value in np.asarray(getattr(snap, name)).tolist()] for name in FIELDS}
-    rows = [{"symbol": s, "session": str(session.day), "fraction": fraction, "fetched_at": stamp,
+    rows = [{"symbol": s, "session": str(session.day), "fraction": fraction, "fetched_at": stamp, "view": snap.view,
              **{name: columns[name][i] for name in FIELDS}} for i, s in enumerate(snap.symbols)]
     rt.journal.upsert_rows("quote_cache", rows, "symbol")  # one transaction
     return snap

@@ -28,7 +28,7 @@ from common.errors import ConfigError, DataError
 from common.locks import scan_lock
 from common.render import table
 from common.types import Panel, Snapshot, finite
-from core import intraday_path, reversal, rules_decider
+from core import reversal, rules_decider
 from flows import scan_orders
 from flows.operator import require_market_open
 from flows.prepared_history import market_snapshot, prepared, scan_frame
@@ -95,7 +95,9 @@ def load_market(rt: Runtime, symbols: list[str], session: Session, fraction: flo
 
 
 def market_context(rt: Runtime, session: Session, fraction: float, snap: Snapshot) -> dict[str, Any]:
-    """SPY, trend, VIX (seen through the same intraday path as every bar) and breadth.
+    """SPY, trend, VIX and breadth, each as knowable at the moment (the information-set rule of common/types.py):
+    from daily series, today's open during the session and the close from the close on; from a source with
+    intraday bars, SPY's price so far.
 
     SPY and VIX are None when unknown; when the series could not be read at all, `series_error` says why."""
     cal = rt.calendar
@@ -108,17 +110,15 @@ def market_context(rt: Runtime, session: Session, fraction: float, snap: Snapsho
     dates = series.index.values if len(series) else np.array([], dtype="datetime64[ns]")
     day = np.datetime64(session.day, "ns")
     column = {name: series[name].to_numpy() if name in series else np.full(len(series), np.nan)
-              for name in ("spy_open", "spy_high", "spy_low", "spy_close", "vix_open", "vix_high", "vix_low",
-                           "vix_close")}
+              for name in ("spy_open", "spy_close", "vix_open", "vix_close")}
     before = dates < day
     today_rows = np.flatnonzero(dates == day)
     spy_price = vix = np.nan
     if today_rows.size:
-        today = {name: values[today_rows[0]] for name, values in column.items()}
-        spy_price = float(intraday_path.price_at(today["spy_open"], today["spy_high"], today["spy_low"],
-                                             today["spy_close"], fraction))
-        vix_open = today["vix_open"] if np.isfinite(today["vix_open"]) else today["vix_close"]
-        vix = float(intraday_path.price_at(vix_open, today["vix_high"], today["vix_low"], today["vix_close"], fraction))
+        today = {name: float(values[today_rows[0]]) for name, values in column.items()}
+        spy_price, vix = knowable(today, "spy", fraction), knowable(today, "vix", fraction)
+    if hasattr(rt.market, "session_bars") and fraction < 1.0:
+        spy_price = _spy_so_far(rt, session, fraction, spy_price)
     spy_before = column["spy_close"][before]
     if not np.isfinite(spy_price) and spy_before.size:
         spy_price = float(spy_before[-1])
@@ -130,6 +130,21 @@ def market_context(rt: Runtime, session: Session, fraction: float, snap: Snapsho
         return {"spy_price": None, "trend": None, "vix": None, "breadth": None, "spy_change_pct": None}
     change = np.asarray(snap.price) / np.asarray(snap.prev_close) - 1.0
     return scanner.market_context(spy_before, spy_price, vix, change)
+
+
+def knowable(today: dict[str, float], prefix: str, fraction: float) -> float:
+    """A daily series' value knowable at session fraction `fraction`: the open during the session, the close from
+    the close on (NaN when that value is missing: the caller falls back to the previous close)."""
+    return today[f"{prefix}_close"] if fraction >= 1.0 else today[f"{prefix}_open"]
+
+
+def _spy_so_far(rt: Runtime, session: Session, fraction: float, fallback: float) -> float:
+    """SPY's price so far from a source with intraday bars (its daily open when SPY has no intraday bar yet)."""
+    try:
+        price = float(rt.market.snapshot(["SPY"], session.day, fraction).price[0])
+    except DataError:
+        return fallback
+    return price if np.isfinite(price) else fallback
 
 
 def scan_context(rt: Runtime, session: Session, fraction: float, snap: Snapshot, universe: list[str]) -> dict[str, Any]:

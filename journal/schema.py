@@ -176,6 +176,12 @@ CREATE INDEX orders_live ON orders(status)
 CREATE INDEX orders_unapplied ON orders(trade_id) WHERE filled_qty > applied_qty;
 """
 
+# A cached quote remembers what it was built from (common/types.py DAILY or INTRADAY), so a scan served from the
+# cache reads the same signals as one served by the source. Rows from before live seconds; they count as daily.
+MIGRATION_0007 = """
+ALTER TABLE quote_cache ADD COLUMN view TEXT NOT NULL DEFAULT 'daily';
+"""
+
 # (name, sql) in order; names are stored in _sqlite_migrations and must never change.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", MIGRATION_0001),
@@ -184,4 +190,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0004_exit_plans", MIGRATION_0004),
     ("0005_pending_outcomes_index", MIGRATION_0005),
     ("0006_live_order_indexes", MIGRATION_0006),
+    ("0007_quote_view", MIGRATION_0007),
 ]

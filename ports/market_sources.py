@@ -1,9 +1,10 @@
 """Market-data port implementations: `sim` (synthetic, offline) and `csv:PATH` (replay of real daily bars).
 
-Both serve daily bars as a Panel and an intraday Snapshot of a session through the shared path model
-(core/intraday_path.py): the current price, high and low so far come from the fixed open -> extreme -> extreme ->
-close path, and volume so far is the day's volume times the U-shaped intraday profile. Bid and ask sit half of a
-0.10% spread either side.
+Both serve daily bars as a Panel and DAILY snapshots (common/types.py): at a moment before the close a snapshot
+shows only what daily bars make knowable then, today's open (price, high and low so far are the open) and the
+previous close, with volume so far unknown (NaN); from the close on it shows the whole bar. Nothing derived from
+today's high, low, close or volume reaches a decision made during the session. Bid and ask sit half of a 0.10%
+spread either side of the price.
 
 The csv source pivots the long-format file once into dates x symbols arrays and caches them as an .npz keyed by the
 source's absolute path, size and modification time, so later processes load in milliseconds.
@@ -26,9 +27,8 @@ import pandas as pd
 
 from common.clock import calendar
 from common.errors import ConfigError, DataError
-from common.types import BAR_FIELDS, MarketData, Panel, Snapshot
+from common.types import BAR_FIELDS, DAILY, MarketData, Panel, Snapshot
 from config import home
-from core import intraday_path
 from ports import sim_market
 
 log = logging.getLogger(__name__)
@@ -48,18 +48,22 @@ def default_cache_dir() -> Path:
     return home() / "data" / "cache"
 
 
-def intraday_snapshot(session: date, fraction: float, symbols: Sequence[str], bar: dict[str, np.ndarray],
-                      prev_close: np.ndarray) -> Snapshot:
-    """The Snapshot of one session's daily bars (arrays per field, one entry per symbol) at `fraction`."""
+def daily_snapshot(session: date, fraction: float, symbols: Sequence[str], bar: dict[str, np.ndarray],
+                   prev_close: np.ndarray) -> Snapshot:
+    """The DAILY Snapshot of one session's bars (arrays per field, one entry per symbol) at `fraction`: the open
+    before the close, the whole bar from the close on."""
     fraction = float(min(1.0, max(0.0, fraction)))
-    o, h, lo, c = bar["open"], bar["high"], bar["low"], bar["close"]
-    price, high_so_far, low_so_far = intraday_path.intraday_view(o, h, lo, c, fraction)
+    o = np.asarray(bar["open"], dtype=float)
+    if fraction >= 1.0:
+        price, high, low = (np.asarray(bar[name], dtype=float).copy() for name in ("close", "high", "low"))
+        volume = np.asarray(bar["volume"], dtype=float).copy()
+    else:
+        price, high, low = o.copy(), o.copy(), o.copy()
+        volume = np.full(o.shape, np.nan)
     half_spread = price * SPREAD / 2.0
-    # At the close the whole day's volume has traded; the profile's float rounding would leave it a hair short.
-    volume_share = 1.0 if fraction >= 1.0 else float(intraday_path.volume_fraction(fraction))
-    return Snapshot(session=session, fraction=fraction, symbols=list(symbols), open=o.copy(), high=high_so_far,
-                    low=low_so_far, price=price, volume=bar["volume"] * volume_share,
-                    prev_close=prev_close, bid=price - half_spread, ask=price + half_spread)
+    return Snapshot(session=session, fraction=fraction, symbols=list(symbols), open=o.copy(), high=high,
+                    low=low, price=price, volume=volume, prev_close=np.asarray(prev_close, dtype=float),
+                    bid=price - half_spread, ask=price + half_spread, view=DAILY)
 
 
 # ----------------------------------------------------------------------------------------------------------- sim
@@ -110,7 +114,7 @@ class SimMarket:
         symbols = list(symbols)
         daily = sim_market.daily_bars(symbols, day, day)
         bar = {name: getattr(daily, name)[0] for name in BAR_FIELDS}
-        return intraday_snapshot(session, fraction, symbols, bar, daily.prev_close[0])
+        return daily_snapshot(session, fraction, symbols, bar, daily.prev_close[0])
 
     def market_series(self, start: date, end: date) -> pd.DataFrame:
         lo, hi = self._day_range(start, end)
@@ -403,7 +407,7 @@ class CsvMarket:
         prev_close = self._last_close_before(row, columns)
         if self._spy_from_market(symbols):
             self._spy_snapshot_bar(bar, prev_close, symbols, session)
-        return intraday_snapshot(session, fraction, symbols, bar, prev_close)
+        return daily_snapshot(session, fraction, symbols, bar, prev_close)
 
     def _last_close_before(self, row: int, columns: np.ndarray) -> np.ndarray:
         """Each symbol's last close before stock-file row `row` (a symbol may have skipped days).

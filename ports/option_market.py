@@ -6,8 +6,8 @@ from an option price source:
   Black-Scholes price at the underlying's open, high, low and close of that session (a call's high at the
   underlying's high, a put's high at the underlying's low), with the underlying's 20-day realised volatility
   measured up to the session before (no look-ahead) and calendar time to expiry counted from the session. Its
-  intraday view goes through the same path model as a stock's bar, so quotes, exits and the sim broker's fills all
-  see the same premium. Bid and ask sit 2% of the premium either side (at least half a cent). After expiry a
+  snapshot is the DAILY view of that bar (the open premium before the close), like a stock's, so quotes, exits and
+  the sim broker's fills all see the same premium. Bid and ask sit 2% of the premium either side (at least half a cent). After expiry a
   contract has no bars.
 - `alpaca_options.AlpacaOptionPrices` (broker alpaca): latest trade and quote from Alpaca's option snapshots.
 
@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from common.clock import calendar
-from common.types import BAR_FIELDS, MarketData, Panel, Snapshot
+from common.types import BAR_FIELDS, DAILY, INTRADAY, MarketData, Panel, Snapshot
 from core import option_math
-from ports.market_sources import intraday_snapshot
+from ports.market_sources import daily_snapshot
 
 log = logging.getLogger(__name__)
 VOL_WINDOW = 20
@@ -69,7 +69,9 @@ def _merge_snapshots(symbols: list[str], session: date, fraction: float, parts: 
         for i, symbol in enumerate(part.symbols):
             for name in fields:
                 arrays[name][column[symbol]] = getattr(part, name)[i]
-    return Snapshot(session, fraction, symbols, **arrays)
+    # A merged view is only as good as its weakest part: one daily part makes the whole snapshot daily.
+    view = DAILY if any(part.view == DAILY for part in parts) else INTRADAY
+    return Snapshot(session, fraction, symbols, **arrays, view=view)
 
 
 class OptionAwareMarket:
@@ -170,10 +172,11 @@ class BlackScholesPrices:
                 rows = {name: getattr(panel, name)[i].copy() for name in BAR_FIELDS}
             elif day == previous:
                 prev_close = panel.close[i].copy()
-        snap = intraday_snapshot(session, fraction, list(symbols), rows, prev_close)
+        snap = daily_snapshot(session, fraction, list(symbols), rows, prev_close)
         half = np.where(np.isfinite(snap.price), np.maximum(snap.price * 0.02, 0.005), np.nan)
         return Snapshot(snap.session, snap.fraction, snap.symbols, snap.open, snap.high, snap.low, snap.price,
-                        snap.volume, snap.prev_close, np.maximum(snap.price - half, 0.0), snap.price + half)
+                        snap.volume, snap.prev_close, np.maximum(snap.price - half, 0.0), snap.price + half,
+                        view=snap.view)
 
 
 # --- chains -------------------------------------------------------------------------------------------------------

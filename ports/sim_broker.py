@@ -1,10 +1,18 @@
 """The simulated broker: Alpaca-like order handling against the market-data port, state in its own SQLite file.
 
 Time only moves forward. Every public call first advances the simulation from the file's last processed time to
-the clock's now: it walks each NYSE session in between along the documented intraday path of the day's bar
-(`pathmodel`), fills market orders waiting for the open, triggers limits, stops and trailing stops where the path
-crosses them (`sim_fills`), expires DAY orders at the close and records the equity at each close. Between two
-sessions the price jumps from the close to the next open, so a stop gapped through fills at the open.
+the clock's now: for each NYSE session in between it settles the working orders against the bars of that session
+that ended in the stretch (ports/sim_fills.py): from daily data the opening print at 09:30 and the rest of the day at
+the close; from a source with intraday bars (`session_bars`) every bar as it ends. Orders waiting for the open fill
+there, limits, stops and trailing stops trigger on the bars' real highs and lows (the worse outcome when a bar
+cannot tell the order of its prices), DAY orders expire at the close and the equity at each close is recorded.
+
+During a session the current price is the close of the last bar that has ended: with daily data, today's open
+until the close. A marketable order sent then fills at once at that price plus the costs. With daily data every
+decision of a session sees what was knowable at the open, so it trades as it could have at the open; what the rest
+of the day did is settled only at the close, when it is known. A stop and its position stay as they are until then,
+positions are marked at the open, and an order canceled during the session is not held to that day's range (daily
+bars cannot say whether its low came before or after the cancel).
 
 Each call is one SQLite transaction (WAL, busy timeout), so a process killed at any instant leaves the file as it
 was before or after the whole call, and two processes sharing the file take turns. As in the journal, WAL commits
@@ -36,6 +44,8 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
+import numpy as np
+
 from common.clock import NY, UTC, Clock, Session, calendar
 from common.errors import (
     ConfigError,
@@ -60,10 +70,9 @@ from common.types import (
     OrderRequest,
     Position,
 )
-from core.intraday_path import bar_price, path_points
 from core.option_math import EQUITY, OPTION, is_occ, multiplier
 from ports.option_market import with_options
-from ports.sim_fills import Resting, cost_rate, immediate_fill, trailing_stop_price, walk
+from ports.sim_fills import PRIORITY, Print, Resting, cost_rate, immediate_fill, settle, trailing_stop_price
 
 log = logging.getLogger(__name__)
 
@@ -380,17 +389,36 @@ class SimBroker:
         return float(row[0]) if row else float(starting_cash)
 
     def _quote(self, db: sqlite3.Connection, symbol: str, now: datetime) -> tuple[float | None, bool]:
-        """(price now, whether it is a live in-session price). Outside hours the last close, else the last mark."""
+        """(price now, whether it is a live in-session price): the close of the last bar that has ended (with daily
+        data the open during the session, the close after it); before any bar, the last mark."""
         cal = calendar()
         session, fraction = cal.current_or_last_session(now)
-        bar = self._daily_bars([symbol], session.day, session.day).get((symbol, session.day))
-        if bar is not None:
-            return bar_price(*bar, fraction), cal.is_open(now)
+        prints = self._session_prints([symbol], (session,)).get((symbol, session.day), ())
+        known = [bar for bar in prints if bar.end <= fraction]
+        if known:
+            return known[-1].close, cal.is_open(now)
         row = db.execute("SELECT last_price FROM positions WHERE symbol = ?", (symbol,)).fetchone()
         return (float(row[0]) if row else None), False
 
+    def _session_prints(self, symbols: Sequence[str], sessions: Sequence[Session]
+                        ) -> dict[tuple[str, date], tuple[Print, ...]]:
+        """The bars of each (symbol, session) in time order: intraday bars where the market serves them (stocks
+        only), else the opening print and the rest of the day from the daily bar."""
+        if not symbols or not sessions:
+            return {}
+        intraday = getattr(self.market, "session_bars", None)
+        stocks = [s for s in symbols if not is_occ(s)] if intraday is not None else []
+        daily = self._daily_bars([s for s in symbols if s not in set(stocks)], sessions[0].day, sessions[-1].day)
+        prints = {key: _daily_prints(bar) for key, bar in daily.items()}
+        for session in sessions if stocks else ():
+            bars = intraday(stocks, session.day)
+            for j, symbol in enumerate(bars.symbols):
+                prints[(symbol, session.day)] = _intraday_prints(bars, j)
+        return prints
+
     def _daily_bars(self, symbols: Sequence[str], first: date, last: date) -> dict[tuple[str, date], Bar]:
-        """Complete (open, high, low, close) bars by (symbol, day); a bar with any NaN is left out."""
+        """(open, high, low, close) bars by (symbol, day) with at least an open (a day cut off inside the session
+        has its open only: high, low and close are NaN)."""
         if not symbols:
             return {}
         panel = self._bar_source.bars(list(symbols), first, last)
@@ -400,7 +428,7 @@ class SimBroker:
         for i, day in enumerate(days):
             for j, symbol in enumerate(panel.symbols):
                 bar = tuple(float(field[i][j]) for field in fields)
-                if all(map(math.isfinite, bar)):
+                if math.isfinite(bar[0]):
                     bars[(symbol, day)] = bar
         return bars
 
@@ -474,9 +502,9 @@ class SimBroker:
                     if s.close > start and s.open <= end]
         if not sessions:
             return
-        bars = self._daily_bars(self._active_symbols(db), sessions[0].day, sessions[-1].day)
+        prints = self._session_prints(self._active_symbols(db), sessions)
         for session in sessions:
-            self._run_session(db, session, start, end, bars)
+            self._run_session(db, session, start, end, prints)
 
     def _active_symbols(self, db: sqlite3.Connection) -> list[str]:
         rows = db.execute(f"SELECT symbol FROM orders WHERE status IN ({_placeholders(WORKING)}) "
@@ -484,47 +512,67 @@ class SimBroker:
         return sorted(row[0] for row in rows)
 
     def _run_session(self, db: sqlite3.Connection, session: Session, start: datetime, end: datetime,
-                     bars: dict[tuple[str, date], Bar]) -> None:
-        f_from = session.fraction(max(start, session.open))
+                     prints: dict[tuple[str, date], tuple[Print, ...]]) -> None:
+        """Settle the bars of `session` that end after `start` and by `end` (the opening print too when `start` is
+        before the open)."""
+        f_from = session.fraction(start) if start >= session.open else -1.0
         f_to = session.fraction(min(end, session.close))
         if start < session.open:
             db.execute("UPDATE orders SET status = 'new', updated_at = ? WHERE status = 'accepted'",
                        (_iso(session.open),))
-        events, end_prices = self._walk_orders(db, session, f_from, f_to, bars)
-        for fraction, _, row, price in sorted(events, key=lambda event: event[:2]):
-            self._fill(db, row, price, _moment(session, fraction), mark=price)
+        events, marks = self._settle_orders(db, session, f_from, f_to, prints)
+        for bar_end, _, _, row, price, mark in sorted(events, key=lambda event: event[:3]):
+            self._fill(db, row, price, _moment(session, bar_end), mark=mark)
         db.executemany("UPDATE positions SET last_price = ? WHERE symbol = ?",
-                       [(price, symbol) for symbol, price in end_prices.items()])
+                       [(price, symbol) for symbol, price in marks.items()])
         if session.close <= end:
             self._close_session(db, session)
 
-    def _walk_orders(self, db: sqlite3.Connection, session: Session, f_from: float, f_to: float,
-                     bars: dict[tuple[str, date], Bar]) -> tuple[list, dict[str, float]]:
-        """Find every working order's fill along this stretch of the session; keep trailing marks up to date."""
+    def _settle_orders(self, db: sqlite3.Connection, session: Session, f_from: float, f_to: float,
+                       prints: dict[tuple[str, date], tuple[Print, ...]]) -> tuple[list, dict[str, float]]:
+        """Every working order's fill over the bars ending in (f_from, f_to], the trailing marks kept up to date,
+        and each symbol's mark (the close of its last bar in the stretch)."""
         by_symbol: dict[str, list[sqlite3.Row]] = defaultdict(list)
         for row in db.execute(f"SELECT * FROM orders WHERE status IN ({_placeholders(WORKING)}) ORDER BY seq",
                               WORKING):
             by_symbol[row["symbol"]].append(row)
         held = [row[0] for row in db.execute("SELECT symbol FROM positions")]
-        events: list[tuple[float, int, sqlite3.Row, float]] = []
-        end_prices: dict[str, float] = {}
+        events: list[tuple] = []
+        marks: dict[str, float] = {}
         for symbol in sorted(set(by_symbol) | set(held)):
-            bar = bars.get((symbol, session.day))
-            if bar is None:
-                if by_symbol.get(symbol):
+            due = [bar for bar in prints.get((symbol, session.day), ()) if f_from < bar.end <= f_to]
+            if not due:
+                if by_symbol.get(symbol) and (symbol, session.day) not in prints:
                     log.warning("sim broker: no %s bar on %s; its orders do not trigger this session",
                                 symbol, session.day)
                 continue
-            points = path_points(*bar, f_from, f_to)
-            end_prices[symbol] = points[-1][1]
+            marks[symbol] = due[-1].close
             for row in by_symbol.get(symbol, []):
-                trigger, hwm = walk(_resting(row), points)
-                if row["type"] == TRAILING_STOP and hwm != row["hwm"]:
-                    db.execute("UPDATE orders SET hwm = ?, stop_price = ? WHERE seq = ?",
-                               (hwm, trailing_stop_price(hwm, row["trail_percent"]), row["seq"]))
-                if trigger is not None:
-                    events.append((trigger.fraction, row["seq"], row, trigger.price))
-        return events, end_prices
+                event = self._settle_one(db, session, row, due)
+                if event is not None:
+                    events.append(event)
+        return events, marks
+
+    def _settle_one(self, db: sqlite3.Connection, session: Session, row: sqlite3.Row, due: list[Print]
+                    ) -> tuple | None:
+        """The fill event of one working order over the due bars it was working for (the first bar that fills it),
+        or None; a trailing stop's mark is stored as it rises."""
+        submitted = _parse(row["submitted_at"])
+        order, hwm = _resting(row), row["hwm"]
+        for bar in due:
+            if submitted > _moment(session, bar.end):
+                continue  # sent after this bar ended
+            price, hwm = settle(replace(order, hwm=hwm), bar)
+            if price is not None:
+                self._store_mark(db, row, hwm)
+                return bar.end, PRIORITY[row["type"]], row["seq"], row, price, bar.close
+        self._store_mark(db, row, hwm)
+        return None
+
+    def _store_mark(self, db: sqlite3.Connection, row: sqlite3.Row, hwm: float | None) -> None:
+        if row["type"] == TRAILING_STOP and hwm != row["hwm"]:
+            db.execute("UPDATE orders SET hwm = ?, stop_price = ? WHERE seq = ?",
+                       (hwm, trailing_stop_price(hwm, row["trail_percent"]), row["seq"]))
 
     def _close_session(self, db: sqlite3.Connection, session: Session) -> None:
         """DAY orders die at the close; the equity at the close becomes the next session's last_equity."""
@@ -542,7 +590,7 @@ class SimBroker:
     # ----- fills
 
     def _fill(self, db: sqlite3.Connection, row: sqlite3.Row, price: float, at: datetime, mark: float) -> None:
-        """Book a whole fill: cash, position, order and fill row. `mark` is the path price at that moment."""
+        """Book a whole fill: cash, position, order and fill row. `mark` is the price known at that moment."""
         qty, symbol = row["qty"], row["symbol"]
         if row["side"] == BUY:
             self._add_shares(db, symbol, qty, price, mark)
@@ -621,6 +669,33 @@ def _check_prices(request: OrderRequest, reject: Callable[[str], OrderRejected])
         raise reject("trail_percent (between 0 and 100) is required for trailing stop orders")
     if request.type in (STOP, TRAILING_STOP) and request.side != SELL:
         raise reject("the sim broker supports stop and trailing stop orders on the sell side only")
+
+
+@functools.lru_cache(maxsize=65536)
+def _daily_prints(bar: Bar) -> tuple[Print, ...]:
+    """What daily data tells the broker of a session: the opening print, then the whole bar at the close (only the
+    opening print when the rest of the day is not known)."""
+    open_, high, low, close = bar
+    opening = Print(0.0, open_, open_, open_, open_)
+    if not all(map(math.isfinite, bar)):
+        return (opening,)
+    top, bottom = max(bar), min(bar)  # a bad row's open or close outside its range is taken into the range
+    return opening, Print(1.0, open_, top, bottom, close)
+
+
+def _intraday_prints(bars, column: int) -> tuple[Print, ...]:
+    """A symbol's intraday bars of a session (SessionBars column), after the opening print at its first open."""
+    fields = [np.asarray(getattr(bars, name))[:, column] for name in ("open", "high", "low", "close")]
+    ends = np.asarray(bars.ends, dtype=float)
+    traded = np.flatnonzero(np.isfinite(fields[0]) & np.isfinite(fields[3]))
+    if traded.size == 0:
+        return ()
+    first_open = float(fields[0][traded[0]])
+    prints = [Print(0.0, first_open, first_open, first_open, first_open)]
+    for k in traded:
+        o, h, lo, c = (float(field[k]) for field in fields)
+        prints.append(Print(float(ends[k]), o, max(o, h, lo, c), min(o, h, lo, c), c))
+    return tuple(prints)
 
 
 def _resting(row: sqlite3.Row) -> Resting:

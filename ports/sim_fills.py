@@ -1,34 +1,34 @@
-"""The fill rules of the simulated broker, as pure functions over prices and intraday path points.
+"""The fill rules of the simulated broker, as pure functions over prices and bars.
 
-Costs: a market order pays half the cap tier's quoted spread plus 2 bp of slippage on top of the current path
-price (0.05% spread for large caps, 0.10% mid, 0.20% small; an unknown cap counts as small). Commission is zero.
+What the broker knows of a session is a list of bars, each known from its end on (`Print`): from daily data the
+opening print (the open, at 09:30) and the rest of the day (open, high, low, close, known at the close); from an
+intraday source every intraday bar, after an opening print at the first bar's open. Orders never see a bar before
+it ends, and a decision never sees a price that its own order then fills at after the fact.
 
-Triggers: a resting order is checked along the straight path segments of `pathmodel.path_points`. When the first
-point of a walk (the session open, after an overnight gap) is already through the order's level, the order fills at
-that point's price; when the path crosses the level inside a segment, it fills at the level itself. A trailing
-stop's high-water mark follows the path highs and its stop is the mark less the trail.
+Costs: a market order pays half the cap tier's quoted spread plus 2 bp of slippage on top of the current price
+(0.05% spread for large caps, 0.10% mid, 0.20% small; an unknown cap counts as small). Commission is zero.
+
+A working order over one bar it was working for (`settle`):
+- market (waiting for the open): the bar's open, with the costs;
+- stop and trailing stop (sell): a bar that opens at or through the stop fills at its open (a gap), otherwise a
+  bar whose low reaches the stop fills at the stop less the costs: a triggered stop is a market order, so it gets
+  slippage beyond its level;
+- limit: a bar that opens through the limit fills at its open; otherwise the bar must trade THROUGH the limit (its
+  low below a buy limit, its high above a sell limit; a touch is not a fill) and fills at the limit, no costs.
+- Inside one bar the order of the high and the low is unknown, so the worse one for the holder is taken: a trailing
+  stop's mark is raised by the bar's high only after the bar (its stop is the mark reached by the open), and when a
+  stop and a limit could both have filled in one bar the stop goes first (`PRIORITY`).
 """
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Sequence
 
-from common.types import BUY, LIMIT, MARKET, STOP, TRAILING_STOP
+from common.types import BUY, LIMIT, MARKET, SELL, STOP, TRAILING_STOP
 
 SPREADS = {"large": 0.0005, "mid": 0.0010, "small": 0.0020}
 SLIPPAGE = 0.0002
-
-Point = tuple[float, float]  # (session fraction, price)
-
-
-@dataclass(frozen=True)
-class Trigger:
-    """Where along a walk an order fills: the session fraction and the (rounded) fill price."""
-
-    fraction: float
-    price: float
 
 
 @dataclass(frozen=True)
@@ -61,68 +61,55 @@ def market_price(side: str, price: float, rate: float) -> float:
     return round_price(price * (1.0 + rate) if side == BUY else price * (1.0 - rate))
 
 
-@functools.lru_cache(maxsize=65536)  # a mark that has not moved is priced again at every walk
+@functools.lru_cache(maxsize=65536)  # a mark that has not moved is priced again and again
 def trailing_stop_price(hwm: float, trail_percent: float) -> float:
     return round_price(hwm * (1.0 - trail_percent / 100.0))
 
 
-def first_at_or_below(points: Sequence[Point], level: float) -> Trigger | None:
-    """The first place the path trades at or below `level`."""
-    f0, p0 = points[0]
-    if p0 <= level:
-        return Trigger(f0, round_price(p0))
-    for (fa, pa), (fb, pb) in zip(points, points[1:]):
-        if pb <= level:
-            return Trigger(fa + (fb - fa) * (pa - level) / (pa - pb), round_price(level))
+@dataclass(frozen=True)
+class Print:
+    """One bar of a session as the broker sees it: known from `end` (a session fraction) on."""
+
+    end: float
+    open: float
+    high: float
+    low: float
+    close: float
+
+
+# Which working order of one bar fills first when several could: stops before market orders before limits, the
+# worse outcome for the holder when the bar's order of prices is unknown.
+PRIORITY = {STOP: 0, TRAILING_STOP: 0, MARKET: 1, LIMIT: 2}
+
+
+def _stop_fill(stop: float, bar: Print, rate: float) -> float | None:
+    if bar.open <= stop:
+        return market_price(SELL, bar.open, rate)  # gapped through: a market order at the open
+    if bar.low <= stop:
+        return market_price(SELL, stop, rate)
     return None
 
 
-def first_at_or_above(points: Sequence[Point], level: float) -> Trigger | None:
-    """The first place the path trades at or above `level`."""
-    f0, p0 = points[0]
-    if p0 >= level:
-        return Trigger(f0, round_price(p0))
-    for (fa, pa), (fb, pb) in zip(points, points[1:]):
-        if pb >= level:
-            return Trigger(fa + (fb - fa) * (level - pa) / (pb - pa), round_price(level))
-    return None
-
-
-def walk_trailing(points: Sequence[Point], hwm: float, trail_percent: float) -> tuple[Trigger | None, float]:
-    """Follow a sell trailing stop along the path: (trigger or None, high-water mark reached).
-
-    On a rising segment the price is at (or under) the new high and the stop trails below it, so only a falling
-    segment can reach the stop, and while falling the mark, hence the stop, stays put.
-    """
-    f0, p0 = points[0]
-    if p0 <= trailing_stop_price(hwm, trail_percent):
-        return Trigger(f0, round_price(p0)), hwm
-    hwm = max(hwm, p0)
-    for (fa, pa), (fb, pb) in zip(points, points[1:]):
-        if pb >= pa:
-            hwm = max(hwm, pb)
-            continue
-        stop = trailing_stop_price(hwm, trail_percent)
-        if pb <= stop:
-            return Trigger(fa + (fb - fa) * (pa - stop) / (pa - pb), stop), hwm
-    return None, hwm
-
-
-def walk(order: Resting, points: Sequence[Point]) -> tuple[Trigger | None, float | None]:
-    """Where a working order fills along `points` (None if it does not), and its high-water mark afterwards."""
+def settle(order: Resting, bar: Print) -> tuple[float | None, float | None]:
+    """(fill price or None, high-water mark after the bar) of a working order over one bar it was working for."""
     if order.type == MARKET:
-        f0, p0 = points[0]
-        return Trigger(f0, market_price(order.side, p0, order.cost_rate)), order.hwm
+        return market_price(order.side, bar.open, order.cost_rate), order.hwm
     if order.type == LIMIT and order.side == BUY:
-        hit = first_at_or_below(points, order.limit_price)
-        return (None if hit is None else Trigger(hit.fraction, min(hit.price, order.limit_price))), order.hwm
+        if bar.open <= order.limit_price:
+            return round_price(bar.open), order.hwm
+        return (order.limit_price if bar.low < order.limit_price else None), order.hwm
     if order.type == LIMIT:
-        hit = first_at_or_above(points, order.limit_price)
-        return (None if hit is None else Trigger(hit.fraction, max(hit.price, order.limit_price))), order.hwm
+        if bar.open >= order.limit_price:
+            return round_price(bar.open), order.hwm
+        return (order.limit_price if bar.high > order.limit_price else None), order.hwm
     if order.type == STOP:
-        return first_at_or_below(points, order.stop_price), order.hwm
+        return _stop_fill(order.stop_price, bar, order.cost_rate), order.hwm
     if order.type == TRAILING_STOP:
-        return walk_trailing(points, order.hwm, order.trail_percent)
+        if bar.open <= trailing_stop_price(order.hwm, order.trail_percent):
+            return market_price(SELL, bar.open, order.cost_rate), order.hwm
+        mark = max(order.hwm, bar.open)
+        filled = _stop_fill(trailing_stop_price(mark, order.trail_percent), bar, order.cost_rate)
+        return filled, (mark if filled is not None else max(mark, bar.high))
     raise ValueError(f"unsupported order type {order.type!r}")
 
 
@@ -138,5 +125,7 @@ def immediate_fill(order: Resting, price: float) -> float | None:
     if order.type == LIMIT and order.side != BUY and price >= order.limit_price:
         return max(order.limit_price, market_price(order.side, price, order.cost_rate))
     if order.type == STOP and price <= order.stop_price:
+        return market_price(order.side, price, order.cost_rate)
+    if order.type == TRAILING_STOP and price <= trailing_stop_price(order.hwm, order.trail_percent):
         return market_price(order.side, price, order.cost_rate)
     return None

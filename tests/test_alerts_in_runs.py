@@ -24,9 +24,9 @@ def test_a_trading_scan_delivers_its_entry_alerts(real_env, monkeypatch, fake_te
     assert result.exit_code == 0, result.output
     texts = fake_telegram.sent_texts("111")
     buys = [t for t in texts if t.startswith("Alert [SIM]\nBUY ")]
-    assert len(buys) == 2
+    assert len(buys) == 1  # FCX (CAT, bought when the replay leaked the day, no longer qualifies at the open)
     assert any("large:" in t for t in texts)  # the scan summary
-    assert fake_discord.count() >= 3
+    assert fake_discord.count() >= 2  # the buy and the scan summary
     delivered = [json.loads(r["delivered"]) for r in rows(real_env, "SELECT delivered FROM events "
                                                                     "WHERE kind IN ('alert', 'scan_summary')")]
     assert all(d["telegram"] == "sent" and d["discord"] == "sent" for d in delivered)
@@ -42,7 +42,7 @@ def test_a_stalled_and_a_failing_channel_never_fail_the_scan(real_env, monkeypat
     elapsed = time.monotonic() - started
     assert result.exit_code == 0, result.output
     assert elapsed < 5.0  # the dispatch budget is 2 x ALERT_TIMEOUT, not the stall
-    assert rows(real_env, "SELECT COUNT(*) AS n FROM trades WHERE status = 'open'")[0]["n"] == 2
+    assert rows(real_env, "SELECT COUNT(*) AS n FROM trades WHERE status = 'open'")[0]["n"] == 1
     delivered = [json.loads(r["delivered"] or "{}") for r in rows(
         real_env, "SELECT delivered FROM events WHERE kind IN ('alert', 'scan_summary')")]
     assert delivered and all(d.get("telegram") != "sent" and d.get("discord") != "sent" for d in delivered)

@@ -18,8 +18,7 @@ from common.errors import (
     OrderNotFound,
     OrderRejected,
 )
-from common.types import OrderRequest
-from core import intraday_path
+from common.types import DAILY, OrderRequest
 from ports.alpaca.broker import AlpacaBroker
 from ports.alpaca.market import AlpacaMarket
 from ports.request_budget import RequestBudget
@@ -437,18 +436,18 @@ def test_live_snapshot_handles_unknown_symbols(fake_alpaca, fake_time):
     assert np.isnan(snap.price[0]) and not np.isnan(snap.price[1])
 
 
-def test_past_session_snapshot_views_the_bar_through_the_path_model(fake_alpaca, fake_time):
+def test_past_session_snapshot_is_the_daily_view_of_its_bar(fake_alpaca, fake_time):
     snap = make_market(fake_alpaca, fake_time).snapshot(["AAPL", "MSFT"], PREVIOUS, 0.25)
     assert fake_alpaca.count("GET", "/v2/stocks/snapshots") == 0
     bar, prev = fake_alpaca.bar("MSFT", PREVIOUS), fake_alpaca.bar("MSFT", date(2024, 6, 12))
     j = snap.index("MSFT")
-    ohlc = (bar["o"], bar["h"], bar["l"], bar["c"])
-    assert snap.price[j] == pytest.approx(float(intraday_path.price_at(*ohlc, 0.25)))
-    high, low = intraday_path.range_so_far(*ohlc, 0.25)
-    assert (snap.high[j], snap.low[j]) == (pytest.approx(float(high)), pytest.approx(float(low)))
-    assert snap.volume[j] == pytest.approx(bar["v"] * float(intraday_path.volume_fraction(0.25)))
-    assert (snap.open[j], snap.prev_close[j]) == (bar["o"], prev["c"])
+    assert snap.view == DAILY  # daily bars: the open is all that was knowable at 25% of the session
+    assert (snap.price[j], snap.high[j], snap.low[j], snap.open[j]) == (bar["o"],) * 4
+    assert np.isnan(snap.volume[j]) and snap.prev_close[j] == prev["c"]
     assert snap.bid[j] < snap.price[j] < snap.ask[j]
+    closed = make_market(fake_alpaca, fake_time).snapshot(["MSFT"], PREVIOUS, 1.0)
+    assert (closed.price[0], closed.high[0], closed.low[0], closed.volume[0]) == (bar["c"], bar["h"], bar["l"],
+                                                                                bar["v"])
 
 
 def test_snapshot_of_a_future_session_is_refused(fake_alpaca, fake_time):

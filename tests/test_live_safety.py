@@ -19,14 +19,14 @@ from flows.runtime import Runtime
 from main import cli as command
 from ports import sim_broker
 
-from crafted import ENTRY, flat, ramp, sessions_after, write_market
+from crafted import ENTRY, flat, sessions_after, write_market
 from realdata import rows
 from test_alpaca_cycle import SYMBOL, FakeExchange, rt  # noqa: F401 - the fake-Alpaca runtime fixture
 
 SCENARIOS = {
     "FLAT": [flat(50.5)] * 14,                                         # goes nowhere: an early exit, LOW
-    "STP": [(50.0, 50.05, 48.40, 48.40, 1_000_000)],                   # -3.2% with a 3% hard stop: CRITICAL
-    "TGT": [ramp(50.0, 52.6)],                                         # reaches its target: MEDIUM
+    "STP": [(48.40, 48.45, 48.35, 48.40, 1_000_000)],                  # opens -3.2% with a 3% hard stop: CRITICAL
+    "TGT": [(52.6, 52.7, 52.5, 52.6, 1_000_000)],                      # opens above its target: MEDIUM
     "HOLD": [flat(50.1)] * 14,
 }
 

@@ -107,7 +107,7 @@ def test_with_the_full_context_the_same_scan_trades_and_stores_the_regime(real_e
     assert result.exit_code == 0, result.output
     assert "WARNING" not in result.output
     trades = rows(real_env, "SELECT symbol, regime FROM trades ORDER BY id")
-    assert trades == [{"symbol": "CAT", "regime": "TREND_BULL"}, {"symbol": "FCX", "regime": "TREND_BULL"}]
+    assert trades == [{"symbol": "FCX", "regime": "TREND_BULL"}]
     assert rows(real_env, "SELECT COUNT(*) AS n FROM events WHERE kind = 'market_context'") == [{"n": 0}]
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from core import intraday_path
+import old_path_model as intraday_path
 
 
 def test_volume_profile_is_u_shaped_and_about_22_percent_by_1030():

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from core import intraday_path
+import old_path_model as intraday_path
 
 from conftest import SHARED_DATA
 from realdata import BARS, cli, rows

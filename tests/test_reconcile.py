@@ -81,7 +81,7 @@ def test_five_refusals_in_five_minutes_halt_buying(real_env, monkeypatch):
     monkeypatch.setenv("MAX_BUYS_LARGE", "5")
     monkeypatch.setenv("MAX_POSITIONS_LARGE", "5")
     cli("set", "skip_buys", "off")
-    for asof in ("2016-11-09T10:30", "2016-11-09T10:32", "2016-11-09T10:34"):
+    for asof in ("2016-11-09T10:30", "2016-11-09T10:31", "2016-11-09T10:32", "2016-11-09T10:33", "2016-11-09T10:34"):
         cli("--asof", asof, "scan", "--cap", "large", "--max-buys", "2")
     refusals = rows(real_env, "SELECT gate FROM risk_events")
     assert len(refusals) >= 5 and {r["gate"] for r in refusals} == {"exposure"}

@@ -9,7 +9,7 @@ import pytest
 
 from common.types import Panel, Snapshot
 from core import indicators
-from core.intraday_path import volume_fraction
+from core.volume_profile import volume_fraction
 from core.reversal import MAX_REVERSAL_SCORE, REVERSAL_WEIGHTS, reversal_scores
 
 SESSION = date(2024, 6, 3)

@@ -9,7 +9,7 @@ import pytest
 
 import scanner
 from common.types import Panel, Snapshot
-from core.intraday_path import volume_fraction
+from core.volume_profile import volume_fraction
 from scanner import CAP_RULES, CapRules, composite_score, market_context, scan
 
 SESSION = date(2024, 6, 3)

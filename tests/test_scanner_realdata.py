@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from common.types import BAR_FIELDS, Panel, Snapshot
-from core.intraday_path import price_at, range_so_far, volume_fraction
+from core.volume_profile import volume_fraction
+from old_path_model import price_at, range_so_far
 from scanner import CAP_RULES, scan
 
 from conftest import require_shared_data

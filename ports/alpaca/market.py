@@ -7,9 +7,9 @@ StockHistoricalDataClient.
   next_page_token. Only completed sessions are returned: today's bar is dropped until today's close.
 - A symbol with no bars is simply absent from Alpaca's answer; it becomes an all-NaN column.
 - snapshot(): for today's session, Alpaca's /v2/stocks/snapshots (latest trade, today's daily bar, the previous
-  daily bar, the latest quote). For a past session there is no intraday history to ask for, so that session's
-  daily bar is viewed through pathmodel at the requested fraction by market.intraday_snapshot, exactly as the
-  csv replay does (bid and ask included).
+  daily bar, the latest quote). For a past session this adapter asks for daily bars only, so it serves the DAILY
+  view of that session's bar (market_sources.daily_snapshot, as the csv replay does: the open before the close);
+  real intraday history of a past session comes from `data download` and the intraday csv source.
 - market_series(): SPY daily bars for spy_*, and the VIXY ETF's daily bars as the VIX proxy for vix_* (Alpaca
   serves no index data). VIXY holds short-term VIX futures, so its percent moves track the VIX's short-term
   moves, but its LEVELS ARE NOT VIX POINTS (and it decays over time); use vix_* from this source for changes and
@@ -39,7 +39,7 @@ from common.clock import NY, Clock, calendar
 from common.errors import ConfigError, DataError, DataUnavailable, MomentumError
 from common.types import BAR_FIELDS, Panel, Snapshot
 from ports.alpaca.transport import MALFORMED, Redactor, batches, install_transport, translate, unique
-from ports.market_sources import MARKET_COLUMNS, intraday_snapshot
+from ports.market_sources import MARKET_COLUMNS, daily_snapshot
 from ports.request_budget import RequestBudget
 
 log = logging.getLogger(__name__)
@@ -126,11 +126,11 @@ class AlpacaMarket:
         return self._convert("snapshots", lambda: snapshot_from_raw(symbols, raw, session, fraction))
 
     def _replayed_snapshot(self, symbols: list[str], session: date, fraction: float) -> Snapshot:
-        """A past session: its daily bar seen through the path model, exactly as the csv replay shows it."""
+        """A past session: the DAILY view of its bar, exactly as the csv replay shows it."""
         previous = calendar().previous_session(session)
         panel = self.bars(symbols, previous, session)
         prev_close = _row(panel, previous, len(symbols))["close"]
-        return intraday_snapshot(session, fraction, symbols, _row(panel, session, len(symbols)), prev_close)
+        return daily_snapshot(session, fraction, symbols, _row(panel, session, len(symbols)), prev_close)
 
     # -- market series and symbols -------------------------------------------------------------------------------
 

@@ -1,28 +1,16 @@
-"""The intraday view of a daily bar, shared by the sim and csv data sources and the sim broker.
+"""The replay's former intraday view of a daily bar, kept ONLY as a test of the leak test (tests/test_leak.py) and
+for the fake Alpaca server's live snapshots. The product never uses it: it leaks the rest of the day.
 
-A daily bar (open, high, low, close) says nothing about the order of prices within the day, so the product uses one
-fixed, documented path: the price starts at the open, moves in a straight line to the extreme nearer the open,
-then to the other extreme, then to the close, reaching the three later points at 1/3, 2/3 and 1 of the regular
-session. When the open is equally far from both extremes the high comes first. The high and low so far and the
-current price at session fraction f all come from the path up to f, so a stop or a limit is triggered exactly where
-this path crosses it.
-
-Volume accrues along a U-shaped intraday profile: the density is proportional to 1 + 1.737 (2f - 1)^2, which is
-2.7 times heavier at the open and close than at midday and puts about 22% of the day's volume before 10:30.
+It drew one fixed path through each daily bar: open -> the extreme nearer the open -> the other extreme -> close,
+reaching the three later points at 1/3, 2/3 and 1 of the session, so the price at 10:00 told how the day would end.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from core.volume_profile import volume_fraction  # noqa: F401  (the old model's volume so far used it)
+
 VERTEX_TIMES = np.array([0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0])
-_U_WEIGHT = 1.737  # chosen so that the cumulative profile at 10:30 (f = 60/390) is 0.22
-
-
-def volume_fraction(fraction: float | np.ndarray) -> float | np.ndarray:
-    """Share of the day's volume traded by session fraction f (0..1), from the U-shaped profile."""
-    f = np.clip(fraction, 0.0, 1.0)
-    cubic = ((2.0 * f - 1.0) ** 3 + 1.0) / 6.0
-    return (f + _U_WEIGHT * cubic) / (1.0 + _U_WEIGHT / 3.0)
 
 
 def vertices(open_, high, low, close) -> np.ndarray:

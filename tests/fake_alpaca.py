@@ -14,16 +14,17 @@ Request log (every request, faults included):
 
 Fault injection: each call arms the next `times` requests matching (method, path); method None matches any, path
 None matches any path. With accept=True the request is applied first (e.g. the order IS stored) and only the answer
-is replaced, which models "accepted, but the gateway answered 504".
-    fake.rate_limit(path, times=1, *, method=None, reset_at=None, retry_after=None)
+is replaced, which models "accepted, but the gateway answered 504". With after=N the fault lets the first N matching
+requests through and hits the ones after them (e.g. the third page of a download).
+    fake.rate_limit(path, times=1, *, method=None, reset_at=None, retry_after=None, after=0)
         429 with X-RateLimit-Limit/Remaining/Reset (reset_at unix seconds; default now + 1 s) and optional
         Retry-After (seconds). reset_at=False sends no X-RateLimit-Reset header.
-    fake.gateway_timeout(path, times=1, *, method=None, accept=False)   504 with an nginx-style HTML body
-    fake.server_error(path, times=1, *, method=None, accept=False)      500 with an empty body
-    fake.stall(path, times=1, *, method=None, seconds=2.0, accept=False)
+    fake.gateway_timeout(path, times=1, *, method=None, accept=False, after=0)   504 with an nginx-style HTML body
+    fake.server_error(path, times=1, *, method=None, accept=False, after=0)      500 with an empty body
+    fake.stall(path, times=1, *, method=None, seconds=2.0, accept=False, after=0)
         holds the connection for `seconds` (longer than the client timeout); without accept the request never
         reaches the state and the late answer is a 504; with accept it is applied at once and answered late.
-    fake.malformed(path, body, times=1, *, method=None, accept=False)
+    fake.malformed(path, body, times=1, *, method=None, accept=False, after=0)
         200 whose body is `body` instead of the real answer (a dict or list as JSON, None for an empty body): an
         answer that does not have the documented shape.
 
@@ -51,8 +52,20 @@ Market data (deterministic for ANY symbol; bar(symbol, day) gives the full-day b
                                    the session at that fraction (pathmodel path); no bars after today
     fake.missing_symbols          symbols with no data (absent from bars, null in snapshots)
     fake.bars_page_size = 10000   server-side page cap, so paging with next_page_token can be exercised
-    GET /v2/stocks/bars (timeframe=1Day, symbols comma separated, sorted by symbol then time) and
-    GET /v2/stocks/snapshots (body keyed by symbol, no wrapper).
+    GET /v2/stocks/bars (timeframe=1Day, 1Min or 5Min; symbols comma separated; bars whose start t is within
+    [start, end]; sorted by symbol then time; pages of min(limit, 10000, bars_page_size) bars that run across
+    symbols, as the real API's do) and GET /v2/stocks/snapshots (body keyed by symbol, no wrapper).
+
+Intraday bars (timeframe=1Min or 5Min): fake.minute_bars(symbol, day, minutes) gives a session's bars, stamped at
+their start in RFC-3339 UTC ("2024-06-14T13:30:00Z") like Alpaca's. The regular-session bars (09:30 to the close,
+early closes included) aggregate exactly to bar(symbol, day): the price runs in straight lines from the open to
+the nearer extreme (reached at the end of the first third of the bars), to the other extreme (end of the second
+third) and to the close, rounded to cents, each bar spanning two consecutive points of that path; the day's volume
+is spread over the bars in a U shape (whole shares, summing to the day's volume). With fake.extended_hours = True
+(the default) the day also has one pre-market bar at 08:00 New York (at the open, 321 shares) and one after-hours
+bar 30 minutes after the close (at the close, 123 shares), as a real response has; a reader of regular-session
+bars must leave them out. Today's session shows the bars that have ended by `fake.fraction` (and the pre-market
+bar), later days none.
 
 Extension (options, other endpoints): fake.add_route(method, regex, handler) where handler(fake, match, query,
 body) returns (status, body, headers); body may be a dict/list (JSON), a str (HTML/text) or None (empty).
@@ -76,10 +89,11 @@ from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
 from common.clock import calendar
-from core import intraday_path
+import old_path_model as intraday_path
 
 from local_server import LocalServer
 
@@ -121,6 +135,7 @@ class _Fault:
     retry_after: float | None = None
     seconds: float = 2.0
     body: Any = None
+    after: int = 0  # matching requests still to let through before the fault applies
 
     def matches(self, method: str, path: str) -> bool:
         return (self.remaining > 0 and (self.method is None or self.method == method)
@@ -163,6 +178,7 @@ class FakeAlpaca(LocalServer):
         self.fraction = 1.0
         self.missing_symbols: set[str] = set()
         self.bars_page_size = 10_000
+        self.extended_hours = True
         self.cancel_after_reads = 0
         self.enforce_buying_power = True
         self.clock: Callable[[], datetime] = lambda: datetime.now(UTC)
@@ -189,36 +205,44 @@ class FakeAlpaca(LocalServer):
     # -- faults --------------------------------------------------------------------------------------------
 
     def rate_limit(self, path: str | None, times: int = 1, *, method: str | None = None,
-                   reset_at: float | None | bool = None, retry_after: float | None = None) -> None:
-        self._arm(_Fault("rate_limit", method, path, times, reset_at=reset_at, retry_after=retry_after))
+                   reset_at: float | None | bool = None, retry_after: float | None = None, after: int = 0) -> None:
+        self._arm(_Fault("rate_limit", method, path, times, reset_at=reset_at, retry_after=retry_after, after=after))
 
     def gateway_timeout(self, path: str | None, times: int = 1, *, method: str | None = None,
-                        accept: bool = False) -> None:
-        self._arm(_Fault("gateway_timeout", method, path, times, accept=accept))
+                        accept: bool = False, after: int = 0) -> None:
+        self._arm(_Fault("gateway_timeout", method, path, times, accept=accept, after=after))
 
     def server_error(self, path: str | None, times: int = 1, *, method: str | None = None,
-                     accept: bool = False) -> None:
-        self._arm(_Fault("server_error", method, path, times, accept=accept))
+                     accept: bool = False, after: int = 0) -> None:
+        self._arm(_Fault("server_error", method, path, times, accept=accept, after=after))
 
     def stall(self, path: str | None, times: int = 1, *, method: str | None = None, seconds: float = 2.0,
-              accept: bool = False) -> None:
-        self._arm(_Fault("stall", method, path, times, accept=accept, seconds=seconds))
+              accept: bool = False, after: int = 0) -> None:
+        self._arm(_Fault("stall", method, path, times, accept=accept, seconds=seconds, after=after))
 
     def malformed(self, path: str | None, body: Any, times: int = 1, *, method: str | None = None,
-                  accept: bool = False) -> None:
-        self._arm(_Fault("malformed", method, path, times, accept=accept, body=body))
+                  accept: bool = False, after: int = 0) -> None:
+        self._arm(_Fault("malformed", method, path, times, accept=accept, body=body, after=after))
 
     def _arm(self, fault: _Fault) -> None:
         with self.lock:
             self._faults.append(fault)
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
+        """The first armed fault that applies to this request; every matching fault still waiting (after=N)
+        counts the request."""
+        chosen = None
         with self.lock:
             for fault in self._faults:
-                if fault.matches(method, path):
-                    fault.remaining -= 1
-                    return fault
-        return None
+                if not fault.matches(method, path):
+                    continue
+                if fault.after > 0:
+                    fault.after -= 1
+                elif chosen is None:
+                    chosen = fault
+            if chosen is not None:
+                chosen.remaining -= 1
+        return chosen
 
     def _fault_reply(self, fault: _Fault) -> Reply:
         if fault.kind == "rate_limit":
@@ -378,6 +402,33 @@ class FakeAlpaca(LocalServer):
         close = intraday_path.price_at(bar["o"], bar["h"], bar["l"], bar["c"], fraction)
         volume = int(bar["v"] * intraday_path.volume_fraction(fraction))
         return dict(bar, h=round(float(high), 2), l=round(float(low), 2), c=round(float(close), 2), v=volume)
+
+    def minute_bars(self, symbol: str, day: date, minutes: int = 1) -> list[dict]:
+        """The session's `minutes`-long bars in time order (see the module docstring): regular-session bars that
+        aggregate to bar(symbol, day), and the extended-hours bars when `extended_hours` is on."""
+        daily = self.bar(symbol, day)
+        session = calendar().session(day)
+        count = int((session.close - session.open).total_seconds()) // (60 * minutes)
+        path = _price_path(daily, count)
+        volumes = _u_shaped_volumes(int(daily["v"]), count)
+        bars = [_minute_bar(session.open + timedelta(minutes=minutes * k), path[k], path[k + 1], volumes[k])
+                for k in range(count)]
+        if self.extended_hours:
+            pre = datetime.combine(day, dtime(8, 0), NY)
+            bars = [_minute_bar(pre, daily["o"], daily["o"], 321), *bars,
+                    _minute_bar(session.close + timedelta(minutes=30), daily["c"], daily["c"], 123)]
+        return bars
+
+    def _minute_bars_as_of(self, symbol: str, day: date, minutes: int) -> list[dict]:
+        """The bars as the data API shows them now: today's up to `fraction` of the session, none after today."""
+        if day > self.today:
+            return []
+        bars = self.minute_bars(symbol, day, minutes)
+        if day < self.today:
+            return bars
+        session = calendar().session(day)
+        now = session.open + (session.close - session.open) * self.fraction
+        return [bar for bar in bars if _parse_time(bar["t"]) + timedelta(minutes=minutes) <= now]
 
     # -- routing -------------------------------------------------------------------------------------------
 
@@ -634,19 +685,24 @@ def _requested_symbols(query: dict) -> list[str]:
     return [s for s in query.get("symbols", "").split(",") if s]
 
 
+_MINUTES = {"1Min": 1, "5Min": 5}
+
+
 def _get_bars(fake: FakeAlpaca, match, query, body) -> Reply:
-    if query.get("timeframe") != "1Day":
-        return _error(422, 42210000, "the fake serves timeframe=1Day only")
+    timeframe = query.get("timeframe")
+    if timeframe != "1Day" and timeframe not in _MINUTES:
+        return _error(422, 42210000, f"the fake serves timeframe 1Day, 1Min and 5Min only (got {timeframe!r})")
     end = _parse_time(query["end"]) if query.get("end") else datetime.combine(fake.today, dtime(23, 59), NY)
     start = _parse_time(query["start"]) if query.get("start") else datetime.combine(fake.today, dtime(0), NY)
-    days = [d for d in calendar().sessions(start.astimezone(NY).date(), end.astimezone(NY).date())
-            if start <= datetime.combine(d, dtime(0), NY) <= end]
+    days = calendar().sessions(start.astimezone(NY).date(), end.astimezone(NY).date())
     items = []
     for symbol in sorted(set(_requested_symbols(query)) - fake.missing_symbols):
         for day in days:
-            bar = fake._bar_as_of(symbol, day)
-            if bar is not None:
-                items.append((symbol, bar))
+            if timeframe == "1Day":
+                bars = [bar for bar in [fake._bar_as_of(symbol, day)] if bar is not None]
+            else:
+                bars = fake._minute_bars_as_of(symbol, day, _MINUTES[timeframe])
+            items.extend((symbol, bar) for bar in bars if start <= _parse_time(bar["t"]) <= end)
     offset = int(base64.b64decode(query["page_token"]).decode()) if query.get("page_token") else 0
     size = min(int(query.get("limit") or 1000), 10_000, fake.bars_page_size)
     page, more = items[offset: offset + size], offset + size < len(items)
@@ -655,6 +711,28 @@ def _get_bars(fake: FakeAlpaca, match, query, body) -> Reply:
         grouped.setdefault(symbol, []).append(bar)
     token = base64.b64encode(str(offset + size).encode()).decode() if more else None
     return 200, {"bars": grouped, "next_page_token": token}, {}
+
+
+def _price_path(daily: dict, count: int) -> list[float]:
+    """`count` + 1 prices at the bar boundaries: open -> nearer extreme -> other extreme -> close, in cents."""
+    o, h, lo, c = daily["o"], daily["h"], daily["l"], daily["c"]
+    first, second = (h, lo) if h - o <= o - lo else (lo, h)
+    knots = [0, max(1, round(count / 3)), max(2, round(2 * count / 3)), count]
+    return [round(float(p), 2) for p in np.interp(np.arange(count + 1), knots, [o, first, second, c])]
+
+
+def _u_shaped_volumes(volume: int, count: int) -> list[int]:
+    """`volume` split over `count` bars, heavier at the open and the close; whole shares that sum to `volume`."""
+    middle = (count - 1) / 2 or 1.0
+    weights = 1.0 + 2.0 * ((np.arange(count) - middle) / middle) ** 2
+    shares = np.floor(volume * weights / weights.sum()).astype(int)
+    shares[: volume - int(shares.sum())] += 1
+    return [int(v) for v in shares]
+
+
+def _minute_bar(start: datetime, open_: float, close: float, volume: int) -> dict:
+    return {"t": _iso(start), "o": open_, "h": max(open_, close), "l": min(open_, close), "c": close, "v": volume,
+            "n": max(1, volume // 100), "vw": round((open_ + close) / 2, 4)}
 
 
 def _get_snapshots(fake: FakeAlpaca, match, query, body) -> Reply:

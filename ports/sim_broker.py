@@ -562,7 +562,7 @@ class SimBroker:
         for bar in due:
             if submitted > _moment(session, bar.end):
                 continue  # sent after this bar ended
-            price, hwm = settle(replace(order, hwm=hwm), bar)
+            price, hwm = settle(replace(order, hwm=hwm), bar, from_open=submitted <= _moment(session, bar.start))
             if price is not None:
                 self._store_mark(db, row, hwm)
                 return bar.end, PRIORITY[row["type"]], row["seq"], row, price, bar.close
@@ -684,17 +684,20 @@ def _daily_prints(bar: Bar) -> tuple[Print, ...]:
 
 
 def _intraday_prints(bars, column: int) -> tuple[Print, ...]:
-    """A symbol's intraday bars of a session (SessionBars column), after the opening print at its first open."""
+    """A symbol's intraday bars of a session (SessionBars column), after an opening print at its first trade's open,
+    known when that bar starts."""
     fields = [np.asarray(getattr(bars, name))[:, column] for name in ("open", "high", "low", "close")]
     ends = np.asarray(bars.ends, dtype=float)
+    starts = np.concatenate([[0.0], ends[:-1]])
     traded = np.flatnonzero(np.isfinite(fields[0]) & np.isfinite(fields[3]))
     if traded.size == 0:
         return ()
-    first_open = float(fields[0][traded[0]])
-    prints = [Print(0.0, first_open, first_open, first_open, first_open)]
+    first = traded[0]  # the symbol's first trade opens it, whenever in the session that is
+    first_open, opened_at = float(fields[0][first]), float(starts[first])
+    prints = [Print(opened_at, first_open, first_open, first_open, first_open, start=opened_at)]
     for k in traded:
         o, h, lo, c = (float(field[k]) for field in fields)
-        prints.append(Print(float(ends[k]), o, max(o, h, lo, c), min(o, h, lo, c), c))
+        prints.append(Print(float(ends[k]), o, max(o, h, lo, c), min(o, h, lo, c), c, start=float(starts[k])))
     return tuple(prints)
 
 

@@ -68,13 +68,15 @@ def trailing_stop_price(hwm: float, trail_percent: float) -> float:
 
 @dataclass(frozen=True)
 class Print:
-    """One bar of a session as the broker sees it: known from `end` (a session fraction) on."""
+    """One bar of a session as the broker sees it: it starts at session fraction `start` and is known from `end` on.
+    """
 
     end: float
     open: float
     high: float
     low: float
     close: float
+    start: float = 0.0
 
 
 # Which working order of one bar fills first when several could: stops before market orders before limits, the
@@ -82,33 +84,36 @@ class Print:
 PRIORITY = {STOP: 0, TRAILING_STOP: 0, MARKET: 1, LIMIT: 2}
 
 
-def _stop_fill(stop: float, bar: Print, rate: float) -> float | None:
-    if bar.open <= stop:
+def _stop_fill(stop: float, bar: Print, rate: float, from_open: bool) -> float | None:
+    if from_open and bar.open <= stop:
         return market_price(SELL, bar.open, rate)  # gapped through: a market order at the open
     if bar.low <= stop:
         return market_price(SELL, stop, rate)
     return None
 
 
-def settle(order: Resting, bar: Print) -> tuple[float | None, float | None]:
-    """(fill price or None, high-water mark after the bar) of a working order over one bar it was working for."""
+def settle(order: Resting, bar: Print, from_open: bool = True) -> tuple[float | None, float | None]:
+    """(fill price or None, high-water mark after the bar) of a working order over one bar it was working for.
+
+    `from_open` False: the order was sent during the bar, after its open, so the open is a price it never had a
+    chance at; only the bar's high and low can fill it."""
     if order.type == MARKET:
         return market_price(order.side, bar.open, order.cost_rate), order.hwm
     if order.type == LIMIT and order.side == BUY:
-        if bar.open <= order.limit_price:
+        if from_open and bar.open <= order.limit_price:
             return round_price(bar.open), order.hwm
         return (order.limit_price if bar.low < order.limit_price else None), order.hwm
     if order.type == LIMIT:
-        if bar.open >= order.limit_price:
+        if from_open and bar.open >= order.limit_price:
             return round_price(bar.open), order.hwm
         return (order.limit_price if bar.high > order.limit_price else None), order.hwm
     if order.type == STOP:
-        return _stop_fill(order.stop_price, bar, order.cost_rate), order.hwm
+        return _stop_fill(order.stop_price, bar, order.cost_rate, from_open), order.hwm
     if order.type == TRAILING_STOP:
-        if bar.open <= trailing_stop_price(order.hwm, order.trail_percent):
+        if from_open and bar.open <= trailing_stop_price(order.hwm, order.trail_percent):
             return market_price(SELL, bar.open, order.cost_rate), order.hwm
-        mark = max(order.hwm, bar.open)
-        filled = _stop_fill(trailing_stop_price(mark, order.trail_percent), bar, order.cost_rate)
+        mark = max(order.hwm, bar.open) if from_open else order.hwm
+        filled = _stop_fill(trailing_stop_price(mark, order.trail_percent), bar, order.cost_rate, False)
         return filled, (mark if filled is not None else max(mark, bar.high))
     raise ValueError(f"unsupported order type {order.type!r}")
 

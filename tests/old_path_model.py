@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from core.volume_profile import volume_fraction  # noqa: F401  (the old model's volume so far used it)
+from core.volume_profile import volume_fraction
 
 VERTEX_TIMES = np.array([0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0])
 
@@ -100,3 +100,24 @@ def path_points(open_: float, high: float, low: float, close: float, f_from: flo
     if f_to > f_from:
         path.append((f_to, _on_path(points, f_to)))
     return path
+
+
+class OldPathMarket:
+    """A market-data port that shows a daily source's sessions through the old path, as the replay once did: the
+    price, range and volume so far at a fraction come from the path drawn through the day's own bar."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def snapshot(self, symbols, session, fraction):
+        from common.types import INTRADAY, Snapshot
+
+        whole = self.inner.snapshot(symbols, session, 1.0)
+        o, h, lo, c = whole.open, whole.high, whole.low, whole.price
+        price, high, low = intraday_view(o, h, lo, c, fraction)
+        share = 1.0 if fraction >= 1.0 else float(volume_fraction(fraction))
+        return Snapshot(session, fraction, list(symbols), o, high, low, price, whole.volume * share,
+                        whole.prev_close, price * 0.9995, price * 1.0005, view=INTRADAY)

@@ -8,6 +8,7 @@ rounded half-up to cents. Sessions used: November 2016 (9:30-16:00 New York, 390
 """
 from __future__ import annotations
 
+import math
 import sqlite3
 from datetime import date, datetime
 from typing import Sequence
@@ -665,3 +666,21 @@ def test_orders_changed_through_another_connection_are_seen_at_once(make, tmp_pa
     assert (seen.id, seen.hwm, seen.stop_price) == (trail.id, 112.0, 106.4)
     assert broker.get_orders([trail.id])[trail.id] == seen
     assert broker.positions()[0].current_price == 111.0
+
+
+def test_intraday_opening_print_is_not_taken_from_a_later_bar(make):
+    rows = [(math.nan,) * 4, (math.nan,) * 4, (50.0, 51.0, 49.0, 50.5)]  # the first trade is in the 10:30 bar
+    broker, clock = make({}, ny(1, 9, 45), market=IntradayMarket({("AAA", NOV[1]): rows}))
+    with pytest.raises(OrderRejected, match="no price"):
+        broker.submit(request("b1", "AAA", BUY, 10))  # nothing has traded yet: no price to trade at
+    clock.set(ny(1, 10, 40))  # the 10:30 bar has started: its open is the first price
+    assert broker.submit(request("b2", "AAA", BUY, 10)).filled_avg_price == 50.02  # 50 x 1.00045
+
+
+def test_a_limit_sent_mid_bar_does_not_get_that_bars_earlier_open(make):
+    rows = list(INTRADAY[("AAA", NOV[1])])
+    rows[3] = (98.0, 99.0, 97.5, 98.8)  # the 11:00 bar opens at 98; the price at 11:10 is 99.5 (10:30 bar's close)
+    broker, clock = make({}, ny(1, 11, 10), market=IntradayMarket({("AAA", NOV[1]): rows}))
+    order = broker.submit(request("l1", "AAA", BUY, 10, LIMIT, limit_price=98.5))
+    clock.set(ny(1, 11, 30))
+    assert broker.get_order(order.id).filled_avg_price == 98.5  # traded through the limit after it was sent

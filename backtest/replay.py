@@ -34,12 +34,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+import numpy as np
+import pandas as pd
 
 import jobs
 import monitor
 import scanner
-from common.clock import NY, Session, day_bounds_utc
+from common.clock import NY, UTC, Session, calendar, day_bounds_utc
 from common.errors import ConfigError, DataError, MomentumError
+from common.types import BAR_FIELDS, Panel, SessionBars
 from config import Config
 from core.regime import classify
 from flows import rebalance, scan
@@ -147,9 +150,10 @@ def check_window(rt: Runtime, start: date, end: date) -> list[Session]:
 
 
 def replay(rt: Runtime, sessions: list[Session], system: str, cap: str,
-           progress: Callable[[int, int, date], None] | None = None) -> tuple[int, list[str]]:
-    """Every step of every session, in time order; a step that fails with a product error is recorded (as a cron
-    run would be) and the replay goes on. Returns (steps run, failure lines)."""
+           progress: Callable[[int, int, date], None] | None = None, until: datetime | None = None
+           ) -> tuple[int, list[str]]:
+    """Every step of every session, in time order (none after `until` when given); a step that fails with a product
+    error is recorded (as a cron run would be) and the replay goes on. Returns (steps run, failure lines)."""
     steps, failures = 0, []
     # The replay logs at WARNING and above only: its thousands of steps each log several INFO lines, whose
     # formatting and file writes cost a noticeable share of the run, while the orders, fills and decisions they
@@ -159,27 +163,34 @@ def replay(rt: Runtime, sessions: list[Session], system: str, cap: str,
     if root.getEffectiveLevel() < logging.WARNING:
         root.setLevel(logging.WARNING)
     try:
-        steps, failures = _replay_sessions(rt, sessions, system, cap, progress)
+        steps, failures = _replay_sessions(rt, sessions, system, cap, progress, until)
     finally:
         root.setLevel(level)
     return steps, failures
 
 
 def _replay_sessions(rt: Runtime, sessions: list[Session], system: str, cap: str,
-                     progress: Callable[[int, int, date], None] | None) -> tuple[int, list[str]]:
+                     progress: Callable[[int, int, date], None] | None, until: datetime | None
+                     ) -> tuple[int, list[str]]:
     from backtest.prefetch import SessionPrefetch  # lazy: a worker process is started only for long runs
 
-    moments = {session.day: _step_moments(rt, session, system, cap) for session in sessions}
+    moments = {session.day: _step_moments(rt, session, system, cap, until) for session in sessions}
     with SessionPrefetch(rt, [s.day for s in sessions], _prefetch_symbols(rt, system), moments) as ahead:
-        return _replay_with(rt, sessions, system, cap, progress, ahead)
+        return _replay_with(rt, sessions, system, cap, progress, ahead, until)
 
 
-def _step_moments(rt: Runtime, session: Session, system: str, cap: str) -> list[tuple]:
+def _steps_until(session: Session, system: str, cap: str, until: datetime | None) -> list[Step]:
+    steps = session_steps(session, system, cap)
+    return steps if until is None else [step for step in steps if step.moment <= until]
+
+
+def _step_moments(rt: Runtime, session: Session, system: str, cap: str, until: datetime | None = None
+                  ) -> list[tuple]:
     """(session fraction, scan rules, scan universe) of each step that reads a snapshot, as the step will see it
     (rules and universe None for a monitor run)."""
 
     moments = []
-    for step in session_steps(session, system, cap):
+    for step in _steps_until(session, system, cap, until):
         fraction = rt.calendar.current_or_last_session(step.moment)[1]
         if step.kind == "scan":
             moments.append((fraction, scan.cap_rules(rt.config, step.cap), tuple(rt.universe.symbols(step.cap))))
@@ -197,11 +208,12 @@ def _prefetch_symbols(rt: Runtime, system: str) -> list[str]:
 
 
 def _replay_with(rt: Runtime, sessions: list[Session], system: str, cap: str,
-                 progress: Callable[[int, int, date], None] | None, ahead) -> tuple[int, list[str]]:
+                 progress: Callable[[int, int, date], None] | None, ahead, until: datetime | None
+                 ) -> tuple[int, list[str]]:
     steps, failures = 0, []
     for n, session in enumerate(sessions, start=1):
         ahead.seed(session.day)
-        for step in session_steps(session, system, cap):
+        for step in _steps_until(session, system, cap, until):
             try:
                 run_step(rt, step, system)
             except MomentumError as err:
@@ -216,9 +228,10 @@ def _replay_with(rt: Runtime, sessions: list[Session], system: str, cap: str,
 
 
 def run_backtest(rt: Runtime, start: date, end: date, *, system: str = "momentum", cap: str = "all",
-                 progress: Callable[[int, int, date], None] | None = None, write_outputs: bool = True
-                 ) -> BacktestResult:
-    """Replay start..end on `rt` (a Runtime over a fresh journal and sim broker) and write the outputs."""
+                 progress: Callable[[int, int, date], None] | None = None, write_outputs: bool = True,
+                 until: datetime | None = None) -> BacktestResult:
+    """Replay start..end on `rt` (a Runtime over a fresh journal and sim broker) and write the outputs; with
+    `until`, no step after that moment runs (a look-ahead check cut inside a session)."""
     if system not in SYSTEMS:
         raise ConfigError(f"--system: unknown system {system!r} (use {', '.join(SYSTEMS)})")
     started = wall.perf_counter()
@@ -227,7 +240,7 @@ def run_backtest(rt: Runtime, start: date, end: date, *, system: str = "momentum
     out_dir = Path(rt.config.momentum_db).parent
     result = BacktestResult(out_dir, system, sessions[0].day, sessions[-1].day, sessions=len(sessions))
     prefill_regimes(rt, sessions)
-    result.steps, result.failures = replay(rt, sessions, system, cap, progress)
+    result.steps, result.failures = replay(rt, sessions, system, cap, progress, until)
     if write_outputs:
         from backtest import metrics  # lazy: matplotlib loads only when the metrics are written
 
@@ -280,8 +293,6 @@ def prefill_regimes(rt: Runtime, sessions: list[Session]) -> int:
         return 0
     if rows.empty:
         return 0
-    import numpy as np
-
     index = rows.index.values.astype("datetime64[D]")
     records = []
     for day in wanted:
@@ -299,9 +310,10 @@ def prefill_regimes(rt: Runtime, sessions: list[Session]) -> int:
 
 # --- runtime of a backtest ----------------------------------------------------------------------------------------
 
-def backtest_runtime(config, out_dir: Path, *, cut: date | None = None,
+def backtest_runtime(config, out_dir: Path, *, cut: date | None = None, cut_at: datetime | None = None,
                      wrap_market: Callable[[Any], Any] | None = None):
-    """A Runtime over a fresh journal and sim broker in `out_dir`, csv data (optionally cut after `cut`)."""
+    """A Runtime over a fresh journal and sim broker in `out_dir`, csv data (optionally cut after `cut`, or inside
+    a session at `cut_at`)."""
     from flows.runtime import Runtime
 
     source = config.data_source or ""
@@ -317,7 +329,9 @@ def backtest_runtime(config, out_dir: Path, *, cut: date | None = None,
               "LOG_DIR": str(out_dir / "logs"), "MOMENTUM_ASOF": ""}
     rt = Runtime(Config(values), "backtest")
     market = rt.market
-    if cut is not None:
+    if cut_at is not None:
+        market = DataCut(market, cut_at.astimezone(NY).date(), cut_at)
+    elif cut is not None:
         market = DataCut(market, cut)
     if wrap_market is not None:
         market = wrap_market(market)
@@ -325,30 +339,72 @@ def backtest_runtime(config, out_dir: Path, *, cut: date | None = None,
     return rt
 
 
-class DataCut:
-    """A market-data port that knows nothing after `cut`: bars, snapshots and the SPY/VIX series end there."""
+_AFTER_THE_OPEN = ("high", "low", "close", "volume")  # what a session's daily bar learns after its open
 
-    def __init__(self, inner, cut: date):
+
+class DataCut:
+    """A market-data port that knows nothing after `cut`: bars, snapshots and the SPY/VIX series end there.
+
+    With `moment` (inside session `cut`), that session is cut too: its daily bar keeps only the open, snapshots
+    after the moment are refused, and intraday bars that had not ended by then are gone."""
+
+    def __init__(self, inner, cut: date, moment: datetime | None = None):
         self.inner = inner
         self.cut = cut
+        self.moment = moment
+        self._fraction = None
+        if moment is not None:
+            session = calendar().session(cut)
+            self._fraction = session.fraction(moment) if moment < session.close else 1.0
 
     def __getattr__(self, name: str):
+        if name == "session_bars" and hasattr(self.inner, "session_bars"):
+            return self._session_bars
         return getattr(self.inner, name)
 
     @property
     def last_date(self) -> date:
         return min(self.inner.last_date, self.cut)
 
+    def _inside(self) -> bool:
+        return self._fraction is not None and self._fraction < 1.0
+
     def bars(self, symbols, start: date, end: date):
-        return self.inner.bars(symbols, start, min(end, self.cut))
+        panel = self.inner.bars(symbols, start, min(end, self.cut))
+        if not self._inside() or end < self.cut or not len(panel.dates):
+            return panel
+        rows = panel.dates.astype("datetime64[D]") == np.datetime64(self.cut, "D")
+        fields = {name: getattr(panel, name).copy() for name in BAR_FIELDS}
+        for name in _AFTER_THE_OPEN:
+            fields[name][rows] = np.nan
+        return Panel(panel.dates, list(panel.symbols), **fields)
 
     def snapshot(self, symbols, session: date, fraction: float):
-        if session > self.cut:
-            raise DataError(f"no data for session {session}: the data is cut after {self.cut}")
+        if session > self.cut or (session == self.cut and self._fraction is not None
+                                  and fraction > self._fraction + 1e-9):
+            raise DataError(f"no data for session {session} at {fraction:.0%}: the data is cut at "
+                            f"{self.moment or self.cut}")
         return self.inner.snapshot(symbols, session, fraction)
 
     def market_series(self, start: date, end: date):
-        return self.inner.market_series(start, min(end, self.cut))
+        series = self.inner.market_series(start, min(end, self.cut))
+        if not self._inside() or end < self.cut or not len(series):
+            return series
+        series = series.copy()
+        on_cut = pd.DatetimeIndex(series.index).normalize() == pd.Timestamp(self.cut)
+        later = [c for c in series.columns if c.split("_", 1)[-1] in _AFTER_THE_OPEN]
+        series.loc[on_cut, later] = np.nan
+        return series
+
+    def _session_bars(self, symbols, session: date):
+        bars = self.inner.session_bars(symbols, session)
+        if session < self.cut or self._fraction is None:
+            return bars
+        if session > self.cut:
+            raise DataError(f"no data for session {session}: the data is cut at {self.moment or self.cut}")
+        ended = np.asarray(bars.ends) <= self._fraction + 1e-9
+        return SessionBars(bars.session, list(bars.symbols), np.asarray(bars.ends)[ended],
+                           *(np.asarray(getattr(bars, name))[ended] for name in BAR_FIELDS))
 
 
 # --- look-ahead check ---------------------------------------------------------------------------------------------
@@ -358,13 +414,18 @@ class CutCheck:
     cut: date
     compared: int
     difference: str | None  # the first differing decision, None when identical
+    moment: datetime | None = None  # a cut inside the session, at this moment
 
 
-def decisions_until(rt: Runtime, cut: date) -> list[tuple]:
-    """Every decision recorded up to the end of session `cut`, in time order: candidate decisions per scan (with the
-    price and score seen), orders (client_order_id, symbol, side, type, qty, limit), trade entries and exits."""
+INTRADAY_CUT = time(12, 31)  # after the midday scans and the 12:30 monitor run, before the next
 
-    until = day_bounds_utc(cut)[1]
+
+def decisions_until(rt: Runtime, cut: date | datetime) -> list[tuple]:
+    """Every decision recorded up to the end of session `cut` (or before the moment `cut`), in time order:
+    candidate decisions per scan (with the price and score seen), orders (client_order_id, symbol, side, type, qty,
+    limit), trade entries and exits."""
+
+    until = cut.astimezone(UTC).isoformat() if isinstance(cut, datetime) else day_bounds_utc(cut)[1]
     journal = rt.journal
     items: list[tuple] = []
     for row in journal.query(
@@ -408,8 +469,9 @@ def choose_cuts(sessions: list[Session], count: int) -> list[date]:
 def check_lookahead(config, out_dir: Path, start: date, end: date, *, system: str = "momentum", cap: str = "all",
                     cuts: int = 2, wrap_market: Callable[[Any], Any] | None = None,
                     progress: Callable[[int, int, date], None] | None = None) -> list[CutCheck]:
-    """Run start..end on the full data, then start..cut on data cut after each cut date, and compare decisions up
-    to each cut. A decision that changes when later data is removed used that data: look-ahead."""
+    """Run start..end on the full data, then again on data cut after each cut date and on data cut inside that
+    session (at INTRADAY_CUT: the rest of its day removed), and compare the decisions made before each cut. A
+    decision that changes when later data is removed used that data: look-ahead."""
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
         raise ConfigError(f"--out {out_dir}: directory {out_dir.parent} does not exist")
@@ -420,23 +482,35 @@ def check_lookahead(config, out_dir: Path, start: date, end: date, *, system: st
         sessions = check_window(full_rt, full.start, full.end)
         checks = []
         for n, cut in enumerate(choose_cuts(sessions, cuts), start=1):
-            cut_rt = backtest_runtime(config, out_dir / f"cut{n}", cut=cut, wrap_market=wrap_market)
-            try:
-                run_backtest(cut_rt, start, cut, system=system, cap=cap, write_outputs=False)
-                expected, seen = decisions_until(full_rt, cut), decisions_until(cut_rt, cut)
-            finally:
-                cut_rt.close()
-            checks.append(CutCheck(cut, len(expected), first_difference(expected, seen)))
+            checks.append(_cut_run(config, out_dir / f"cut{n}", full_rt, start, cut, None, system, cap, wrap_market))
+            moment = datetime.combine(cut, INTRADAY_CUT, tzinfo=NY)
+            if moment < full_rt.calendar.session(cut).close:
+                checks.append(_cut_run(config, out_dir / f"cut{n}-inside", full_rt, start, cut, moment, system, cap,
+                                       wrap_market))
     finally:
         full_rt.close()
     return checks
 
 
+def _cut_run(config, out_dir: Path, full_rt: Runtime, start: date, cut: date, moment: datetime | None, system: str,
+             cap: str, wrap_market) -> CutCheck:
+    cut_rt = backtest_runtime(config, out_dir, cut=cut, cut_at=moment, wrap_market=wrap_market)
+    try:
+        run_backtest(cut_rt, start, cut, system=system, cap=cap, write_outputs=False, until=moment)
+        until = moment if moment is not None else cut
+        expected, seen = decisions_until(full_rt, until), decisions_until(cut_rt, until)
+    finally:
+        cut_rt.close()
+    return CutCheck(cut, len(expected), first_difference(expected, seen), moment)
+
+
 def lookahead_text(checks: list[CutCheck]) -> str:
     lines = []
     for check in checks:
+        where = (f"cut at {check.moment.astimezone(NY):%Y-%m-%d %H:%M} (inside the session)" if check.moment
+                 else f"cut after {check.cut}")
         if check.difference is None:
-            lines.append(f"cut after {check.cut}: {check.compared} decisions identical")
+            lines.append(f"{where}: {check.compared} decisions identical")
         else:
-            lines.append(f"cut after {check.cut}: LOOK-AHEAD, first differing decision {check.difference}")
+            lines.append(f"{where}: LOOK-AHEAD, first differing decision {check.difference}")
     return "\n".join(lines)

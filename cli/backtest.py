@@ -31,8 +31,8 @@ def _day(text: str, option: str) -> date:
 @click.option("--data", "data_source", help="csv:PATH of daily bars [default: the global --data].")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="New directory for the journal (trades.db), sim broker, metrics and chart.")
-@click.option("--check-lookahead", is_flag=True, help="Re-run with the data cut at several dates and prove every "
-              "decision up to each cut is identical.")
+@click.option("--check-lookahead", is_flag=True, help="Re-run with the data cut after several sessions and inside "
+              "them (the rest of the day removed at 12:31) and prove every decision before each cut is identical.")
 @click.option("--cuts", type=click.IntRange(1, 20), default=2, show_default=True, help="Cut dates to check.")
 @click.pass_context
 def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system: str, data_source: str | None,

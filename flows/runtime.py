@@ -76,7 +76,7 @@ class Runtime:
             return AlpacaMarket(key, secret, feed=self.config.alpaca_feed,
                                 url_override=self.config.alpaca_data_url or None, budget=self._budget(),
                                 timeout=self.config.alpaca_timeout, now=self.clock.now)
-        from ports.market_sources import open_market
+        from ports.market_factory import open_market
 
         return open_market(source, market_path=self.config.market_data or None,
                            universe_symbols=self._universe_symbols() if source == "sim" else None,

@@ -26,8 +26,8 @@ import numpy as np
 import pandas as pd
 
 from common.clock import calendar
-from common.errors import ConfigError, DataError
-from common.types import BAR_FIELDS, DAILY, MarketData, Panel, Snapshot
+from common.errors import DataError
+from common.types import BAR_FIELDS, DAILY, Panel, Snapshot
 from config import home
 from ports import sim_market
 
@@ -453,24 +453,3 @@ def _positions(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
     inside = at < len(haystack)
     found = inside & (haystack[np.minimum(at, len(haystack) - 1)] == needles) if len(haystack) else inside
     return np.where(found, at, -1)
-
-
-# ----------------------------------------------------------------------------------------------------------- factory
-
-def open_market(source: str, *, market_path: str | None = None, universe_symbols: list[str] | None = None,
-                cache_dir: Path | None = None) -> MarketData:
-    """The market-data port named by `source`: "sim", "csv:PATH" or "alpaca"."""
-    text = (source or "").strip()
-    if text == "sim":
-        if market_path:
-            log.warning("--market %s is ignored with the sim source (its SPY and VIX are synthetic)", market_path)
-        return SimMarket(universe_symbols)
-    if text.startswith("csv:"):
-        path = text[4:].strip()
-        if not path:
-            raise ConfigError("--data: csv source needs a path (use csv:PATH)")
-        return CsvMarket(path, market_path=market_path, cache_dir=cache_dir)
-    if text == "alpaca":
-        raise ConfigError("--data alpaca: alpaca market data needs API keys and is built by the runtime "
-                          "(alpaca_adapter.AlpacaMarket), not by open_market")
-    raise ConfigError(f"--data: unknown source {source!r} (use sim, csv:PATH or alpaca)")

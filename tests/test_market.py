@@ -16,7 +16,8 @@ from common.clock import calendar
 from common.errors import ConfigError, DataError
 from common.types import DAILY
 from ports import market_sources
-from ports.market_sources import CsvMarket, SimMarket, open_market
+from ports.market_factory import open_market
+from ports.market_sources import CsvMarket, SimMarket
 
 from conftest import ROOT, require_shared_data
 

@@ -75,6 +75,10 @@ recent_reasons() costs about 1 ms for 505 real symbols x 120 sessions with a 60-
 ones; bench script): the cheap absolute tests run over the examined rows, the baselines only for the few cells that
 pass them.
 
+In the STRAT scan (core/strat_signals.data_faults) the flags skip 465 of the file's 59,694 daily signals and 317 of its
+10,324 weekly ones (every bar, not only the last): those whose bars hold an event. Their median magnitude is 5.5% (1D)
+and 7.4% (1W) against 1.9% and 4.7% for all signals: the skipped targets are the ones measured across the event.
+
 The API: events() lists the events of a panel; recent_reasons() gives one reason per symbol for the scanners;
 adjust_splits() back-adjusts history across detected splits.
 """

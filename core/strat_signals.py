@@ -20,6 +20,11 @@ Quality filters: magnitude (|target - entry| / entry) >= 0.5% and reward:risk (|
 Weekly bars (1W) are built from the daily bars of completed sessions, Monday to Friday; the week being traded is
 left out until its last session has closed. A weekly bar is dated by its last session.
 
+The last signal reads BARS_READ bars: the trigger bar t, the bar t-1 that gives entry and stop, and the target's look
+back from t-2 (bar t-2's type also reads t-3, inside that span). A split, spin-off, special dividend or bad print in
+those bars makes its levels lie (ARNC's spin-off of 2016-11-01 gave a weekly target 53.8% away at R:R 4.65), so
+`data_faults` names the symbols whose daily bars show one there (core/corporate_actions.py), and the scan skips them.
+
 The `strat scan` run that stores, alerts and trades these signals is flows/strat_scan.py.
 """
 from __future__ import annotations
@@ -33,6 +38,7 @@ import numpy as np
 
 from common.clock import calendar
 from common.types import Panel
+from core import corporate_actions
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,7 @@ TARGET_LOOKBACK = 20
 MIN_MAGNITUDE_PCT = 0.5
 MIN_REWARD_RISK = 1.0
 HISTORY_SESSIONS = {"1D": 60, "1W": 160}
+BARS_READ = TARGET_LOOKBACK + 2  # the bars t-21 .. t that the last signal reads
 BULLISH, BEARISH = "bullish", "bearish"
 
 
@@ -196,3 +203,22 @@ def weekly_panel(daily: Panel, complete_through: date | None = None) -> Panel:
         low = np.fmin.reduceat(daily.low, starts, axis=0)
     volume = np.add.reduceat(np.nan_to_num(daily.volume), starts, axis=0)
     return Panel(daily.dates[ends], daily.symbols, daily.open[starts], high, low, daily.close[ends], volume)
+
+
+# --- data that lies -----------------------------------------------------------------------------------------------
+
+def data_faults(daily: Panel, bars: Panel) -> dict[str, str]:
+    """Symbols whose last signal would read a corporate action or a bad print, each with the reason.
+
+    `bars` are the scan's bars (daily, or weekly bars built from `daily`); the events are found in `daily` over the
+    sessions after the bar before the last BARS_READ bars, so a week still trading counts too. The first sessions of
+    `daily` serve as the events' baselines.
+    """
+    if len(bars.dates) == 0 or len(daily.dates) == 0:
+        return {}
+    if len(bars.dates) > BARS_READ:
+        lookback = int((daily.dates > bars.dates[-BARS_READ - 1]).sum())
+    else:
+        lookback = len(daily.dates)
+    reasons = corporate_actions.recent_reasons(daily, lookback)
+    return {symbol: reason for symbol, reason in zip(daily.symbols, reasons) if reason is not None}

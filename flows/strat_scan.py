@@ -2,6 +2,10 @@
 stores new signals in `strat_signals` (unique per symbol, timeframe, pattern and bar date, so running it again stores
 and alerts nothing twice), alerts each new one, and, when the runtime setting options_trading is on, hands the bar's
 untraded signals to the option entries (flows/option_entries.py).
+
+A symbol whose signal bars show a split, spin-off, special dividend or bad print (strat_signals.data_faults) gives no
+signal: the scan skips it, says so in its summary and JSON (`skipped`: symbol -> reason), and writes one info event
+(kind `data_quality`, source `strat`) per skipped symbol to the journal.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import numpy as np
 
 from common.errors import ConfigError
 from common.types import Panel
-from core.strat_signals import HISTORY_SESSIONS, TIMEFRAMES, Signal, find_signals, weekly_panel
+from core.strat_signals import HISTORY_SESSIONS, TIMEFRAMES, Signal, data_faults, find_signals, weekly_panel
 from flows import option_entries
 
 if TYPE_CHECKING:  # annotations only: the runtime module wires every port
@@ -34,13 +38,18 @@ class ScanResult:
     new_ids: list[int] = field(default_factory=list)
     executions: list = field(default_factory=list)
     options_note: str = ""
+    skipped: dict[str, str] = field(default_factory=dict)  # symbol -> why its bars cannot be trusted
 
 
 def scan_bars(rt: Runtime, symbols: list[str], timeframe: str) -> Panel:
     """Completed bars of the timeframe up to the last completed session (nothing from the session in progress)."""
+    return _daily_and_scan_bars(rt, symbols, timeframe)[1]
+
+
+def _daily_and_scan_bars(rt: Runtime, symbols: list[str], timeframe: str) -> tuple[Panel, Panel]:
     last = rt.calendar.last_completed_session(rt.clock.now())
     daily = rt.market.bars(symbols, rt.calendar.sessions_back(last, HISTORY_SESSIONS[timeframe]), last)
-    return weekly_panel(daily, last) if timeframe == "1W" else daily
+    return daily, (weekly_panel(daily, last) if timeframe == "1W" else daily)
 
 
 def _store(journal, signals: list[Signal]) -> list[int]:
@@ -76,6 +85,14 @@ def _alert(journal, ids: list[int]) -> None:
             journal.db.execute("UPDATE strat_signals SET alerted = 1 WHERE id = ?", [row["id"]])
 
 
+def _record_skipped(journal, timeframe: str, skipped: dict[str, str]) -> None:
+    with journal.atomic():
+        for symbol, reason in skipped.items():
+            journal.event("info", "data_quality", f"strat scan {timeframe}: {symbol} skipped: {reason}",
+                          source="strat", detail={"kind": "strat_skipped", "timeframe": timeframe, "symbol": symbol,
+                                                  "reason": reason})
+
+
 def run_scan(rt: Runtime, timeframe: str, symbols: Sequence[str] | None = None, *, dry_run: bool = False,
              force: bool = False) -> ScanResult:
     """Classify the last completed bar of every symbol, store and alert new signals, trade them as options when
@@ -84,11 +101,14 @@ def run_scan(rt: Runtime, timeframe: str, symbols: Sequence[str] | None = None, 
 
         raise ConfigError(f"strat scan: timeframe must be 1D or 1W, not {timeframe!r}")
     wanted = list(dict.fromkeys(symbols or rt.universe.symbols("all")))
-    panel = scan_bars(rt, wanted, timeframe)
+    daily, panel = _daily_and_scan_bars(rt, wanted, timeframe)
     if len(panel.dates) == 0:
         return ScanResult(timeframe, None, len(wanted), options_note="no completed bars")
-    signals = find_signals(panel.dates, panel.symbols, panel.open, panel.high, panel.low, panel.close, timeframe)
-    result = ScanResult(timeframe, str(np.datetime64(panel.dates[-1], "D")), len(wanted), signals)
+    skipped = data_faults(daily, panel)
+    signals = [signal for signal in find_signals(panel.dates, panel.symbols, panel.open, panel.high, panel.low,
+                                                 panel.close, timeframe) if signal.symbol not in skipped]
+    result = ScanResult(timeframe, str(np.datetime64(panel.dates[-1], "D")), len(wanted), signals, skipped=skipped)
+    _record_skipped(rt.journal, timeframe, skipped)
     result.new_ids = _store(rt.journal, signals)
     _alert(rt.journal, result.new_ids)
     result.options_note = _execute(rt, result, dry_run=dry_run, force=force)
@@ -112,6 +132,7 @@ def summary_text(result: ScanResult) -> str:
     lines = [f"strat scan {result.timeframe}: {result.symbols} symbols, bar {result.bar_date or '-'}, "
              f"{len(result.signals)} signal(s), {len(result.new_ids)} new"]
     lines += [f"  {signal_text(s)}" for s in result.signals]
+    lines += [f"  skipped {symbol}: {reason}" for symbol, reason in result.skipped.items()]
     if result.options_note:
         lines.append(f"  {result.options_note}")
     for execution in result.executions:
@@ -121,4 +142,5 @@ def summary_text(result: ScanResult) -> str:
 
 def signals_json(result: ScanResult) -> str:
     return json.dumps({"timeframe": result.timeframe, "bar_date": result.bar_date,
-                       "signals": [asdict(s) for s in result.signals], "new": result.new_ids}, indent=2)
+                       "signals": [asdict(s) for s in result.signals], "new": result.new_ids,
+                       "skipped": result.skipped}, indent=2)

@@ -1,16 +1,20 @@
-"""Corporate actions and bad prints (core/corporate_actions.py) on crafted panels and on the real S&P 500 file."""
+"""Corporate actions and bad prints (core/corporate_actions.py) on crafted panels, on the real S&P 500 file, and in
+the `strat scan` that must skip them (the ARNC spin-off of 2016-11-01)."""
 from __future__ import annotations
 
 import collections
+import json
 
 import numpy as np
 import pytest
 
 from common.types import Panel
 from core import corporate_actions as ca
+from core import strat_signals
 
-from crafted import BASE_VOLUME, flat, ramp
-from realdata import BARS
+from crafted import BASE_VOLUME, flat, ramp, use_csv_journal
+from crafted import run_ok as run
+from realdata import BARS, rows
 
 BASE = 80  # bars of history before the scenario bars: the event lands on row BASE
 START = np.datetime64("2016-01-04")
@@ -228,11 +232,25 @@ def test_adjust_splits_leaves_a_symbol_with_a_bad_print_alone():
     np.testing.assert_array_equal(adjusted.volume, bars.volume)
 
 
+# --- the STRAT scan ------------------------------------------------------------------------------------------------
+
+def test_data_faults_cover_the_bars_the_last_signal_reads(crafted):
+    # daily: the last BARS_READ (22) rows; the SPINOFF event on row BASE is 3 rows from the end
+    faults = strat_signals.data_faults(crafted, crafted)
+    assert sorted(faults) == ["BADCLOSE", "GAPDROP", "REVERSE", "SPIKE", "SPINOFF", "SPLIT", "UNDONE"]
+    assert faults["SPINOFF"].startswith(f"spin-off or special dividend on {day(BASE)}")
+    # 19 more bars: the event is the 22nd bar from the end, still read; one more and it is not
+    longer = panel({"SPINOFF": SCENARIOS["SPINOFF"] + [flat(34.8)] * 19})
+    assert list(strat_signals.data_faults(longer, longer)) == ["SPINOFF"]
+    longer = panel({"SPINOFF": SCENARIOS["SPINOFF"] + [flat(34.8)] * 20})
+    assert strat_signals.data_faults(longer, longer) == {}
+
+
 # --- the real file -------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def parsed_cache(tmp_path_factory):
-    """One cache of the parsed real file for this module."""
+    """One cache of the parsed real file for the panel and the commands of this module."""
     if not BARS.exists():
         pytest.skip(f"real data file {BARS} is not present")
     return tmp_path_factory.mktemp("cache")
@@ -268,3 +286,35 @@ def test_real_file_flags_and_known_events(real_panel):
     # earnings gaps on heavy volume are not corporate actions
     for key in (("BBY", "2014-01-16"), ("UAA", "2017-01-31"), ("EVHC", "2017-11-01"), ("ILMN", "2016-10-11")):
         assert key not in by_day
+
+
+@pytest.mark.slow
+def test_real_arnc_signals_read_the_spin_off(real_panel):
+    arnc = real_panel.select(["ARNC"])
+    weekly = strat_signals.weekly_panel(cut(arnc, int(np.searchsorted(arnc.dates, np.datetime64("2016-11-19")))))
+    signals = strat_signals.find_signals(weekly.dates, weekly.symbols, weekly.open, weekly.high, weekly.low,
+                                         weekly.close, "1W")
+    # without the check this is what options trading would have bought
+    assert [(s.bar_date, s.magnitude_pct, s.reward_risk) for s in signals] == [("2016-11-18", 53.8015, 4.653)]
+
+
+@pytest.fixture
+def arnc_env(tmp_path, monkeypatch, parsed_cache):
+    env = use_csv_journal(monkeypatch, tmp_path, BARS)
+    monkeypatch.setenv("CACHE_DIR", str(parsed_cache))
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("asof, timeframe", [("2016-11-19T12:00", "1W"), ("2016-11-15T17:00", "1D")])
+def test_strat_scan_skips_arnc_after_its_spin_off_and_says_why(arnc_env, asof, timeframe):
+    out = run("--asof", asof, "strat", "scan", "--timeframe", timeframe, "--symbols", "ARNC")
+    assert "0 signal(s)" in out and f"STRAT {timeframe} ARNC" not in out
+    assert "skipped ARNC: spin-off or special dividend on 2016-11-01: opened -22.6% below the previous close" in out
+    assert rows(arnc_env, "SELECT COUNT(*) AS n FROM strat_signals")[0]["n"] == 0
+    recorded = rows(arnc_env, "SELECT level, message, detail FROM events WHERE kind = 'data_quality'")
+    assert len(recorded) == 1 and recorded[0]["level"] == "info"
+    assert recorded[0]["message"].startswith(f"strat scan {timeframe}: ARNC skipped: spin-off or special dividend")
+    assert json.loads(recorded[0]["detail"])["symbol"] == "ARNC"
+    data = json.loads(run("--asof", asof, "strat", "scan", "--timeframe", timeframe, "--symbols", "ARNC", "--json"))
+    assert data["signals"] == [] and list(data["skipped"]) == ["ARNC"]

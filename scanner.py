@@ -24,7 +24,9 @@ Conventions (all ratios and *_pct values are fractions: 0.01 means 1%):
   negative) is a missing session. Rolling means use the sessions present: at most MAX_MISSING_SESSIONS of the
   last LOOKBACK may be missing, beyond that the symbol is skipped. The close 10 sessions ago falls back to the last
   close present before it. A missing open in history is tolerated (the scanner uses only today's open).
-- A symbol with broken data is skipped (stage1 False, flags False, score 0, skip_reason set), never raised.
+- A symbol with broken data is skipped (stage1 False, flags False, score 0, skip_reason set), never raised; so is
+  one whose last 60 sessions hold a corporate action or a bad print detected from the bars (core/corporate_actions.py:
+  a split, a spin-off or special dividend, a print the market did not make), with that event as the reason.
 """
 from __future__ import annotations
 
@@ -36,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from common.types import DAILY, Panel, Snapshot
-from core import indicators
+from core import corporate_actions, indicators
 from core.volume_profile import volume_fraction
 
 HISTORY_SESSIONS = 120  # bars read before today: a fixed depth keeps Wilder RSI/ATR identical from scan to scan
@@ -235,6 +237,8 @@ def history_reasons(bars: Panel) -> np.ndarray:
         return reasons
     _coverage_faults(reasons, bars)
     _bar_faults(reasons, bars)
+    actions = corporate_actions.recent_reasons(bars, LOOKBACK)  # splits, spin-offs, bad prints (the bars that lie)
+    _record(reasons, ~np.equal(actions, None), actions)
     return reasons
 
 

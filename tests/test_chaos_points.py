@@ -56,11 +56,12 @@ SEED = 20160601
 MAX_KILLS_PER_SCENARIO = 60
 WORKERS = 2
 ORDER_TABLES = {"orders", "exit_attempts", "exits", "trades"}
-RISE = [ramp(50.0 + 0.6 * i, 50.6 + 0.6 * i) for i in range(10)]  # ten sessions up 1.2% a day
+# Daily bars: a run during a session sees today's open and the sessions before it, so each move is in an open.
+RISE = [ramp(50.0 + 0.6 * i, 50.6 + 0.6 * i) for i in range(9)] + [ramp(55.4, 56.0, 3_000_000)]  # up 1.2% a day
 MARKET = {
-    "BRK": RISE + [(57.5, 59.0, 57.4, 58.8, 3_000_000), flat(58.8)],  # breaks out on the 11th session
-    "TGT": [ramp(50.0, 52.6), flat(52.6)],                                # reaches its target of 52.50
-    "STP": [(50.0, 50.05, 48.40, 48.40, 1_000_000), flat(48.4)],          # -3.2% with a 3% hard stop
+    "BRK": RISE + [(57.5, 59.0, 57.4, 58.8, 3_000_000), flat(58.8)],  # opens above its range after heavy volume
+    "TGT": [(52.6, 52.7, 52.5, 52.6, 1_000_000), flat(52.6)],          # opens above its target of 52.50
+    "STP": [(48.40, 48.45, 48.35, 48.40, 1_000_000), flat(48.4)],      # opens -3.2% with a 3% hard stop
     "CLS": [flat(50.1)] * 2,
     "GAP": [ramp(50.0, 55.0), (51.0, 51.2, 50.8, 51.0, 1_000_000)],       # its trailing stop gapped through
     "PRT": [flat(50.2)] * 2,
@@ -192,7 +193,7 @@ def _broker_changes(world: "World") -> None:
 
 SCENARIOS = [
     Scenario("scan", ("scan", "--type", "open", "--cap", "large"), at(11, "10:30"), _nothing,
-             ("broker:submit:before\tma-e-BRK-", "broker:submit:before\tma-s-1-1 sell trailing_stop 174 BRK")),
+             ("broker:submit:before\tma-e-BRK-", "broker:submit:before\tma-s-1-1 sell trailing_stop 173 BRK")),
     Scenario("exits", ("monitor",), at(1, "15:30"), _exits,
              ("broker:cancel:before", "broker:submit:before\tma-x-1-1 sell limit 100 TGT",
               "broker:submit:before\tma-x-2-1 sell market 100 STP")),

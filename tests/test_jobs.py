@@ -162,7 +162,7 @@ def test_daily_snapshot_matches_the_broker_the_journal_and_spy(produced):
         assert snap["cum_return_pct"] == pytest.approx((snap["equity"] / first["equity"] - 1) * 100)
         assert snap["spy_cum_return_pct"] == pytest.approx((spy[snap["date"]] / spy[first["date"]] - 1) * 100)
     # the sequence really traded: positions opened on several days and broker stops closed some of them
-    assert sum(s["trades_opened"] for s in snapshots) >= 6 and sum(s["trades_closed"] for s in snapshots) >= 4
+    assert sum(s["trades_opened"] for s in snapshots) >= 6 and sum(s["trades_closed"] for s in snapshots) >= 3
     assert first["cum_return_pct"] == 0 and first["spy_cum_return_pct"] == 0
 
 

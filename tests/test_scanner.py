@@ -167,7 +167,7 @@ def test_stage1_price_must_be_above_5_dollars():
 def history_with_recent_highs(level: float) -> Panel:
     highs = flat_closes() + 1.0
     highs[-5:] = level  # the 5 sessions before today
-    highs[-6] = 200.0  # six sessions back: outside the breakout window
+    highs[-6] = 112.0  # six sessions back: outside the breakout window
     return make_history(flat_closes(), highs=highs)
 
 
@@ -215,7 +215,9 @@ def rsi_75_history() -> Panel:
     """Flat at 100, then a 14-point loss on the last session: avg loss 1, then 13/14 after today's gain."""
     closes = flat_closes()
     closes[-1] = 86.0
-    return make_history(closes)
+    history = make_history(closes)
+    history.open[-1], history.high[-1] = 100.0, 101.0  # sold off during the day: a gap down would read as a spin-off
+    return history
 
 
 def test_rsi_exactly_75_earns_1_point_and_just_below_earns_2():
@@ -378,12 +380,13 @@ def test_one_day_jump_beyond_50pct_without_volume_is_suspect():
     assert frame.iloc[1]["skip_reason"] is None
 
 
-def test_drop_of_49pct_is_not_suspect():
+def test_drop_of_49pct_on_normal_volume_reads_as_a_split_and_is_skipped():
     closes, highs, lows, volumes = two_symbol_history(days=80)
     closes[-20:, 1], highs[-20:, 1], lows[-20:, 1] = 51.0, 52.0, 50.0
     frame = scan_broken(closes, highs, lows, volumes, open=np.array([101.0, 52.0]), high=np.array([106.0, 54.0]),
                         low=np.array([100.5, 51.5]), price=np.array([105.0, 53.0]), prev_close=np.array([100.0, 51.0]))
-    assert frame.iloc[1]["skip_reason"] is None
+    # within the 50% rule, but a move to 0.51x on ordinary volume is what a 2:1 split looks like
+    assert frame.iloc[1]["skip_reason"].startswith("split 2:1 on ")
 
 
 def test_todays_jump_beyond_50pct_needs_three_times_volume():

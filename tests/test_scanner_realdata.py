@@ -23,7 +23,9 @@ KNOWN_REASONS = re.compile(
     r"^(no valid price today|no valid open today|no valid previous close|no intraday high/low today"
     r"|high < low today|fewer than 60 valid bars \(\d+\)|\d+ of the last 60 sessions missing"
     r"|high < low on \d{4}-\d{2}-\d{2}|suspect price jump on \d{4}-\d{2}-\d{2}|suspect price jump today"
-    r"|no volume in the last 20 sessions)$")
+    r"|no volume in the last 20 sessions"
+    r"|(split|reverse split) \S+ on \d{4}-\d{2}-\d{2}: .+|spin-off or special dividend on \d{4}-\d{2}-\d{2}: .+"
+    r"|(bad print|jump) on \d{4}-\d{2}-\d{2}: .+)$")
 
 
 @pytest.fixture(scope="module")
@@ -131,9 +133,11 @@ def test_aos_high_below_low_is_recorded(daily):
     assert scan_on(daily, date(2014, 5, 19), 1.0, raw_bar=True).loc["AOS", "skip_reason"] == "high < low today"
 
 
-def test_lnt_bad_close_is_a_suspect_jump(daily):
-    # 2016-05-19 closes at 17.87 (-49%, within the 50% rule); the +101% back on 2016-05-20 is the suspect jump
-    assert scan_on(daily, date(2016, 5, 20), 1.0).loc["LNT", "skip_reason"] == "suspect price jump today"
+def test_lnt_bad_close_is_a_bad_print(daily):
+    # 2016-05-19 closes at 17.87 (-49%, within the 50% rule) outside its own day's range: a print the market did not
+    # make, caught from that bar alone; the +101% back on 2016-05-20 is also a suspect jump
+    bad_print = "bad print on 2016-05-19: close 17.87 outside the day's range 35.09-35.78"
+    assert scan_on(daily, date(2016, 5, 20), 1.0).loc["LNT", "skip_reason"] == bad_print
     later = scan_on(daily, date(2016, 5, 23))
     assert later.loc["LNT", "skip_reason"] == "suspect price jump on 2016-05-20"
     assert not later.loc["LNT", "stage1"] and later.loc["LNT", "score"] == 0

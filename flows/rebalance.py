@@ -21,6 +21,7 @@ import numpy as np
 import executor
 from common.errors import ConfigError
 from common.render import table
+from core import corporate_actions
 from flows.operator import require_market_open
 from journal import reconcile, regime_labels
 
@@ -114,6 +115,7 @@ def build_plan(rt: Runtime, universe: str, top_n: int) -> tuple[RebalancePlan, d
     wanted = list(dict.fromkeys(symbols + list(held)))
     history = rt.market.bars(wanted, cal.sessions_back(session.day, YEAR_SESSIONS + 5),
                              cal.previous_session(session.day))
+    history = corporate_actions.adjust_splits(history)  # a split inside the year would leave a stale high
     snap = rt.market.snapshot(wanted, session.day, fraction)
     regime = regime_labels.for_trading(rt, session.day)
     factor = regime["factor"] if regime else 1.0

@@ -14,7 +14,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common.types import Panel, Snapshot  # noqa: E402
-from core.intraday_path import price_at, range_so_far, volume_fraction  # noqa: E402
+from core.volume_profile import volume_fraction  # noqa: E402
 from scanner import CAP_RULES, scan  # noqa: E402
 
 SIZES = (500, 5_000, 20_000)
@@ -41,9 +41,12 @@ def synthetic_inputs(symbols: int, sessions: int = SESSIONS, seed: int = 7) -> t
     names = [f"S{j:05d}" for j in range(symbols)]
     dates = np.datetime64(SESSION, "D") - np.arange(sessions, 0, -1)
     history = Panel(dates=dates, symbols=names, **{name: values[:-1] for name, values in bars.items()})
-    o, h, lo, c = (bars[name][-1] for name in ("open", "high", "low", "close"))
-    high_so_far, low_so_far = range_so_far(o, h, lo, c, FRACTION)
-    price = price_at(o, h, lo, c, FRACTION)
+    # an intraday snapshot an hour into the session: a price near the open and a range so far around both
+    rng = np.random.default_rng(seed + 1)
+    o = bars["open"][-1]
+    price = o * np.exp(rng.normal(0.0, 0.008, symbols))
+    high_so_far = np.maximum(o, price) * (1.0 + rng.uniform(0.0, 0.006, symbols))
+    low_so_far = np.minimum(o, price) * (1.0 - rng.uniform(0.0, 0.006, symbols))
     snap = Snapshot(session=SESSION, fraction=FRACTION, symbols=names, open=o, high=high_so_far, low=low_so_far,
                     price=price, volume=bars["volume"][-1] * volume_fraction(FRACTION),
                     prev_close=bars["close"][-2], bid=price, ask=price)

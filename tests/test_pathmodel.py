@@ -1,15 +1,19 @@
+"""The intraday volume profile (core/volume_profile.py), and the retired path model the leak test must catch
+(tests/old_path_model.py), which the fake Alpaca server still uses for its live snapshots."""
 import numpy as np
 import pytest
+
+from core import volume_profile
 
 import old_path_model as intraday_path
 
 
 def test_volume_profile_is_u_shaped_and_about_22_percent_by_1030():
-    assert intraday_path.volume_fraction(0.0) == 0.0
-    assert intraday_path.volume_fraction(1.0) == pytest.approx(1.0)
-    assert intraday_path.volume_fraction(60 / 390) == pytest.approx(0.22, abs=0.002)
-    first_hour = intraday_path.volume_fraction(60 / 390)
-    middle_hour = intraday_path.volume_fraction(225 / 390) - intraday_path.volume_fraction(165 / 390)
+    assert volume_profile.volume_fraction(0.0) == 0.0
+    assert volume_profile.volume_fraction(1.0) == pytest.approx(1.0)
+    assert volume_profile.volume_fraction(60 / 390) == pytest.approx(0.22, abs=0.002)
+    first_hour = volume_profile.volume_fraction(60 / 390)
+    middle_hour = volume_profile.volume_fraction(225 / 390) - volume_profile.volume_fraction(165 / 390)
     assert first_hour > 2 * middle_hour
 
 

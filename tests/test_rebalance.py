@@ -4,7 +4,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-import old_path_model as intraday_path
 
 from conftest import SHARED_DATA
 from realdata import BARS, cli, rows
@@ -13,8 +12,8 @@ SECTOR = "Information Technology"
 
 
 
-def expected_top(day: str, fraction: float, n: int = 5) -> list[str]:
-    """Independent ranking from the raw file: price at `fraction` on the intraday path / 52-week high."""
+def expected_top(day: str, n: int = 5) -> list[str]:
+    """Independent ranking from the raw file: what is knowable during the session (the day's open) / 52-week high."""
     sectors = pd.read_csv(SHARED_DATA / "sp500_constituents_sectors.csv")
     members = set(sectors.loc[sectors["GICS Sector"] == SECTOR, "Symbol"])
     bars = pd.read_csv(BARS, parse_dates=["date"])
@@ -26,10 +25,9 @@ def expected_top(day: str, fraction: float, n: int = 5) -> list[str]:
         past = before[before["symbol"] == symbol].sort_values("date").tail(252)
         if len(past) < 252 or past["close"].isna().any():
             continue
-        price = float(intraday_path.price_at(row["open"], row["high"], row["low"], row["close"], fraction))
-        high_so_far, _ = intraday_path.range_so_far(row["open"], row["high"], row["low"], row["close"], fraction)
+        price = float(row["open"])
         if price > 5:
-            ratios[symbol] = price / max(past["high"].max(), float(high_so_far))
+            ratios[symbol] = price / max(past["high"].max(), price)
     return sorted(ratios, key=lambda s: (-ratios[s], s))[:n]
 
 
@@ -39,7 +37,7 @@ def test_dry_run_order_table_matches_an_independent_ranking_and_sends_nothing(re
     lines = result.output.splitlines()
     assert "regime TREND_BULL (allocation x1)" in lines[1]
     opened = sorted(line.split()[1] for line in lines if line.startswith("OPEN"))
-    assert opened == sorted(expected_top("2016-11-01", 30 / 390))
+    assert opened == sorted(expected_top("2016-11-01"))
     for line in (l for l in lines if l.startswith("OPEN")):
         qty, price, target = int(line.split()[3]), float(line.split()[4]), float(line.split()[6].replace(",", ""))
         assert target == 20_000.0 and qty == int(target // price)

@@ -42,12 +42,11 @@ from common.clock import calendar
 from common.errors import DataError
 from common.types import BAR_FIELDS, INTRADAY, Panel, SessionBars, Snapshot
 from ports.market_sources import (
-    MARKET_COLUMNS,
     SPREAD,
+    FileMarket,
     companion_market_file,
     default_cache_dir,
     load_cached,
-    parse_market_file,
 )
 
 log = logging.getLogger(__name__)
@@ -272,7 +271,7 @@ def _forward_filled(rows: np.ndarray) -> np.ndarray:
     return rows[index, np.arange(rows.shape[1])[None, :]]
 
 
-class IntradayCsvMarket:
+class IntradayCsvMarket(FileMarket):
     """Replays real intraday bars from a long-format CSV; SPY and VIX daily series come from a market file."""
 
     name = "csv"
@@ -299,46 +298,6 @@ class IntradayCsvMarket:
         self._columns_memo: dict[tuple, np.ndarray] = {}
         self._bars_memo: dict[tuple, Panel] = {}
         self._series_memo: dict[tuple, pd.DataFrame] = {}
-
-    @property
-    def first_date(self) -> date:
-        return self.dates[0].astype(date)
-
-    @property
-    def last_date(self) -> date:
-        return self.dates[-1].astype(date)
-
-    def known_symbols(self) -> list[str]:
-        return list(self.symbols)
-
-    # --- SPY / VIX
-
-    @property
-    def market_first_date(self) -> date:
-        """First day of the SPY/VIX series (it usually starts long before the bars file)."""
-        return self._market_arrays()["dates"][0].astype(date)
-
-    def _market_arrays(self) -> dict[str, np.ndarray]:
-        if self._market is None:
-            if self.market_path is None:
-                raise DataError(f"no SPY/VIX data for {self.path}: give --market PATH or put a "
-                                f"spy_vix_daily*.csv beside it")
-            self._market = load_cached(self.market_path, self.cache_dir, parse_market_file, "market")
-        return self._market
-
-    def _spy_from_market(self, symbols: Sequence[str]) -> bool:
-        return "SPY" in symbols and "SPY" not in self._column and self.market_path is not None
-
-    def market_series(self, start: date, end: date) -> pd.DataFrame:
-        key = (start, end)
-        stored = self._series_memo.get(key)
-        if stored is None:
-            market = self._market_arrays()
-            rows = _window(market["dates"], start, end)
-            index = pd.DatetimeIndex(market["dates"][rows], name="date")
-            stored = pd.DataFrame({name: market[name][rows] for name in MARKET_COLUMNS[1:]}, index=index)
-            _remember(self._series_memo, key, stored)
-        return stored.copy()
 
     # --- daily bars
 

@@ -276,30 +276,14 @@ def companion_market_file(stocks_path: Path) -> Path | None:
     return found[0] if found else None
 
 
-class CsvMarket:
-    """Replays real daily bars from a long-format CSV; SPY and VIX come from a market file."""
+class FileMarket:
+    """What the csv sources share: the dates and symbols of their file, and SPY and VIX from a daily market file
+    (`market_path`), memoised. A subclass sets dates, symbols, _column, market_path, cache_dir, _market and
+    _series_memo."""
 
-    name = "csv"
-    static_history = True  # the file does not change while it is open (flows/prepared_history.py)
-
-    def __init__(self, path: str | Path, market_path: str | Path | None = None, cache_dir: Path | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: market data file not found")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        arrays = load_cached(self.path, self.cache_dir, parse_stock_file, "stocks")
-        if len(arrays["dates"]) == 0:
-            raise DataError(f"{self.path}: no rows of market data")
-        self.dates: np.ndarray = arrays["dates"]
-        self.symbols: list[str] = [str(s) for s in arrays["symbols"]]
-        self._fields = {name: arrays[name] for name in BAR_FIELDS}
-        self._column = {symbol: j for j, symbol in enumerate(self.symbols)}
-        if market_path is not None and not Path(market_path).is_file():
-            raise DataError(f"{market_path}: market (SPY/VIX) file not found")
-        self.market_path = Path(market_path) if market_path is not None else companion_market_file(self.path)
-        self._market: dict[str, np.ndarray] | None = None
-        self._bars_memo: dict[tuple, Panel] = {}
-        self._series_memo: dict[tuple, pd.DataFrame] = {}
+    path: Path
+    dates: np.ndarray
+    symbols: list[str]
 
     @property
     def first_date(self) -> date:
@@ -316,7 +300,7 @@ class CsvMarket:
 
     @property
     def market_first_date(self) -> date:
-        """First day of the SPY/VIX series (it usually starts long before the stocks file)."""
+        """First day of the SPY/VIX series (it usually starts long before the bars file)."""
         return self._market_arrays()["dates"][0].astype(date)
 
     def _market_arrays(self) -> dict[str, np.ndarray]:
@@ -343,6 +327,32 @@ class CsvMarket:
                 self._series_memo.pop(next(iter(self._series_memo)))
             self._series_memo[key] = stored
         return stored.copy()
+
+
+class CsvMarket(FileMarket):
+    """Replays real daily bars from a long-format CSV; SPY and VIX come from a market file."""
+
+    name = "csv"
+    static_history = True  # the file does not change while it is open (flows/prepared_history.py)
+
+    def __init__(self, path: str | Path, market_path: str | Path | None = None, cache_dir: Path | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: market data file not found")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        arrays = load_cached(self.path, self.cache_dir, parse_stock_file, "stocks")
+        if len(arrays["dates"]) == 0:
+            raise DataError(f"{self.path}: no rows of market data")
+        self.dates: np.ndarray = arrays["dates"]
+        self.symbols: list[str] = [str(s) for s in arrays["symbols"]]
+        self._fields = {name: arrays[name] for name in BAR_FIELDS}
+        self._column = {symbol: j for j, symbol in enumerate(self.symbols)}
+        if market_path is not None and not Path(market_path).is_file():
+            raise DataError(f"{market_path}: market (SPY/VIX) file not found")
+        self.market_path = Path(market_path) if market_path is not None else companion_market_file(self.path)
+        self._market: dict[str, np.ndarray] | None = None
+        self._bars_memo: dict[tuple, Panel] = {}
+        self._series_memo: dict[tuple, pd.DataFrame] = {}
 
     # --- bars and snapshots
 

@@ -121,37 +121,28 @@ class PeekingMarket:
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
+    def peeked_day(self, session):
+        from common.clock import calendar
+
+        return calendar().next_session(session)
+
     def snapshot(self, symbols, session, fraction):
         from dataclasses import replace
 
-        from common.clock import calendar
-
         snap = self.inner.snapshot(symbols, session, fraction)
-        following = calendar().next_session(session)
-        future = self.inner.bars(list(symbols), following, following).close
+        day = self.peeked_day(session)
+        future = self.inner.bars(list(symbols), day, day).close
         if future.shape[0] == 0:
             return snap
         peeked = np.where(np.isfinite(future[-1]), future[-1], snap.price)
         return replace(snap, price=peeked)
 
 
-class SameDayPeekingMarket:
+class SameDayPeekingMarket(PeekingMarket):
     """A strategy that peeks at the session's own close: its snapshots show today's close as the price."""
 
-    def __init__(self, inner):
-        self.inner = inner
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def snapshot(self, symbols, session, fraction):
-        from dataclasses import replace
-
-        snap = self.inner.snapshot(symbols, session, fraction)
-        close = self.inner.bars(list(symbols), session, session).close
-        if close.shape[0] == 0:
-            return snap
-        return replace(snap, price=np.where(np.isfinite(close[-1]), close[-1], snap.price))
+    def peeked_day(self, session):
+        return session
 
 
 def _config(real_universe, shared_cache, tmp_path):  # noqa: F811

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
 import numpy as np
 import pandas as pd
 

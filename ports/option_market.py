@@ -7,8 +7,8 @@ from an option price source:
   underlying's high, a put's high at the underlying's low), with the underlying's 20-day realised volatility
   measured up to the session before (no look-ahead) and calendar time to expiry counted from the session. Its
   snapshot is the DAILY view of that bar (the open premium before the close), like a stock's, so quotes, exits and
-  the sim broker's fills all see the same premium. Bid and ask sit 2% of the premium either side (at least half a cent). After expiry a
-  contract has no bars.
+  the sim broker's fills all see the same premium. Bid and ask sit 2% of the premium either side (at least half a
+  cent). After expiry a contract has no bars.
 - `alpaca_options.AlpacaOptionPrices` (broker alpaca): latest trade and quote from Alpaca's option snapshots.
 
 The chain for a contract choice comes from where the orders go: the sim broker trades the simulated Black-Scholes

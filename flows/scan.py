@@ -27,7 +27,7 @@ from common.clock import NY, Session
 from common.errors import ConfigError, DataError
 from common.locks import scan_lock
 from common.render import table
-from common.types import Panel, Snapshot, finite
+from common.types import DAILY, INTRADAY, Panel, Snapshot, finite
 from core import reversal, rules_decider
 from flows import scan_orders
 from flows.operator import require_market_open
@@ -55,6 +55,7 @@ class CapScan:
     skipped: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     execution: Any = None  # scan_orders.ExecutionReport on a trading scan
+    view: str = INTRADAY  # what the snapshot was built from (common/types.py)
 
 
 class Timer:
@@ -395,7 +396,7 @@ def _scan_cap(rt: Runtime, timer: Timer, scan_id: int, cap: str, session: Sessio
         decision = decide(rt, scan_id, universe_frame, positions, set(held), limits, context)
     skipped = {s: r for s, r in universe_frame["skip_reason"].items() if r is not None}
     result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped)
-    result.timings = timer.timings
+    result.timings, result.view = timer.timings, snap.view
     if not dry_run:
 
         with timer.step("execute"):
@@ -448,6 +449,8 @@ def summary_text(results: list[CapScan], limit: int = 15) -> str:
                   f"trend {ctx.get('trend') or '-'} | VIX {_fmt(ctx.get('vix'), '.1f')} | "
                   f"breadth {_fmt_pct(ctx.get('breadth'), signed=False)} | regime {ctx.get('regime') or '-'} "
                   f"(exposure x{ctx.get('exposure_factor', 1.0):g})")
+        if result.view == DAILY and result.fraction < 1.0:
+            header += " | daily bars: today's open and the sessions before it"
         lines = [header] + ([f"WARNING: {ctx['missing']}; a trading scan is refused"] if ctx.get("missing")
                             else []) + [summary_line(result)]
         rows = [_summary_row(result, symbol) for symbol in result.decision.candidate_decisions][:limit]

@@ -34,3 +34,10 @@ def test_a_dry_run_scan_prices_every_candidate_at_what_was_knowable(real_env, as
     scan = rows(real_env, "SELECT spy_price FROM scans")[0]
     series = market.market_series(date(2016, 11, 9), date(2016, 11, 9))
     assert scan["spy_price"] == pytest.approx(float(series["spy_open"].iloc[0]))
+
+
+def test_the_scan_says_when_it_sees_daily_bars_only(real_env):  # noqa: F811
+    during = cli("--asof", "2016-11-09T10:30", "scan", "--cap", "large", "--dry-run").output.splitlines()[1]
+    assert during.endswith("| daily bars: today's open and the sessions before it")
+    assert "daily bars" not in cli("--asof", "2016-11-09T16:00", "scan", "--cap", "large", "--dry-run",
+                                   "--force").output

@@ -14,6 +14,7 @@ import re
 import sys
 import tomllib
 from dataclasses import dataclass
+from datetime import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
@@ -122,6 +123,17 @@ VARIABLES: tuple[Var, ...] = (
     _v("BUY_SCORE_MIN", "int", 12, "composite score needed to buy", low=0, high=20),
     _v("WATCH_SCORE_MIN", "int", 8, "composite score for the watchlist", low=0, high=20),
     _v("FILL_TIMEOUT_S", "float", 60.0, "seconds to wait for sells to fill before buying", low=0, high=600),
+    _v("PROFIT_TARGET_R", "float", 6.0, "momentum: profit target at entry x (1 + R x TRAILING_STOP_PCT); 6 x 5% = +30%, "
+       "beyond both partial exits; 0 = none", low=0, high=100),
+    _v("MAX_HOLDING_PCT", "float", 25.0, "warn when one holding exceeds this share of equity, %", low=1, high=100),
+    # the 52-week-high rebalance system
+    _v("REBALANCE_TOP_N", "int", 5, "rebalance: names held, the top N by previous close / 52-week high", low=1,
+       high=100),
+    _v("REBALANCE_SLEEVE_PCT", "float", 100.0, "rebalance: share of equity its holdings take, % (beside momentum, "
+       "keep the two sleeves at 100 or less together)", low=1, high=100),
+    _v("REBALANCE_STOP_PCT", "float", 15.0, "rebalance: its wide protective trailing stop, %", low=0.5, high=90),
+    _v("REBALANCE_TIME", "str", "09:45", "rebalance: New York time of its daily run (the month's first session "
+       "rebalances, the others refill slots a stop emptied)"),
     # options (STRAT signals executed as options when the runtime setting options_trading is on)
     _v("OPTIONS_MAX_CAPITAL", "float", 300.0, "options: most premium paid per trade, dollars", low=1, high=1_000_000),
     _v("OPTIONS_MAX_POSITIONS", "int", 5, "options: most open option positions", low=0, high=100),
@@ -140,6 +152,14 @@ VARIABLES: tuple[Var, ...] = (
 )
 _BY_NAME = {v.name: v for v in VARIABLES}
 _TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
+
+
+def _time_of_day(text: str) -> time | None:
+    """HH:MM as a time of day, None when it is not one."""
+    found = re.fullmatch(r"(\d{1,2}):(\d{2})", text.strip())
+    if not found or int(found[1]) > 23 or int(found[2]) > 59:
+        return None
+    return time(int(found[1]), int(found[2]))
 
 
 def _parse(var: Var, raw: Any) -> Any:
@@ -227,7 +247,16 @@ class Config:
             return Path(self.sim_broker_db)
         return Path(self.momentum_db).parent / "sim_broker.db"
 
+    @property
+    def rebalance_clock(self) -> time:
+        """REBALANCE_TIME as a New York time of day (validated when the configuration is loaded)."""
+        return _time_of_day(self.rebalance_time)
+
     def _validate_cross_field(self) -> None:
+        moment = _time_of_day(self.rebalance_time)
+        if moment is None or not time(9, 30) <= moment < time(16, 0):
+            raise ConfigError(f"REBALANCE_TIME: expected HH:MM between 09:30 and 15:59 New York time, "
+                              f"got {self.rebalance_time!r}")
         source = self.data_source
         if not (source in ("sim", "alpaca") or (source.startswith("csv:") and len(source) > 4)):
             raise ConfigError(f"DATA_SOURCE/--data: unknown source {source!r} (use sim, csv:PATH or alpaca)")

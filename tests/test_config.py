@@ -131,3 +131,9 @@ def test_env_example_documents_every_variable():
     assert text == config.env_example(), "regenerate .env.example from config.env_example()"
     for var in config.VARIABLES:
         assert f"# {var.name}=" in text
+
+
+@pytest.mark.parametrize("value", ["25:00", "9:00", "abc", "16:00", ""])
+def test_rebalance_time_must_be_a_time_inside_the_session(value):
+    with pytest.raises(ConfigError, match="^REBALANCE_TIME: expected HH:MM between 09:30 and 15:59"):
+        config.load_config({"REBALANCE_TIME": value}, environ={})

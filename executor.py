@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from common.errors import BrokerUnavailable, InsufficientQty, MomentumError, OrderNotFound, OrderRejected, PositionBusy
 from common.locks import position_locks
 from common.types import BUY, FINAL_OR_UNSENT, MARKET, SELL, TRAILING_STOP, Order, OrderRequest, sql_list
+from core import systems
 from journal import exports, reconcile, trade_book
 from journal.schema import HELD, HELD_STATUSES
 
@@ -229,7 +230,8 @@ def cancel_and_confirm(rt: Runtime, orders: list[Order], timeout: float = CLOSE_
 
 
 def place_stop(rt: Runtime, trade: dict) -> Order | None:
-    """One GTC trailing stop for the whole position, after the symbol's existing stops are really canceled.
+    """One GTC trailing stop for the whole position (its system's trail), after the symbol's existing stops are
+    really canceled.
 
     Retried STOP_RETRIES times; when it still fails the trade is flagged unprotected with a critical alert, and
     every later run tries again (protect_all).
@@ -256,7 +258,7 @@ def _place_stop(rt: Runtime, trade: dict) -> Order | None:
     last_error = "unknown"
     for _ in range(STOP_RETRIES):
         request = OrderRequest(next_order_id(journal, "s", trade["id"]), trade["symbol"], SELL, TRAILING_STOP,
-                               stop_qty(journal, trade), time_in_force="gtc", trail_percent=rt.config.trailing_stop_pct)
+                               stop_qty(journal, trade), time_in_force="gtc", trail_percent=stop_trail_pct(rt, trade))
         try:
             order = submit(rt, request, "stop", trade["id"])
         except (BrokerUnavailable, InsufficientQty) as err:
@@ -267,6 +269,12 @@ def _place_stop(rt: Runtime, trade: dict) -> Order | None:
             return order
         last_error = "stop order rejected"
     return _unprotected(rt, trade, last_error)
+
+
+def stop_trail_pct(rt: Runtime, trade: dict) -> float:
+    """The broker trailing stop of the trade's system (core/systems.py): momentum's TRAILING_STOP_PCT, the
+    rebalance's wide REBALANCE_STOP_PCT."""
+    return systems.profile_for(rt.config, trade).trailing_stop_pct or rt.config.trailing_stop_pct
 
 
 def _record_stop(journal, trade: dict, order: Order) -> None:

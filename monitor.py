@@ -8,6 +8,7 @@ are pure; flows/exit_runner.py carries exits out; this module evaluates the posi
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING
 import scanner
 from common.errors import MomentumError, Unavailable
 from common.types import finite
-from core import exit_rules, reversal
+from core import exit_rules, reversal, systems
 from executor import protect_all, settle_fills
 from flows import option_exits, quotes
 from flows.exit_runner import advance_exit, exit_in_progress, is_due, settle_one_shot_exits, start_exit
@@ -125,7 +126,7 @@ def evaluate_positions(rt: Runtime, flags: exit_rules.PortfolioFlags, report: Mo
     scores = reversal.reversal_scores(prepared(rt, reversal.prepare, history, snap.session, snap.symbols), snap,
                                       peaks)
     rules = exit_rules.ExitRules.from_config(rt.config)
-    context = _portfolio_context(rt, trades)
+    context = _portfolio_context(rt, [t for t in trades if systems.of_trade(t) == systems.MOMENTUM] or trades)
     context["settings"] = rt.journal.settings()
     context["peaks"] = peaks
     views = symbol_views(snap.symbols, signals, scores)
@@ -134,13 +135,15 @@ def evaluate_positions(rt: Runtime, flags: exit_rules.PortfolioFlags, report: Mo
         position = position_state(rt, trade, snap, view, context)
         if position is None:
             continue
-        due = is_due(rt, trade, position, rules)
+        profile = systems.profile_for(rt.config, trade)
+        trade_rules = rules_of(rules, profile)
+        due = is_due(rt, trade, position, trade_rules)
         if not due:
             report.not_due.append(trade["symbol"])
             continue
         _isolated(rt, report, trade["symbol"],
-                  lambda trade=trade, position=position, view=view: _check_one(rt, trade, position, flags, rules,
-                                                                               view, report, dry_run))
+                  lambda trade=trade, position=position, view=view, trade_rules=trade_rules, profile=profile:
+                  _check_one(rt, trade, position, flags, trade_rules, view, report, dry_run, profile))
 
 
 def symbol_views(symbols: list[str], signals: dict, scores) -> dict[str, dict]:
@@ -192,10 +195,19 @@ def _sessions_held(rt: Runtime, trade: dict) -> int:
     return holding_sessions(rt, trade["entry_time"], rt.journal.now()) or 0
 
 
+def rules_of(rules: exit_rules.ExitRules, profile: systems.ExitProfile) -> exit_rules.ExitRules:
+    """The exit thresholds of a system: its own trailing stop for the local backstop."""
+    if profile.trailing_stop_pct is None:
+        return rules
+    return dataclasses.replace(rules, trailing_stop_frac=profile.trailing_stop_pct / 100)
+
+
 def _check_one(rt: Runtime, trade: dict, position: exit_rules.PositionState, flags: exit_rules.PortfolioFlags,
-               rules: exit_rules.ExitRules, view: dict, report: MonitorReport, dry_run: bool) -> None:
+               rules: exit_rules.ExitRules, view: dict, report: MonitorReport, dry_run: bool,
+               profile: systems.ExitProfile) -> None:
     journal = rt.journal
-    triggers = exit_rules.evaluate(position, flags, rules)
+    # only the exits of the trade's own system (core/systems.py): a rebalance holding is never sold by a momentum rule
+    triggers = [t for t in exit_rules.evaluate(position, flags, rules) if t.reason in profile.conditions]
     chosen = exit_rules.choose(triggers)
     exiting = exit_in_progress(journal, trade["id"])
     action = "monitor:" + ("EXITING" if exiting else (chosen.reason if chosen else "HOLD"))

@@ -165,16 +165,16 @@ def reversal_scores(history: Panel | History, snap: Snapshot,
 
 
 def peak_closes(history: Panel, snap: Snapshot, trades: list[dict]) -> dict[str, float]:
-    """Highest close since entry for each held symbol (journal peak, history closes, and today's price)."""
+    """Highest CLOSE since entry for each held symbol: the closes of the completed sessions from the entry day on
+    (the entry day's close came after the entry). Not the entry fill, not an intraday price: NaN until a session
+    has closed with the position held."""
     peaks: dict[str, float] = {}
     for trade in trades:
         symbol = trade["symbol"]
-        values = [v for v in (trade["peak_price"], trade["entry_price"]) if v]
+        values: list[float] = []
         if symbol in history.symbols and trade["entry_time"]:
             entry_day = np.datetime64(trade["entry_time"][:10], "D")
             closes = history.close[history.dates >= entry_day, history.column(symbol)]
             values += [float(c) for c in closes if np.isfinite(c)]
-        if symbol in snap.symbols and np.isfinite(snap.price[snap.index(symbol)]):
-            values.append(float(snap.price[snap.index(symbol)]))
         peaks[symbol] = max(values) if values else np.nan
     return peaks

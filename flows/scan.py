@@ -28,7 +28,7 @@ from common.errors import ConfigError, DataError
 from common.locks import scan_lock
 from common.render import table
 from common.types import DAILY, INTRADAY, Panel, Snapshot, finite
-from core import reversal, rules_decider
+from core import reversal, rules_decider, systems
 from flows import scan_orders
 from flows.operator import require_market_open
 from flows.prepared_history import market_snapshot, prepared, scan_frame
@@ -84,7 +84,13 @@ def cap_rules(config, cap: str) -> scanner.CapRules:
 
 
 def open_trades(journal) -> list[dict]:
-    return journal.held_trades()
+    """The momentum system's held trades: the scan decides about these and no other (core/systems.py)."""
+    return [t for t in journal.held_trades() if systems.of_trade(t) == systems.MOMENTUM]
+
+
+def symbols_held(journal) -> set[str]:
+    """Every symbol any system holds: a scan buys none of them (one position and one stop per symbol)."""
+    return {t["symbol"] for t in journal.held_trades("symbol")}
 
 
 def load_market(rt: Runtime, symbols: list[str], session: Session, fraction: float) -> tuple[Panel, Snapshot]:
@@ -393,7 +399,8 @@ def _scan_cap(rt: Runtime, timer: Timer, scan_id: int, cap: str, session: Sessio
         universe_frame = frame.iloc[:len(universe)] if len(universe) == len(set(universe)) else frame.loc[universe]
         limits = limits_for(rt, cap, trades, max_buys)
         limits = dataclasses.replace(limits, regime_blocks_buys=context["regime"] == "CRASH")
-        decision = decide(rt, scan_id, universe_frame, positions, set(held), limits, context)
+        decision = decide(rt, scan_id, universe_frame, positions, set(held) | symbols_held(rt.journal), limits,
+                          context)
     skipped = {s: r for s, r in universe_frame["skip_reason"].items() if r is not None}
     result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped)
     result.timings, result.view = timer.timings, snap.view

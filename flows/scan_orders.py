@@ -17,7 +17,7 @@ import numpy as np
 import executor
 from common.errors import EXIT_UNREACHABLE, ConfigError, MomentumError
 from common.types import BUY, Panel, Snapshot
-from core import risk
+from core import risk, systems
 from journal import reconcile, trade_book
 from journal.schema import HELD
 
@@ -71,7 +71,9 @@ def returns_60d(history: Panel, symbols: list[str]) -> dict[str, np.ndarray]:
 def portfolio_state(rt: Runtime, result, history: Panel, account, positions) -> risk.PortfolioState:
     journal = rt.journal
     stops = {o.symbol: o.stop_price for o in rt.broker.orders("open") if o.type in ("stop", "trailing_stop")}
-    open_orders = {o.symbol for o in rt.broker.orders("open") if o.side == BUY}
+    # a symbol another system holds is as taken as one with a working buy: one position and one stop per symbol
+    others = {t["symbol"] for t in journal.held_trades("symbol")} - {p.symbol for p in positions}
+    open_orders = {o.symbol for o in rt.broker.orders("open") if o.side == BUY} | others
     held = {p.symbol: risk.HeldPosition(p.symbol, p.qty, p.current_price, rt.cap_of(p.symbol), stops.get(p.symbol))
             for p in positions}
     settings = journal.settings()
@@ -117,8 +119,17 @@ def record_refusals(rt: Runtime, result, refused: list[risk.GateResult], report:
             report.halted_now = True
 
 
+def sleeve_positions(rt: Runtime, positions: list, system: str) -> list:
+    """The broker positions that belong to `system`'s sleeve (core/systems.py): its held trades, and a position no
+    trade explains counted against momentum, the conservative choice."""
+    owner = {t["symbol"]: systems.of_trade(t) for t in rt.journal.held_trades("symbol, strategy")}
+    return [p for p in positions if owner.get(p.symbol, systems.MOMENTUM) == system]
+
+
 def _buys(rt: Runtime, result, history: Panel, snap: Snapshot, scan_type: str, report: ExecutionReport) -> None:
-    account, positions = rt.broker.account(), rt.broker.positions()
+    account = rt.broker.account()
+    # the momentum sleeve's gates count its own positions; the account's cash and buying power are the whole's
+    positions = sleeve_positions(rt, rt.broker.positions(), systems.MOMENTUM)
     limits = risk.RiskLimits.from_config(rt.config)
     state = portfolio_state(rt, result, history, account, positions)
     checked = risk.check_orders(proposals_for(rt, result, account, limits), state, limits)
@@ -129,14 +140,22 @@ def _buys(rt: Runtime, result, history: Panel, snap: Snapshot, scan_type: str, r
         p = gate_result.proposal
         trade = executor.open_position(
             rt, symbol=p.symbol, cap=p.cap, qty=p.qty, session=str(result.session), scan_type=scan_type,
-            trade_fields=_entry_fields(result, p.symbol, account, invested, config_id),
+            trade_fields=_entry_fields(rt.config, result, p.symbol, account, invested, config_id),
             fill_timeout=rt.config.fill_timeout_s)
         if trade is None:
             continue
         (report.bought if trade["status"] in ("open", "unprotected") else report.pending).append(p.symbol)
 
 
-def _entry_fields(result, symbol: str, account, invested: float, config_id: int) -> dict:
+def profit_target(config, price: float) -> float | None:
+    """A momentum signal's target: PROFIT_TARGET_R times the trailing stop's distance above the signal price (6 x 5%
+    = +30% by default, beyond both partial exits, so it takes the last quarter); None when R is 0."""
+    if config.profit_target_r <= 0 or not np.isfinite(price):
+        return None
+    return round(price * (1 + config.profit_target_r * config.trailing_stop_pct / 100), 2)
+
+
+def _entry_fields(config, result, symbol: str, account, invested: float, config_id: int) -> dict:
     row = result.frame.loc[symbol]
     signals = {k: (None if isinstance(v, float) and not np.isfinite(v) else
                    (bool(v) if isinstance(v, (bool, np.bool_)) else (float(v) if isinstance(v, (int, float, np.number))
@@ -144,6 +163,7 @@ def _entry_fields(result, symbol: str, account, invested: float, config_id: int)
                for k, v in row.items()}
     context = result.context
     return {"strategy": "momentum", "asset_class": "us_equity", "entry_signals": json.dumps(signals),
+            "target_price": profit_target(config, float(row["price"])),
             "composite_score": int(row["score"]), "spy_price": context.get("spy_price"),
             "spy_trend": context.get("trend"), "vix": context.get("vix"), "regime": context.get("regime"),
             "cash_pct": account.cash / account.equity * 100 if account.equity else None,

@@ -9,9 +9,11 @@ session's close is left out, exactly as the command itself would refuse it):
 - momentum: scans 09:35 / 09:38 / 09:41 (open; large, mid, small), 12:30 / 12:33 / 12:36 (midday), 15:30 / 15:33 /
   15:36 (close); the monitor every 30 minutes from 10:00 to 15:30. Cron runs the monitor every 5 minutes, but a
   position is evaluated only every 30 minutes unless it is urgent; between two runs the sim broker still triggers
-  the broker-side trailing stops along the intraday path, so the 30-minute cadence replays the same exits to
-  within one half hour for urgent positions (documented deviation).
-- rebalance systems: `rebalance --first-session-only` at 10:00 and the same monitor runs (no momentum scans).
+  the resting broker stops on the bars in between, so the 30-minute cadence replays the same exits to within one
+  half hour for urgent positions (documented deviation).
+- rebalance systems: the rebalance at REBALANCE_TIME and the same monitor runs (no momentum scans).
+- all: the momentum scans and the rebalance (with the regime) side by side in one account, each in its sleeve:
+  momentum MAX_EXPOSURE_PCT of equity, the rebalance REBALANCE_SLEEVE_PCT but at most what momentum leaves.
 - every system: `daily-snapshot` at 16:05 and `update-outcomes` at 16:10.
 When two steps share a minute the monitor runs first, then the scan or rebalance (cron starts them together).
 
@@ -54,16 +56,15 @@ if TYPE_CHECKING:  # annotations only: the runtime module wires every port
 
 log = logging.getLogger(__name__)
 
-SYSTEMS = ("momentum", "rebalance", "rebalance-regime")
+SYSTEMS = ("momentum", "rebalance", "rebalance-regime", "all")
 CAPS = ("large", "mid", "small")
 SCAN_SLOTS = (("open", (time(9, 35), time(9, 38), time(9, 41))),
               ("midday", (time(12, 30), time(12, 33), time(12, 36))),
               ("close", (time(15, 30), time(15, 33), time(15, 36))))
 MONITOR_TIMES = tuple(time(10 + k // 2, 30 * (k % 2)) for k in range(12))  # 10:00 .. 15:30
-REBALANCE_TIME = time(10, 0)
+REBALANCE_TIME = time(9, 45)  # REBALANCE_TIME's default; a run reads the setting
 JOB_TIMES = ((time(16, 5), "daily-snapshot"), (time(16, 10), "update-outcomes"))
 REBALANCE_UNIVERSE = "all"
-REBALANCE_TOP_N = 5
 STARTING_CASH = 100_000.0
 
 
@@ -91,21 +92,29 @@ class BacktestResult:
 
 # --- the schedule -------------------------------------------------------------------------------------------------
 
-def session_steps(session: Session, system: str, cap: str) -> list[Step]:
+def trades_momentum(system: str) -> bool:
+    return system in ("momentum", "all")
+
+
+def trades_rebalance(system: str) -> bool:
+    return system in ("rebalance", "rebalance-regime", "all")
+
+
+def session_steps(session: Session, system: str, cap: str, rebalance_time: time = REBALANCE_TIME) -> list[Step]:
     """The cron steps of one session in the order they run; steps at or after an early close are left out."""
     day = session.day
     at = lambda t: datetime.combine(day, t, tzinfo=NY)  # noqa: E731
     steps: list[tuple[tuple, Step]] = []
     for t in MONITOR_TIMES:
         steps.append(((t, 0), Step(at(t), "monitor")))
-    if system == "momentum":
+    if trades_momentum(system):
         caps = CAPS if cap == "all" else (cap,)
         for scan_type, times in SCAN_SLOTS:
             for one_cap, t in zip(CAPS, times):
                 if one_cap in caps:
                     steps.append(((t, 1), Step(at(t), "scan", scan_type=scan_type, cap=one_cap)))
-    else:
-        steps.append(((REBALANCE_TIME, 1), Step(at(REBALANCE_TIME), "rebalance")))
+    if trades_rebalance(system):
+        steps.append(((rebalance_time, 2), Step(at(rebalance_time), "rebalance")))
     live = [step for key, step in sorted(steps, key=lambda pair: pair[0]) if step.moment < session.close]
     live += [Step(at(t), "job", job=name) for t, name in JOB_TIMES]
     return live
@@ -120,7 +129,7 @@ def run_step(rt: Runtime, step: Step, system: str) -> None:
     elif step.kind == "monitor":
         monitor.run_monitor(rt, dry_run=False, force=False)
     elif step.kind == "rebalance":
-        rebalance.run_rebalance(rt, REBALANCE_UNIVERSE, REBALANCE_TOP_N, dry_run=False, force=False,
+        rebalance.run_rebalance(rt, REBALANCE_UNIVERSE, rt.config.rebalance_top_n, dry_run=False, force=False,
                                 first_session_only=True)
     else:
         jobs.run_job(rt, step.job)
@@ -180,8 +189,8 @@ def _replay_sessions(rt: Runtime, sessions: list[Session], system: str, cap: str
         return _replay_with(rt, sessions, system, cap, progress, ahead, until)
 
 
-def _steps_until(session: Session, system: str, cap: str, until: datetime | None) -> list[Step]:
-    steps = session_steps(session, system, cap)
+def _steps_until(rt: Runtime, session: Session, system: str, cap: str, until: datetime | None) -> list[Step]:
+    steps = session_steps(session, system, cap, rt.config.rebalance_clock)
     return steps if until is None else [step for step in steps if step.moment <= until]
 
 
@@ -191,7 +200,7 @@ def _step_moments(rt: Runtime, session: Session, system: str, cap: str, until: d
     (rules and universe None for a monitor run)."""
 
     moments = []
-    for step in _steps_until(session, system, cap, until):
+    for step in _steps_until(rt, session, system, cap, until):
         fraction = rt.calendar.current_or_last_session(step.moment)[1]
         if step.kind == "scan":
             moments.append((fraction, scan.cap_rules(rt.config, step.cap), tuple(rt.universe.symbols(step.cap))))
@@ -203,7 +212,7 @@ def _step_moments(rt: Runtime, session: Session, system: str, cap: str, until: d
 def _prefetch_symbols(rt: Runtime, system: str) -> list[str]:
     """The universe the scans read (momentum only: a rebalance reads its own wider history), or nothing when the
     market may change under a second reader."""
-    if system != "momentum" or rt.history_cache is None:
+    if not trades_momentum(system) or rt.history_cache is None:
         return []
     return rt.universe.symbols("all")
 
@@ -214,7 +223,7 @@ def _replay_with(rt: Runtime, sessions: list[Session], system: str, cap: str,
     steps, failures = 0, []
     for n, session in enumerate(sessions, start=1):
         ahead.seed(session.day)
-        for step in _steps_until(session, system, cap, until):
+        for step in _steps_until(rt, session, system, cap, until):
             try:
                 run_step(rt, step, system)
             except MomentumError as err:
@@ -311,10 +320,20 @@ def prefill_regimes(rt: Runtime, sessions: list[Session]) -> int:
 
 # --- runtime of a backtest ----------------------------------------------------------------------------------------
 
+def sleeves_for(values: dict[str, Any], config, system: str) -> dict[str, Any]:
+    """The settings of a run: side by side (`all`), the rebalance gets at most the share momentum leaves."""
+    if system != "all":
+        return values
+    room = 100.0 - config.max_exposure_pct
+    if config.rebalance_sleeve_pct <= room:
+        return values
+    return {**values, "REBALANCE_SLEEVE_PCT": room}
+
+
 def backtest_runtime(config, out_dir: Path, *, cut: date | None = None, cut_at: datetime | None = None,
-                     wrap_market: Callable[[Any], Any] | None = None):
+                     wrap_market: Callable[[Any], Any] | None = None, system: str = "momentum"):
     """A Runtime over a fresh journal and sim broker in `out_dir`, csv data (optionally cut after `cut`, or inside
-    a session at `cut_at`)."""
+    a session at `cut_at`), with the sleeves of `system`."""
     from flows.runtime import Runtime
 
     source = config.data_source or ""
@@ -326,8 +345,8 @@ def backtest_runtime(config, out_dir: Path, *, cut: date | None = None, cut_at: 
     if (out_dir / "trades.db").exists() or (out_dir / "sim_broker.db").exists():
         raise ConfigError(f"--out {out_dir}: already holds a backtest journal; use a new directory")
     out_dir.mkdir(exist_ok=True)
-    values = {**config._values, "MOMENTUM_DB": str(out_dir / "trades.db"), "BROKER": "sim", "SIM_BROKER_DB": "",
-              "LOG_DIR": str(out_dir / "logs"), "MOMENTUM_ASOF": ""}
+    values = sleeves_for({**config._values, "MOMENTUM_DB": str(out_dir / "trades.db"), "BROKER": "sim",
+                          "SIM_BROKER_DB": "", "LOG_DIR": str(out_dir / "logs"), "MOMENTUM_ASOF": ""}, config, system)
     rt = Runtime(Config(values), "backtest")
     market = rt.market
     if cut_at is not None:
@@ -477,7 +496,7 @@ def check_lookahead(config, out_dir: Path, start: date, end: date, *, system: st
     if not out_dir.parent.is_dir():
         raise ConfigError(f"--out {out_dir}: directory {out_dir.parent} does not exist")
     out_dir.mkdir(exist_ok=True)
-    full_rt = backtest_runtime(config, out_dir / "full", wrap_market=wrap_market)
+    full_rt = backtest_runtime(config, out_dir / "full", wrap_market=wrap_market, system=system)
     try:
         full = run_backtest(full_rt, start, end, system=system, cap=cap, progress=progress, write_outputs=False)
         sessions = check_window(full_rt, full.start, full.end)
@@ -495,7 +514,7 @@ def check_lookahead(config, out_dir: Path, start: date, end: date, *, system: st
 
 def _cut_run(config, out_dir: Path, full_rt: Runtime, start: date, cut: date, moment: datetime | None, system: str,
              cap: str, wrap_market) -> CutCheck:
-    cut_rt = backtest_runtime(config, out_dir, cut=cut, cut_at=moment, wrap_market=wrap_market)
+    cut_rt = backtest_runtime(config, out_dir, cut=cut, cut_at=moment, wrap_market=wrap_market, system=system)
     try:
         run_backtest(cut_rt, start, cut, system=system, cap=cap, write_outputs=False, until=moment)
         until = moment if moment is not None else cut

@@ -25,9 +25,10 @@ def _day(text: str, option: str) -> date:
 @click.option("--end", required=True, help="Last session (YYYY-MM-DD).")
 @click.option("--cap", type=click.Choice(["large", "mid", "small", "all"]), default="all", show_default=True,
               help="Caps the momentum scans cover.")
-@click.option("--system", type=click.Choice(["momentum", "rebalance", "rebalance-regime"]), default="momentum",
-              show_default=True, help="The momentum agent, or the 52-week-high rebalance (universe all, top 5, "
-              "monthly) without or with the regime filter.")
+@click.option("--system", type=click.Choice(["momentum", "rebalance", "rebalance-regime", "all"]),
+              default="momentum", show_default=True, help="The momentum agent, the 52-week-high rebalance "
+              "(universe all, REBALANCE_TOP_N names, monthly) without or with the regime filter, or all of them side "
+              "by side in one account, each in its sleeve.")
 @click.option("--data", "data_source", help="csv:PATH of daily bars [default: the global --data].")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="New directory for the journal (trades.db), sim broker, metrics and chart.")
@@ -58,7 +59,7 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
         if any(check.difference for check in checks):
             ctx.exit(1)
         return
-    rt = replay.backtest_runtime(config, Path(out_dir))
+    rt = replay.backtest_runtime(config, Path(out_dir), system=system)
     try:
         rt.journal.start_run("backtest")
         result = replay.run_backtest(rt, first, last, system=system, cap=cap, progress=progress)

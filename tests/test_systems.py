@@ -158,3 +158,17 @@ def test_the_highest_close_since_entry_uses_closes_only():
     trade = {"symbol": "X", "entry_time": "2016-06-02T14:00:00+00:00", "peak_price": 58.0, "entry_price": 55.0}
     # the entry fill (55), the journal's intraday peak (58) and today's price (60) are not closes
     assert reversal.peak_closes(history, snap, [trade]) == {"X": 53.0}
+
+
+def test_all_systems_side_by_side_run_both_schedules_and_share_the_account():
+    from datetime import date, time
+
+    from backtest import replay
+    from common.clock import calendar
+
+    steps = replay.session_steps(calendar().session(date(2016, 6, 1)), "all", "all", time(9, 45))
+    kinds = [(s.kind, s.moment.strftime("%H:%M")) for s in steps]
+    assert ("rebalance", "09:45") in kinds and ("scan", "09:35") in kinds and ("scan", "15:30") in kinds
+    config = load_config({}, environ={})  # momentum 60% of equity leaves the rebalance 40%
+    assert replay.sleeves_for(dict(config._values), config, "all")["REBALANCE_SLEEVE_PCT"] == 40.0
+    assert replay.sleeves_for(dict(config._values), config, "rebalance") == dict(config._values)

@@ -36,10 +36,11 @@ log = logging.getLogger(__name__)
 SIM_EPOCH = date(2010, 1, 4)  # session index 0 of the synthetic market; its paths are fixed from here on
 SPREAD = 0.001  # full bid/ask spread quoted in snapshots, as a share of the price
 STOCK_COLUMNS = ("date", "symbol", "open", "high", "low", "close", "volume")
+DIVIDEND = "dividend"  # optional column: cash per share paid to holders at the open of that date (the ex-date)
 MARKET_COLUMNS = ("date", "spy_open", "spy_high", "spy_low", "spy_close", "spy_volume",
                   "vix_open", "vix_high", "vix_low", "vix_close")
 _BARS_MEMO_SIZE = 32  # recent bars requests a CsvMarket keeps (a backtest session repeats a handful of them)
-_CACHE_FORMAT = 1  # bump when the cached layout changes, so old cache files are reparsed
+_CACHE_FORMAT = 2  # bump when the cached layout changes, so old cache files are reparsed (2: dividends)
 
 
 def default_cache_dir() -> Path:
@@ -191,15 +192,19 @@ def load_cached(source: Path, cache_dir: Path | None, parse: Callable[[Path], di
 
 # ----------------------------------------------------------------------------------------------------------- csv
 
-def _read_csv(path: Path, required: Sequence[str], numeric: Sequence[str]) -> pd.DataFrame:
-    """The required columns of a CSV (gz allowed), or DataError naming the file and what is wrong."""
+def _read_csv(path: Path, required: Sequence[str], numeric: Sequence[str], optional: Sequence[str] = ()
+              ) -> pd.DataFrame:
+    """The required columns of a CSV (gz allowed) and those of `optional` it has, or DataError naming the file and
+    what is wrong."""
     try:
         header = pd.read_csv(path, nrows=0)
         missing = [name for name in required if name not in header.columns]
         if missing:
             raise DataError(f"{path}: missing column(s) {', '.join(missing)} "
                             f"(expected {','.join(required)})")
-        frame = pd.read_csv(path, usecols=list(required), dtype={"date": str, "symbol": str})
+        present = [name for name in optional if name in header.columns]
+        frame = pd.read_csv(path, usecols=[*required, *present], dtype={"date": str, "symbol": str})
+        numeric = [*numeric, *present]
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: cannot read market data ({_one_line(exc)})") from None
@@ -233,7 +238,7 @@ def _parse_dates(path: Path, values: pd.Series) -> np.ndarray:
 
 def parse_stock_file(path: Path) -> dict[str, np.ndarray]:
     """Pivot a long-format daily file into dates x symbols float64 arrays (NaN where a symbol has no row)."""
-    frame = _read_csv(path, STOCK_COLUMNS, BAR_FIELDS)
+    frame = _read_csv(path, STOCK_COLUMNS, BAR_FIELDS, optional=(DIVIDEND,))
     frame = frame.dropna(subset=["date", "symbol"])
     day = _parse_dates(path, frame["date"])
     date_codes, dates = pd.factorize(day, sort=True)
@@ -241,7 +246,7 @@ def parse_stock_file(path: Path) -> dict[str, np.ndarray]:
     keep = _last_of_duplicates(path, date_codes * len(symbols) + symbol_codes)
     arrays: dict[str, np.ndarray] = {"dates": np.asarray(dates, dtype="datetime64[D]"),
                                      "symbols": np.asarray(symbols, dtype=str)}
-    for name in BAR_FIELDS:
+    for name in (*BAR_FIELDS, *([DIVIDEND] if DIVIDEND in frame.columns else [])):
         grid = np.full((len(dates), len(symbols)), np.nan)
         grid[date_codes[keep], symbol_codes[keep]] = frame[name].to_numpy(dtype=np.float64)[keep]
         arrays[name] = grid
@@ -346,6 +351,7 @@ class CsvMarket(FileMarket):
         self.dates: np.ndarray = arrays["dates"]
         self.symbols: list[str] = [str(s) for s in arrays["symbols"]]
         self._fields = {name: arrays[name] for name in BAR_FIELDS}
+        self._dividends = arrays.get(DIVIDEND)
         self._column = {symbol: j for j, symbol in enumerate(self.symbols)}
         if market_path is not None and not Path(market_path).is_file():
             raise DataError(f"{market_path}: market (SPY/VIX) file not found")
@@ -369,6 +375,26 @@ class CsvMarket(FileMarket):
         out[:, columns < 0] = np.nan
         out[rows < 0, :] = np.nan
         return out
+
+    @property
+    def carries_dividends(self) -> bool:
+        """Whether the file has a `dividend` column (the S&P 500 file of ../shared/data does not: price only)."""
+        return self._dividends is not None
+
+    def dividends(self, symbols: Sequence[str], start: date, end: date) -> dict[tuple[str, date], float]:
+        """Cash per share paid on each ex-date start..end (from the file's `dividend` column; none without one)."""
+        if self._dividends is None:
+            return {}
+        rows = _window(self.dates, start, end)
+        paid: dict[tuple[str, date], float] = {}
+        for symbol in symbols:
+            j = self._column.get(symbol)
+            if j is None:
+                continue
+            values = self._dividends[rows, j]
+            for k in np.flatnonzero(np.isfinite(values) & (values > 0)):
+                paid[(symbol, self.dates[rows][k].astype(date))] = float(values[k])
+        return paid
 
     def bars(self, symbols: Sequence[str], start: date, end: date) -> Panel:
         """Served from a small in-process memo of earlier identical requests (the file never changes while it is

@@ -20,8 +20,9 @@ are not synced to disk one by one (synchronous NORMAL): a killed process loses n
 may lose the last calls, never the file's consistency; a synced commit costs about twenty times the call itself.
 
 Tables: `account` (one row: account id, cash, starting cash, last processed time), `positions` (qty, average
-entry price, last path price), `orders` (Alpaca-shaped, client_order_id unique for good, cash reserved by open buys),
-`fills`, and `equity_marks` (equity at each session close, the source of `last_equity`).
+entry price, last known price), `orders` (Alpaca-shaped, client_order_id unique for good, cash reserved by open buys),
+`fills`, `equity_marks` (equity at each session close, the source of `last_equity`) and `dividends` (cash paid on
+each ex-date to the shares held at the open, when the market data carries dividends).
 
 The account id is a random id created with the file (a file from before ids gets one when first opened). A journal
 remembers the id of the account it traded with, so a deleted or replaced file, which would otherwise be a fresh
@@ -76,7 +77,7 @@ from ports.sim_fills import PRIORITY, Print, Resting, cost_rate, immediate_fill,
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: account.account_id
+SCHEMA_VERSION = 3  # 2: account.account_id; 3: dividends
 WORKING = ("new", "accepted")  # the open statuses this broker uses
 ORDER_TYPES = (MARKET, LIMIT, STOP, TRAILING_STOP)
 TIME_IN_FORCE = ("day", "gtc")
@@ -131,6 +132,13 @@ SCHEMA = (
         session TEXT PRIMARY KEY,
         equity REAL NOT NULL,
         cash REAL NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS dividends (
+        session TEXT NOT NULL,
+        symbol TEXT NOT NULL,
+        qty INTEGER NOT NULL,
+        per_share REAL NOT NULL,
+        amount REAL NOT NULL,
+        PRIMARY KEY (session, symbol))""",
 )
 
 
@@ -520,6 +528,7 @@ class SimBroker:
         if start < session.open:
             db.execute("UPDATE orders SET status = 'new', updated_at = ? WHERE status = 'accepted'",
                        (_iso(session.open),))
+            self._pay_dividends(db, session)
         events, marks = self._settle_orders(db, session, f_from, f_to, prints)
         for bar_end, _, _, row, price, mark in sorted(events, key=lambda event: event[:3]):
             self._fill(db, row, price, _moment(session, bar_end), mark=mark)
@@ -527,6 +536,20 @@ class SimBroker:
                        [(price, symbol) for symbol, price in marks.items()])
         if session.close <= end:
             self._close_session(db, session)
+
+    def _pay_dividends(self, db: sqlite3.Connection, session: Session) -> None:
+        """On an ex-date (the market's `dividends`, when its data carries them) the shares held at the open are paid
+        their dividend in cash."""
+        dividends = getattr(self.market, "dividends", None)
+        held = {row[0]: row[1] for row in db.execute("SELECT symbol, qty FROM positions")}
+        if dividends is None or not held:
+            return
+        for (symbol, _), per_share in dividends(sorted(held), session.day, session.day).items():
+            amount = round(held[symbol] * per_share * multiplier(symbol), 4)
+            db.execute("UPDATE account SET cash = round(cash + ?, 4)", (amount,))
+            db.execute("INSERT OR REPLACE INTO dividends (session, symbol, qty, per_share, amount) "
+                       "VALUES (?, ?, ?, ?, ?)", (session.day.isoformat(), symbol, held[symbol], per_share, amount))
+            log.info("sim broker: %s paid %.4f a share on %d shares (%.2f)", symbol, per_share, held[symbol], amount)
 
     def _settle_orders(self, db: sqlite3.Connection, session: Session, f_from: float, f_to: float,
                        prints: dict[tuple[str, date], tuple[Print, ...]]) -> tuple[list, dict[str, float]]:

@@ -88,6 +88,7 @@ class BacktestResult:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
+    first_tradable: date | None = None  # the first session the system could trade: its benchmarks start there
 
 
 # --- the schedule -------------------------------------------------------------------------------------------------
@@ -248,7 +249,8 @@ def run_backtest(rt: Runtime, start: date, end: date, *, system: str = "momentum
     sessions = check_window(rt, start, end)
     rt.regime_filter = system != "rebalance"
     out_dir = Path(rt.config.momentum_db).parent
-    result = BacktestResult(out_dir, system, sessions[0].day, sessions[-1].day, sessions=len(sessions))
+    result = BacktestResult(out_dir, system, sessions[0].day, sessions[-1].day, sessions=len(sessions),
+                            first_tradable=first_tradable(rt, sessions, system))
     prefill_regimes(rt, sessions)
     result.steps, result.failures = replay(rt, sessions, system, cap, progress, until)
     if write_outputs:
@@ -258,6 +260,21 @@ def run_backtest(rt: Runtime, start: date, end: date, *, system: str = "momentum
         metrics.write(rt, result)
     result.seconds = wall.perf_counter() - started
     return result
+
+
+def first_tradable(rt: Runtime, sessions: list[Session], system: str) -> date:
+    """The first session of the window on which `system` could trade: a momentum scan needs 120 sessions of history
+    (check_window makes sure the window starts after them); the rebalance ranks on a year (YEAR_SESSIONS) of
+    completed sessions, so it starts once the data holds that many before the day."""
+    if trades_momentum(system):
+        return sessions[0].day
+    first = getattr(rt.market, "first_date", None)
+    if first is None:
+        return sessions[0].day
+    known = rt.calendar.sessions(first, sessions[-1].day)
+    if len(known) <= rebalance.YEAR_SESSIONS:
+        return sessions[-1].day
+    return max(sessions[0].day, known[rebalance.YEAR_SESSIONS])
 
 
 # --- progress -----------------------------------------------------------------------------------------------------

@@ -172,3 +172,19 @@ def test_all_systems_side_by_side_run_both_schedules_and_share_the_account():
     config = load_config({}, environ={})  # momentum 60% of equity leaves the rebalance 40%
     assert replay.sleeves_for(dict(config._values), config, "all")["REBALANCE_SLEEVE_PCT"] == 40.0
     assert replay.sleeves_for(dict(config._values), config, "rebalance") == dict(config._values)
+
+
+def test_the_rebalance_can_trade_only_once_a_year_of_history_is_behind_it(tmp_path):
+    from datetime import date
+    from types import SimpleNamespace
+
+    from backtest import replay
+    from common.clock import calendar
+
+    cal = calendar()
+    market = SimpleNamespace(first_date=date(2013, 2, 8))
+    rt = SimpleNamespace(market=market, calendar=cal)
+    sessions = [cal.session(d) for d in cal.sessions(date(2013, 8, 1), date(2014, 6, 30))]
+    year_later = cal.sessions(date(2013, 2, 8), date(2014, 6, 30))[252]
+    assert replay.first_tradable(rt, sessions, "rebalance") == year_later == date(2014, 2, 10)
+    assert replay.first_tradable(rt, sessions, "momentum") == date(2013, 8, 1)

@@ -254,15 +254,22 @@ def universe() -> None:
               help="A long-format bars file (dollar-volume) or a CSV with market caps (market-cap).")
 @click.option("--by", type=click.Choice(["dollar-volume", "market-cap"]), required=True,
               help="Terciles of median dollar volume, or >$10B / $2-10B / <$2B market cap.")
+@click.option("--point-in-time", is_flag=True,
+              help="Each day's index members only, re-tiered each quarter on the dollar volume before it "
+                   "(--by dollar-volume).")
+@click.option("--members", type=click.Path(dir_okay=False),
+              help="Index membership intervals ticker,start_date,end_date for --point-in-time "
+                   "[default: sp500_membership_intervals.csv beside --from].")
 @click.option("--out", type=click.Path(dir_okay=False), help="Where to write it [default: --universe].")
 @click.pass_context
-def universe_build(ctx: click.Context, source: str, by: str, out: str | None) -> None:
-    """Build data/universe.json from a bars file or a market-cap list."""
-    from common.universe import build_universe, write_universe
+def universe_build(ctx: click.Context, source: str, by: str, point_in_time: bool, members: str | None,
+                   out: str | None) -> None:
+    """Build data/universe.json from a bars file or a market-cap list; with --point-in-time, a universe whose
+    members change over time, so a backtest trades only the names that were in the index on each day."""
+    from common.universe import build_universe, summary, write_universe
 
     rt = ctx.obj
-    built = build_universe(source, by)
+    built = build_universe(source, by, point_in_time=point_in_time, members_file=members)
     target = Path(out or rt.config.universe_file)
     write_universe(built, target)
-    counts = ", ".join(f"{cap} {len(built.symbols(cap))}" for cap in ("large", "mid", "small"))
-    click.echo(f"wrote {target}: {counts}")
+    click.echo(f"wrote {target}: {summary(built)}")

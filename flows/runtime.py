@@ -54,13 +54,14 @@ class Runtime:
 
     @cached_property
     def universe(self):
-        from common.universe import load_universe
+        from common.universe import load_universe, on_the_clock
 
-        return load_universe(Path(self.config.universe_file))
+        # a point-in-time universe answers symbols(cap) and cap_of(symbol) for the clock's day (simulated in a backtest)
+        return on_the_clock(load_universe(Path(self.config.universe_file)), self.clock.today)
 
     def _universe_symbols(self) -> list[str]:
         try:
-            return self.universe.symbols("all")
+            return self.universe.symbols_in_any_period("all")  # the sim market serves every day's members
         except ConfigError:
             if self.config.data_source == "sim":
                 raise

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 from common.errors import ConfigError
-from common.universe import Universe, build_universe, load_universe, write_universe
+from common.universe import Universe, build_universe, load_universe, on_the_clock, write_universe
 
 from conftest import ROOT, require_shared_data
 
@@ -81,6 +82,29 @@ def test_write_then_load_round_trips_atomically(tmp_path):
     write_universe(original, target)
     assert load_universe(target) == original
     assert [p.name for p in target.parent.iterdir()] == ["universe.json"]  # no temp file left behind
+
+
+def test_a_fixed_universe_ignores_the_day_and_says_it_is_fixed():
+    universe = load_universe(ROOT / "data" / "universe.json")
+    assert not universe.point_in_time
+    for cap in ("large", "mid", "small", "all"):
+        assert universe.symbols(cap, on=date(2014, 1, 2)) == universe.symbols(cap)
+    assert universe.symbols_in_any_period() == universe.symbols("all")
+    assert universe.cap_of("AAPL", on=date(2014, 1, 2)) == "large"
+    assert on_the_clock(universe, date.today) is universe  # the runtime hands a fixed universe on unchanged
+    assert universe.describe() == (f"one fixed list of {len(universe.symbols('all'))} symbols for every day "
+                                   "(survivorship: a list of today's members trades, in a replay, names known to "
+                                   "have survived)")
+
+
+def test_a_fixed_universe_is_written_as_before(tmp_path):
+    write_universe(Universe({"large": ["AAPL", "MSFT"], "mid": [], "small": ["ZION"]}), tmp_path / "u.json")
+    assert (tmp_path / "u.json").read_text() == (
+        '{\n  "symbols": {\n    "large": [\n      "AAPL", "MSFT"\n    ],\n    "mid": [],\n'
+        '    "small": [\n      "ZION"\n    ]\n  }\n}\n')
+    shipped = ROOT / "data" / "universe.json"
+    write_universe(load_universe(shipped), tmp_path / "copy.json")
+    assert (tmp_path / "copy.json").read_text() == shipped.read_text()
 
 
 # --------------------------------------------------------------------------------------------------------- building

@@ -148,6 +148,9 @@ def check_window(rt: Runtime, start: date, end: date) -> list[Session]:
     days = cal.sessions(start, end)
     if not days:
         raise ConfigError(f"no NYSE session between --start {start} and --end {end}")
+    universe_first = getattr(rt.universe, "first_day", None)
+    if universe_first is not None and days[0] < universe_first:
+        raise ConfigError(f"--start {start} is before the point-in-time universe's first period ({universe_first})")
     if last is not None and days[-1] > last:
         raise ConfigError(f"--end {end} is after the last date of the data ({last})")
     if first is not None:
@@ -204,7 +207,8 @@ def _step_moments(rt: Runtime, session: Session, system: str, cap: str, until: d
     for step in _steps_until(rt, session, system, cap, until):
         fraction = rt.calendar.current_or_last_session(step.moment)[1]
         if step.kind == "scan":
-            moments.append((fraction, scan.cap_rules(rt.config, step.cap), tuple(rt.universe.symbols(step.cap))))
+            members = tuple(rt.universe.symbols(step.cap, on=session.day))  # that day's (a point-in-time universe)
+            moments.append((fraction, scan.cap_rules(rt.config, step.cap), members))
         elif step.kind == "monitor":
             moments.append((fraction, None, None))
     return moments
@@ -215,7 +219,7 @@ def _prefetch_symbols(rt: Runtime, system: str) -> list[str]:
     market may change under a second reader."""
     if not trades_momentum(system) or rt.history_cache is None:
         return []
-    return rt.universe.symbols("all")
+    return rt.universe.symbols_in_any_period("all")
 
 
 def _replay_with(rt: Runtime, sessions: list[Session], system: str, cap: str,

@@ -98,6 +98,11 @@ class PointInTimeUniverse:
     def __post_init__(self) -> None:
         self._starts = [period.start for period in self.periods]
 
+    @property
+    def first_day(self) -> date:
+        """The first day with known members: a replay cannot start before it."""
+        return self._starts[0]
+
     def period_on(self, on: date | None) -> Period:
         """The period holding `on`; without a day, the last period (the members a live trader has today)."""
         if on is None:
@@ -153,6 +158,10 @@ class ClockedUniverse:
 
     def symbols_in_any_period(self, cap: str = "all") -> list[str]:
         return self.universe.symbols_in_any_period(cap)
+
+    @property
+    def first_day(self) -> date:
+        return self.universe.first_day
 
     def describe(self) -> str:
         return self.universe.describe()

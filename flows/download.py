@@ -163,7 +163,7 @@ def _symbols(text: str) -> tuple[str, ...]:
 def _universe_symbols(rt, name: str) -> tuple[str, ...]:
     if name not in (*CAPS, "all"):
         raise ConfigError(f"--universe: unknown universe {name!r} (use large, mid, small or all)")
-    symbols = rt.universe.symbols(name)
+    symbols = rt.universe.symbols_in_any_period(name)  # every period's members of a point-in-time universe
     if not symbols:
         raise ConfigError(f"--universe {name}: the universe file has no {name} symbols")
     return tuple(sorted(set(symbols)))

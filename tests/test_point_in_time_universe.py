@@ -408,3 +408,18 @@ def test_point_in_time_with_market_cap_exits_2(private_journal):
     assert result.exit_code == 2
     assert result.stderr.strip() == ("error: --point-in-time: only with --by dollar-volume (a market-cap list has "
                                      "no history)")
+
+
+def test_a_backtest_cannot_start_before_the_point_in_time_universe_knows_its_members(tmp_path):
+    from datetime import date
+    from types import SimpleNamespace
+
+    from backtest import replay
+    from common.clock import calendar
+    from common.errors import ConfigError
+    from common.universe import Period, PointInTimeUniverse, Universe
+
+    universe = PointInTimeUniverse([Period(date(2013, 5, 7), Universe({"large": ["AAA"], "mid": [], "small": []}))])
+    rt = SimpleNamespace(universe=universe, calendar=calendar(), market=SimpleNamespace())
+    with pytest.raises(ConfigError, match=r"before the point-in-time universe's first period \(2013-05-07\)"):
+        replay.check_window(rt, date(2013, 5, 1), date(2013, 6, 28))

@@ -9,9 +9,9 @@ Values are taken at each session's close; a missing close carries the last one f
 - SPY price return: only from a source that carries it, a raw close (`spy_close_raw`) or the cash dividends
   (`spy_dividend`, per share on the ex-date, beside a back-adjusted `spy_close`); otherwise unavailable, and said so.
   It is never imitated from the adjusted series.
-- equal-weighted universe (price only): every universe symbol with a bar at the first tradable session, bought at
-  equal weight (fractional shares) at the close before it and held; a symbol whose data ends is sold at its last
-  close into cash. The stock data is split-adjusted but carries no dividends, exactly like the prices the system
+- equal-weighted universe (price only): every universe symbol (a point-in-time universe: its members on that day)
+  with a bar at the first tradable session, bought at equal weight (fractional shares) at the close before it and
+  held; a symbol whose data ends is sold at its last close into cash. The stock data is split-adjusted but carries no dividends, exactly like the prices the system
   trades on, so this is the like-for-like benchmark of the stock picking. (Stock data with a `dividend` column is
   paid to the account by the sim broker; the benchmark then keeps the same dividends as cash, and says so.)
 """
@@ -172,6 +172,14 @@ def universe_text(rt: Runtime) -> str:
             f"membership of the day (survivors only)")
 
 
+def universe_on(universe, day: date) -> list[str]:
+    """The universe's symbols on `day`: a point-in-time universe's members of that day (not of the day the metrics
+    are computed on), a fixed universe's one list."""
+    if getattr(universe, "point_in_time", False):
+        return universe.symbols("all", on=day)
+    return universe.symbols("all")
+
+
 def benchmarks(rt: Runtime, baseline: date, days: list[date], start_value: float) -> list[Benchmark]:
     """SPY total return, SPY price return and the equal-weighted universe over `days` from the `baseline` close."""
     series = _market_series(rt, baseline, days[-1])
@@ -198,7 +206,7 @@ def _market_series(rt: Runtime, baseline: date, last: date) -> pd.DataFrame | No
 
 def _equal_weighted(rt: Runtime, baseline: date, days: list[date], start_value: float) -> Benchmark:
     try:
-        symbols = rt.universe.symbols("all")
+        symbols = universe_on(rt.universe, days[0])
         panel = rt.market.bars(symbols, baseline - timedelta(days=PRICE_LOOKBACK_DAYS), days[-1])
         dividends = (rt.market.dividends(symbols, baseline, days[-1])
                      if getattr(rt.market, "carries_dividends", False) else None)

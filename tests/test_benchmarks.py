@@ -133,3 +133,16 @@ def test_the_universe_is_described_by_itself_or_as_todays_members_of_its_file():
                             config=SimpleNamespace(universe_file="/data/universe.json"))
     assert bench.universe_text(fixed) == ("today's members: /data/universe.json (2 symbols), not the membership of "
                                           "the day (survivors only)")
+
+
+def test_a_point_in_time_universe_gives_its_members_of_the_first_tradable_session(rt):
+    asked = []
+
+    def symbols(cap, on=None):
+        asked.append(on)
+        return ["AAA", "BBB"] if on == FIRST_TRADABLE else list(UNIVERSE)
+
+    rt.universe = SimpleNamespace(point_in_time=True, symbols=symbols)
+    ew = by_key(bench.benchmarks(rt, BASELINE, MEASURED, 60_000.0))["equal_weighted_universe"]
+    assert asked == [FIRST_TRADABLE] and ew.facts["symbols"] == 2 and ew.facts["universe_symbols"] == 2
+    assert ew.values[-1] == pytest.approx(30_000 * 14 / 11 + 30_000 * 22 / 20)

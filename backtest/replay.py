@@ -88,7 +88,8 @@ class BacktestResult:
     failures: list[str] = field(default_factory=list)
     seconds: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
-    first_tradable: date | None = None  # the first session the system could trade: its benchmarks start there
+    first_tradable_session: date | None = None  # the first session the run could trade: benchmarks start there
+    first_tradable_sessions: dict[str, date] = field(default_factory=dict)  # the same per system (trades.strategy)
 
 
 # --- the schedule -------------------------------------------------------------------------------------------------
@@ -253,8 +254,10 @@ def run_backtest(rt: Runtime, start: date, end: date, *, system: str = "momentum
     sessions = check_window(rt, start, end)
     rt.regime_filter = system != "rebalance"
     out_dir = Path(rt.config.momentum_db).parent
+    per_system = {name: first_tradable(rt, sessions, name) for name in ("momentum", "rebalance")
+                  if (trades_momentum if name == "momentum" else trades_rebalance)(system)}
     result = BacktestResult(out_dir, system, sessions[0].day, sessions[-1].day, sessions=len(sessions),
-                            first_tradable=first_tradable(rt, sessions, system))
+                            first_tradable_session=min(per_system.values()), first_tradable_sessions=per_system)
     prefill_regimes(rt, sessions)
     result.steps, result.failures = replay(rt, sessions, system, cap, progress, until)
     if write_outputs:

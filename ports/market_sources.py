@@ -36,11 +36,14 @@ log = logging.getLogger(__name__)
 SIM_EPOCH = date(2010, 1, 4)  # session index 0 of the synthetic market; its paths are fixed from here on
 SPREAD = 0.001  # full bid/ask spread quoted in snapshots, as a share of the price
 STOCK_COLUMNS = ("date", "symbol", "open", "high", "low", "close", "volume")
+# A market file may also carry SPY's raw (price-only) close or its dividend per share, for a price-return benchmark
+# beside the dividend-adjusted spy_close (backtest/benchmarks.py); ../shared/data's carries neither.
+OPTIONAL_MARKET_COLUMNS = ("spy_close_raw", "spy_dividend")
 DIVIDEND = "dividend"  # optional column: cash per share paid to holders at the open of that date (the ex-date)
 MARKET_COLUMNS = ("date", "spy_open", "spy_high", "spy_low", "spy_close", "spy_volume",
                   "vix_open", "vix_high", "vix_low", "vix_close")
 _BARS_MEMO_SIZE = 32  # recent bars requests a CsvMarket keeps (a backtest session repeats a handful of them)
-_CACHE_FORMAT = 2  # bump when the cached layout changes, so old cache files are reparsed (2: dividends)
+_CACHE_FORMAT = 3  # bump when the cached layout changes, so old cache files are reparsed (3: dividend columns)
 
 
 def default_cache_dir() -> Path:
@@ -264,12 +267,13 @@ def _last_of_duplicates(path: Path, keys: np.ndarray) -> np.ndarray:
 
 
 def parse_market_file(path: Path) -> dict[str, np.ndarray]:
-    """SPY and VIX daily columns of a market file, sorted by date."""
-    frame = _read_csv(path, MARKET_COLUMNS, MARKET_COLUMNS[1:])
+    """SPY and VIX daily columns of a market file, sorted by date (and the optional SPY price-return columns)."""
+    frame = _read_csv(path, MARKET_COLUMNS, MARKET_COLUMNS[1:], optional=OPTIONAL_MARKET_COLUMNS)
     frame = frame.dropna(subset=["date"])
     frame["date"] = _parse_dates(path, frame["date"])
     frame = frame.drop_duplicates("date", keep="last").sort_values("date")
-    arrays = {name: frame[name].to_numpy(dtype=np.float64) for name in MARKET_COLUMNS[1:]}
+    arrays = {name: frame[name].to_numpy(dtype=np.float64) for name in (*MARKET_COLUMNS[1:], *OPTIONAL_MARKET_COLUMNS)
+              if name in frame.columns}
     arrays["dates"] = frame["date"].to_numpy().astype("datetime64[D]")
     return arrays
 
@@ -327,7 +331,8 @@ class FileMarket:
             market = self._market_arrays()
             rows = _window(market["dates"], start, end)
             index = pd.DatetimeIndex(market["dates"][rows], name="date")
-            stored = pd.DataFrame({name: market[name][rows] for name in MARKET_COLUMNS[1:]}, index=index)
+            stored = pd.DataFrame({name: market[name][rows] for name in (*MARKET_COLUMNS[1:], *OPTIONAL_MARKET_COLUMNS)
+                                   if name in market}, index=index)
             if len(self._series_memo) >= _BARS_MEMO_SIZE:
                 self._series_memo.pop(next(iter(self._series_memo)))
             self._series_memo[key] = stored

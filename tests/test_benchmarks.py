@@ -146,3 +146,17 @@ def test_a_point_in_time_universe_gives_its_members_of_the_first_tradable_sessio
     ew = by_key(bench.benchmarks(rt, BASELINE, MEASURED, 60_000.0))["equal_weighted_universe"]
     assert asked == [FIRST_TRADABLE] and ew.facts["symbols"] == 2 and ew.facts["universe_symbols"] == 2
     assert ew.values[-1] == pytest.approx(30_000 * 14 / 11 + 30_000 * 22 / 20)
+
+
+def test_a_market_file_with_spy_s_raw_close_gives_the_price_return_benchmark(tmp_path, rt):
+    path = tmp_path / "spy_vix_daily_crafted.csv"
+    lines = path.read_text().splitlines()
+    raw = [c + 10.0 for c in SPY]  # a price-only series (crafted: its own figures, checked exactly)
+    path.write_text("\n".join([lines[0] + ",spy_close_raw"] + [f"{line},{r}" for line, r in zip(lines[1:], raw)])
+                    + "\n")
+    market = CsvMarket(tmp_path / "stocks.csv", cache_dir=tmp_path / "cache2")
+    assert "spy_close_raw" in market.market_series(date(2016, 1, 4), date(2016, 1, 11)).columns
+    price = by_key(bench.benchmarks(SimpleNamespace(**{**vars(rt), "market": market}), BASELINE, MEASURED,
+                                    90_000.0))["spy_price_return"]
+    assert price.missing is None
+    assert price.values == pytest.approx([90_000.0 * c / 211.0 for c in (211.0, 209.0, 212.0, 214.0, 213.0)])

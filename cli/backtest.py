@@ -39,8 +39,10 @@ def _day(text: str, option: str) -> date:
 def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system: str, data_source: str | None,
                      out_dir: str, check_lookahead: bool, cuts: int) -> None:
     """Replay the live scan, monitor and job functions over history on the sim broker; write metrics beside SPY
-    buy-and-hold (DIR/metrics.txt, DIR/metrics.json), an equity chart (DIR/equity.png) and the journal itself
-    (DIR/trades.db). With --check-lookahead, exit 1 when any decision changes once later data is removed."""
+    total return, SPY price return (when the data carries it) and the equal-weighted universe, each from the
+    system's first tradable session (DIR/metrics.txt, DIR/metrics.json), an equity chart (DIR/equity.png) and the
+    journal itself (DIR/trades.db). With --check-lookahead, exit 1 when any decision changes once later data is
+    removed."""
     from backtest import metrics, replay
 
     config = ctx.find_root().obj.config

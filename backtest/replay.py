@@ -11,7 +11,8 @@ session's close is left out, exactly as the command itself would refuse it):
   position is evaluated only every 30 minutes unless it is urgent; between two runs the sim broker still triggers
   the resting broker stops on the bars in between, so the 30-minute cadence replays the same exits to within one
   half hour for urgent positions (documented deviation).
-- rebalance systems: the rebalance at REBALANCE_TIME and the same monitor runs (no momentum scans).
+- rebalance systems: the rebalance's daily run at REBALANCE_TIME (the full rebalance on the month's first session,
+  refills of slots a stop emptied on the others) and the same monitor runs (no momentum scans).
 - all: the momentum scans and the rebalance (with the regime) side by side in one account, each in its sleeve:
   momentum MAX_EXPOSURE_PCT of equity, the rebalance REBALANCE_SLEEVE_PCT but at most what momentum leaves.
 - every system: `daily-snapshot` at 16:05 and `update-outcomes` at 16:10.
@@ -131,8 +132,7 @@ def run_step(rt: Runtime, step: Step, system: str) -> None:
     elif step.kind == "monitor":
         monitor.run_monitor(rt, dry_run=False, force=False)
     elif step.kind == "rebalance":
-        rebalance.run_rebalance(rt, REBALANCE_UNIVERSE, rt.config.rebalance_top_n, dry_run=False, force=False,
-                                first_session_only=True)
+        rebalance.run_scheduled(rt, REBALANCE_UNIVERSE, dry_run=False, force=False)
     else:
         jobs.run_job(rt, step.job)
 

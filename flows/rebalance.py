@@ -381,12 +381,18 @@ def run_rebalance(rt: Runtime, universe: str, top_n: int | None = None, *, dry_r
     return plan
 
 
+def crash_to_cash(rt: Runtime) -> bool:
+    """The regime's allocation is zero (CRASH) and the rebalance still holds something: it goes to cash today."""
+    regime = regime_labels.for_trading(rt, rt.clock.today())  # None with the regime filter off
+    return bool(regime) and regime["factor"] <= 0 and bool(_holdings(rt))
+
+
 def run_scheduled(rt: Runtime, universe: str, top_n: int | None = None, *, dry_run: bool, force: bool
                   ) -> RebalancePlan | None:
-    """The daily run at REBALANCE_TIME (cron and the replay): the full rebalance on the month's first session, the
-    refill on the others."""
-    return run_rebalance(rt, universe, top_n, dry_run=dry_run, force=force,
-                         refill_only=not is_first_session_of_month(rt))
+    """The daily run at REBALANCE_TIME (cron and the replay): the full rebalance on the month's first session and on
+    the first day of a CRASH (the allocation is zero: everything is sold), the refill on the others."""
+    full = is_first_session_of_month(rt) or crash_to_cash(rt)
+    return run_rebalance(rt, universe, top_n, dry_run=dry_run, force=force, refill_only=not full)
 
 
 def plan_text(plan: RebalancePlan, top_n: int | None = None) -> str:

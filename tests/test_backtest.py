@@ -203,7 +203,17 @@ def test_rebalance_with_the_regime_filter_stays_out_in_the_2015_crash_and_withou
     september = rows(tmp_path / "rebalance-regime" / "trades.db", "SELECT regime, factor FROM regimes "
                      "WHERE date = '2015-08-31'")
     assert september == [{"regime": "CRASH", "factor": 0.0}]
-    assert not [t for t in regime if t["entry_time"] >= "2015-09"]  # the CRASH allocation is zero: nothing bought
+    # the day after a CRASH label (the label a session trades on is the previous session's) the rebalance goes to
+    # cash, and it buys nothing while the allocation is zero; its daily run buys again once the label lifts
+    from common.clock import calendar
+
+    labels = {r["date"]: r["regime"] for r in rows(tmp_path / "rebalance-regime" / "trades.db",
+                                                    "SELECT date, regime FROM regimes")}
+    trading_label = lambda day: labels.get(str(calendar().previous_session(date.fromisoformat(day))))  # noqa: E731
+    first_crash_day = min(day for day in (str(d) for d in calendar().sessions(date(2015, 7, 20), date(2015, 9, 30)))
+                          if trading_label(day) == "CRASH")
+    assert all(t["exit_time"] and t["exit_time"][:10] <= first_crash_day for t in august)
+    assert not [t for t in regime if trading_label(t["entry_time"][:10]) == "CRASH"]
     assert len([t for t in plain if t["entry_time"].startswith("2015-09-01")]) == 5
     assert all(t["regime"] is None for t in plain)
     for result, _ in results.values():

@@ -74,6 +74,8 @@ def replayed(tmp_path_factory):
         assert downloaded.exit_code == 0, downloaded.output
         _spy_vix_file(fake, base / "spy_vix_daily.csv")
         for system, out in (("momentum", "bt"), ("rebalance", "rebal")):
+            if system == "rebalance":  # a tight stop, so resting stops trigger inside the replayed week
+                mp.setenv("REBALANCE_STOP_PCT", "1")
             result = runner.invoke(cli, ["--market", str(base / "spy_vix_daily.csv"), "backtest", "--data",
                                          f"csv:{bars}", "--system", system, "--start", str(REPLAY[0]), "--end",
                                          str(REPLAY[1]), "--out", str(base / out)], catch_exceptions=False)
@@ -125,6 +127,10 @@ def test_the_rebalance_fills_at_the_price_seen_plus_costs_and_resting_orders_fil
     sells = rows(base / "rebal" / "sim_broker.db", "SELECT o.type, o.submitted_at, f.at FROM fills f "
                  "JOIN orders o ON o.id = f.order_id WHERE o.side = 'sell'")
     assert sells, "the replay sold nothing to check"
+    stops = [sell for sell in sells if sell["type"] == "trailing_stop"]
+    assert stops, "no stop triggered to check"
     for sell in sells:  # at once when marketable, else when a five-minute bar that traded through it ended
         moment = datetime.fromisoformat(sell["at"])
         assert sell["at"] == sell["submitted_at"] or (moment.minute % 5 == 0 and moment.second == 0), sell
+    for stop in stops:  # a resting stop fills as the bar that reached it ends, never at the moment it was sent
+        assert stop["at"] != stop["submitted_at"] and datetime.fromisoformat(stop["at"]).minute % 5 == 0

@@ -223,7 +223,8 @@ def build_plan(rt: Runtime, universe: str, top_n: int | None = None, *, refill_o
         raise ConfigError("--top-n: must be at least 1")
     symbols = universe_symbols(rt, universe)
     held = {t["symbol"]: t for t in _holdings(rt)}
-    session, ranked, prices = _market_view(rt, symbols, list(held))
+    slots_full = refill_only and len(_occupied(rt)) >= top_n  # nothing to buy: the daily run needs no ranking
+    session, ranked, prices = _market_view(rt, [] if slots_full else symbols, list(held))
     regime = regime_labels.for_trading(rt, session.day)
     factor = regime["factor"] if regime else 1.0
     equity = rt.broker.account().equity
@@ -241,6 +242,8 @@ def _market_view(rt: Runtime, symbols: list[str], held: list[str]) -> tuple[Sess
     cal = rt.calendar
     session, fraction = cal.current_or_last_session(rt.clock.now())
     wanted = list(dict.fromkeys(symbols + held))
+    if not wanted:
+        return session, [], {}
     history = rt.market.bars(wanted, cal.sessions_back(session.day, YEAR_SESSIONS + 5),
                              cal.previous_session(session.day))
     history = corporate_actions.adjust_splits(history)  # a split inside the year would leave a stale high

@@ -13,7 +13,7 @@ from common.types import OrderRequest
 from config import load_config
 from flows.runtime import Runtime
 from main import cli
-from ports.sim_broker import SimBroker
+from ports.sim_broker import SCHEMA_VERSION, SimBroker
 
 ASOF = "2016-11-09T10:30"
 LATER = "2016-11-09T11:00"
@@ -129,7 +129,7 @@ def test_a_sim_file_from_before_account_ids_gets_one_when_first_opened(env):
     rt.close()
     rt.broker.close()
     reopened = SimBroker(path, rt.market, rt.clock)
-    assert reopened.account_id() == account and rows(path, "PRAGMA user_version") == [(2,)]
+    assert reopened.account_id() == account and rows(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
     reopened.close()
 
 

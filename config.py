@@ -127,7 +127,7 @@ VARIABLES: tuple[Var, ...] = (
        "beyond both partial exits; 0 = none", low=0, high=100),
     _v("MAX_HOLDING_PCT", "float", 25.0, "warn when one holding exceeds this share of equity, %", low=1, high=100),
     # the 52-week-high rebalance system
-    _v("REBALANCE_TOP_N", "int", 5, "rebalance: names held, the top N by previous close / 52-week high", low=1,
+    _v("REBALANCE_TOP_N", "int", 20, "rebalance: names held, the top N by previous close / 52-week high", low=1,
        high=100),
     _v("REBALANCE_SLEEVE_PCT", "float", 100.0, "rebalance: share of equity its holdings take, % (beside momentum, "
        "keep the two sleeves at 100 or less together)", low=1, high=100),

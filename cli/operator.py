@@ -225,21 +225,25 @@ def regime(ctx: click.Context, as_json: bool) -> None:
 @cli.command(name="rebalance")
 @click.option("--universe", "universe_name", required=True,
               help="A universe.json key (large, mid, small, all) or a GICS sector, e.g. 'Information Technology'.")
-@click.option("--top-n", type=click.IntRange(1, 100), default=5, show_default=True)
+@click.option("--top-n", type=click.IntRange(1, 100), default=None, help="Names held [default: REBALANCE_TOP_N].")
 @click.option("--dry-run", is_flag=True, help="Print the order table, send nothing.")
 @click.option("--force", is_flag=True, help="Run outside regular market hours.")
-@click.option("--first-session-only", is_flag=True, help="Do nothing unless today is the month's first session "
-              "(for cron).")
+@click.option("--first-session-only", is_flag=True, help="Do nothing unless today is the month's first session.")
+@click.option("--daily", is_flag=True, help="The daily run at REBALANCE_TIME (for cron): the full rebalance on the "
+              "month's first session and on a CRASH's first day, a refill of emptied slots on the others.")
 @click.pass_context
-def rebalance_command(ctx: click.Context, universe_name: str, top_n: int, dry_run: bool, force: bool,
-                      first_session_only: bool) -> None:
-    """The 52-week-high momentum rebalance: top N at equal weight x the regime's allocation."""
+def rebalance_command(ctx: click.Context, universe_name: str, top_n: int | None, dry_run: bool, force: bool,
+                      first_session_only: bool, daily: bool) -> None:
+    """The 52-week-high momentum rebalance: top N at equal weight of its sleeve x the regime's allocation."""
     from flows import operator, rebalance
 
     rt = start(ctx)
     click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
-    plan = rebalance.run_rebalance(rt, universe_name, top_n, dry_run=dry_run, force=force,
-                                   first_session_only=first_session_only)
+    if daily:
+        plan = rebalance.run_scheduled(rt, universe_name, top_n, dry_run=dry_run, force=force)
+    else:
+        plan = rebalance.run_rebalance(rt, universe_name, top_n, dry_run=dry_run, force=force,
+                                       first_session_only=first_session_only)
     click.echo(rebalance.plan_text(plan, top_n) if plan else "rebalance: not the month's first session; nothing to do")
     done(rt)
 

@@ -22,6 +22,12 @@ from realdata import BARS, cli, rows
 SECTOR = "Information Technology"
 
 
+@pytest.fixture(autouse=True)
+def _five_slots(monkeypatch):
+    """These tests count five slots (REBALANCE_TOP_N's default is 20, chosen on the five-year evidence)."""
+    monkeypatch.setenv("REBALANCE_TOP_N", "5")
+
+
 # --- the ranking on a crafted panel ---------------------------------------------------------------------------------
 
 def _panel(closes: dict[str, list[float]], highs: dict[str, list[float]] | None = None) -> Panel:

@@ -289,13 +289,20 @@ def _held_by_other_systems(rt: Runtime) -> set[str]:
 # --- validation and execution -------------------------------------------------------------------------------------
 
 def validate(rt: Runtime, plan: RebalancePlan) -> list[PlannedOrder]:
-    """Buys are affordable with cash plus the proceeds of this plan's sells, both counted with COST_ALLOWANCE; a buy
-    that does not fit is trimmed to the shares that do, and refused and recorded when none do."""
+    """The rebalance's order check (halt and market hours are checked before the plan): no buy after the account's
+    circuit breaker tripped today; buys affordable with cash plus the proceeds of this plan's sells, both counted
+    with COST_ALLOWANCE, a buy that does not fit trimmed to the shares that do, and refused and recorded when none
+    do. The sleeve's limits (REBALANCE_TOP_N slots of REBALANCE_SLEEVE_PCT) hold by construction of the plan."""
     account = rt.broker.account()
     available = account.buying_power + sum(o.qty * o.price for o in plan.orders if o.side == "sell") * (
         1 - COST_ALLOWANCE)
+    breaker = rt.journal.state("circuit_breaker_session") == str(rt.clock.today())
     accepted = []
     for order in plan.orders:
+        if order.side == "buy" and breaker:  # the account's day loss stops every system's buys, not its sells
+            _refuse(rt, plan, order, "the circuit breaker tripped today: no buys until the next session",
+                    gate="halted_or_circuit_breaker")
+            continue
         if order.side == "buy":
             unit = order.price * (1 + COST_ALLOWANCE)
             fits = min(order.qty, math.floor((available + 0.01) / unit))
@@ -312,11 +319,11 @@ def validate(rt: Runtime, plan: RebalancePlan) -> list[PlannedOrder]:
     return accepted
 
 
-def _refuse(rt: Runtime, plan: RebalancePlan, order: PlannedOrder, why: str) -> None:
+def _refuse(rt: Runtime, plan: RebalancePlan, order: PlannedOrder, why: str, gate: str = "buying_power") -> None:
     plan.refused.append((order.symbol, why))
     rt.journal.db.table("risk_events").insert({
         "created_at": rt.journal.now(), "run_id": rt.journal.run_id, "symbol": order.symbol, "side": "buy",
-        "qty": order.qty, "gate": "buying_power", "detail": why})
+        "qty": order.qty, "gate": gate, "detail": why})
 
 
 def execute(rt: Runtime, plan: RebalancePlan, orders: list[PlannedOrder]) -> None:

@@ -82,12 +82,23 @@ def test_a_missing_year_ago_close_ranks_after_a_known_return_in_a_tie():
 class _FakeJournal:
     run_id = "r1"
 
-    def __init__(self):
+    def __init__(self, breaker_session: str | None = None):
         self.risk_events = []
         self.db = SimpleNamespace(table=lambda name: SimpleNamespace(insert=self.risk_events.append))
+        self.breaker_session = breaker_session
 
     def now(self):
         return "2016-11-01T14:00:00+00:00"
+
+    def state(self, key):
+        return self.breaker_session if key == "circuit_breaker_session" else None
+
+
+def _fake_rt(journal, buying_power: float):
+    from datetime import date
+
+    return SimpleNamespace(broker=SimpleNamespace(account=lambda: SimpleNamespace(buying_power=buying_power)),
+                           journal=journal, clock=SimpleNamespace(today=lambda: date(2016, 11, 1)))
 
 
 def order(action: str, symbol: str, side: str, qty: int) -> PlannedOrder:
@@ -96,8 +107,7 @@ def order(action: str, symbol: str, side: str, qty: int) -> PlannedOrder:
 
 def test_buys_that_do_not_fit_are_trimmed_then_refused_with_the_sells_counted():
     journal = _FakeJournal()
-    rt = SimpleNamespace(broker=SimpleNamespace(account=lambda: SimpleNamespace(buying_power=4_000.0)),
-                         journal=journal)
+    rt = _fake_rt(journal, 4_000.0)
     plan = RebalancePlan("2016-11-01", "all", None, 1.0, 20_000.0, 3, orders=[
         order("CLOSE", "OLD", "sell", 60), order("OPEN", "AAA", "buy", 50), order("OPEN", "BBB", "buy", 50),
         order("OPEN", "CCC", "buy", 10)])
@@ -107,6 +117,17 @@ def test_buys_that_do_not_fit_are_trimmed_then_refused_with_the_sells_counted():
     assert plan.trimmed == [("BBB", "50 -> 49 shares: buying power net of sells 4,972.50")]
     assert [symbol for symbol, _ in plan.refused] == ["CCC"]
     assert journal.risk_events[0]["gate"] == "buying_power" and journal.risk_events[0]["symbol"] == "CCC"
+
+
+def test_after_the_circuit_breaker_tripped_today_the_rebalance_sells_but_buys_nothing():
+    journal = _FakeJournal(breaker_session="2016-11-01")
+    plan = RebalancePlan("2016-11-01", "all", None, 1.0, 20_000.0, 3, orders=[
+        order("CLOSE", "OLD", "sell", 60), order("OPEN", "AAA", "buy", 5)])
+    accepted = rebalance.validate(_fake_rt(journal, 50_000.0), plan)
+    assert [(o.symbol, o.side) for o in accepted] == [("OLD", "sell")]
+    assert [(e["symbol"], e["gate"]) for e in journal.risk_events] == [("AAA", "halted_or_circuit_breaker")]
+    yesterday = _FakeJournal(breaker_session="2016-10-31")
+    assert len(rebalance.validate(_fake_rt(yesterday, 50_000.0), plan)) == 2
 
 
 # --- on the real data -----------------------------------------------------------------------------------------------

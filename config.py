@@ -129,8 +129,9 @@ VARIABLES: tuple[Var, ...] = (
     # the 52-week-high rebalance system
     _v("REBALANCE_TOP_N", "int", 20, "rebalance: names held, the top N by previous close / 52-week high", low=1,
        high=100),
-    _v("REBALANCE_SLEEVE_PCT", "float", 100.0, "rebalance: share of equity its holdings take, % (beside momentum, "
-       "keep the two sleeves at 100 or less together)", low=1, high=100),
+    _v("REBALANCE_SLEEVE_PCT", "float", 40.0, "rebalance: share of equity its holdings take, %; beside momentum's "
+       "MAX_EXPOSURE_PCT (60) the two sleeves make the whole account (a backtest of the rebalance alone uses 100)",
+       low=1, high=100),
     _v("REBALANCE_STOP_PCT", "float", 15.0, "rebalance: its wide protective trailing stop, %", low=0.5, high=90),
     _v("REBALANCE_TIME", "str", "09:45", "rebalance: New York time of its daily run (the month's first session "
        "rebalances, the others refill slots a stop emptied)"),

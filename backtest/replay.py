@@ -14,7 +14,8 @@ session's close is left out, exactly as the command itself would refuse it):
 - rebalance systems: the rebalance's daily run at REBALANCE_TIME (the full rebalance on the month's first session,
   refills of slots a stop emptied on the others) and the same monitor runs (no momentum scans).
 - all: the momentum scans and the rebalance (with the regime) side by side in one account, each in its sleeve:
-  momentum MAX_EXPOSURE_PCT of equity, the rebalance REBALANCE_SLEEVE_PCT but at most what momentum leaves.
+  momentum MAX_EXPOSURE_PCT of equity, the rebalance REBALANCE_SLEEVE_PCT but at most what momentum leaves. A
+  rebalance system run alone trades the whole account (its sleeve is 100%).
 - every system: `daily-snapshot` at 16:05 and `update-outcomes` at 16:10.
 When two steps share a minute the monitor runs first, then the scan or rebalance (cron starts them together).
 
@@ -345,13 +346,13 @@ def prefill_regimes(rt: Runtime, sessions: list[Session]) -> int:
 # --- runtime of a backtest ----------------------------------------------------------------------------------------
 
 def sleeves_for(values: dict[str, Any], config, system: str) -> dict[str, Any]:
-    """The settings of a run: side by side (`all`), the rebalance gets at most the share momentum leaves."""
+    """The settings of a run: the rebalance run alone trades the whole account; side by side (`all`) it gets
+    REBALANCE_SLEEVE_PCT, at most the share momentum leaves."""
+    if system in ("rebalance", "rebalance-regime"):
+        return {**values, "REBALANCE_SLEEVE_PCT": 100.0}
     if system != "all":
         return values
-    room = 100.0 - config.max_exposure_pct
-    if config.rebalance_sleeve_pct <= room:
-        return values
-    return {**values, "REBALANCE_SLEEVE_PCT": room}
+    return {**values, "REBALANCE_SLEEVE_PCT": min(config.rebalance_sleeve_pct, 100.0 - config.max_exposure_pct)}
 
 
 def backtest_runtime(config, out_dir: Path, *, cut: date | None = None, cut_at: datetime | None = None,

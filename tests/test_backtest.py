@@ -145,10 +145,10 @@ class SameDayPeekingMarket(PeekingMarket):
         return session
 
 
-def _config(real_universe, shared_cache, tmp_path):  # noqa: F811
+def _config(real_universe, shared_cache, tmp_path, **settings):  # noqa: F811
     from config import load_config
 
-    return load_config({"UNIVERSE_FILE": str(real_universe), "DATA_SOURCE": f"csv:{BARS}", "BROKER": "sim",
+    return load_config({**settings, "UNIVERSE_FILE": str(real_universe), "DATA_SOURCE": f"csv:{BARS}", "BROKER": "sim",
                         "CACHE_DIR": str(shared_cache), "LOG_DIR": str(tmp_path / "logs"), "MOMENTUM_ASOF": ""})
 
 
@@ -190,7 +190,7 @@ def test_the_cut_inside_a_session_reports_a_strategy_that_peeks_at_the_same_days
 
 def test_rebalance_with_the_regime_filter_stays_out_in_the_2015_crash_and_without_it_buys(
         real_universe, shared_cache, tmp_path):  # noqa: F811
-    config = _config(real_universe, shared_cache, tmp_path)
+    config = _config(real_universe, shared_cache, tmp_path, REBALANCE_TOP_N="5")  # the five names it counts
     results = {}
     for system in ("rebalance", "rebalance-regime"):
         rt = replay.backtest_runtime(config, tmp_path / system)

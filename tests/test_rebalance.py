@@ -24,8 +24,10 @@ SECTOR = "Information Technology"
 
 @pytest.fixture(autouse=True)
 def _five_slots(monkeypatch):
-    """These tests count five slots (REBALANCE_TOP_N's default is 20, chosen on the five-year evidence)."""
+    """These tests count five slots of the whole account (the defaults: 20 slots, chosen on the five-year evidence,
+    in a 40% sleeve beside momentum's 60%)."""
     monkeypatch.setenv("REBALANCE_TOP_N", "5")
+    monkeypatch.setenv("REBALANCE_SLEEVE_PCT", "100")
 
 
 # --- the ranking on a crafted panel ---------------------------------------------------------------------------------

@@ -169,9 +169,10 @@ def test_all_systems_side_by_side_run_both_schedules_and_share_the_account():
     steps = replay.session_steps(calendar().session(date(2016, 6, 1)), "all", "all", time(9, 45))
     kinds = [(s.kind, s.moment.strftime("%H:%M")) for s in steps]
     assert ("rebalance", "09:45") in kinds and ("scan", "09:35") in kinds and ("scan", "15:30") in kinds
-    config = load_config({}, environ={})  # momentum 60% of equity leaves the rebalance 40%
+    config = load_config({"REBALANCE_SLEEVE_PCT": "70"}, environ={})  # momentum's 60% leaves the rebalance 40%
     assert replay.sleeves_for(dict(config._values), config, "all")["REBALANCE_SLEEVE_PCT"] == 40.0
-    assert replay.sleeves_for(dict(config._values), config, "rebalance") == dict(config._values)
+    assert replay.sleeves_for(dict(config._values), config, "rebalance")["REBALANCE_SLEEVE_PCT"] == 100.0
+    assert replay.sleeves_for(dict(config._values), config, "momentum") == dict(config._values)
 
 
 def test_the_rebalance_can_trade_only_once_a_year_of_history_is_behind_it(tmp_path):

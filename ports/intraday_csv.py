@@ -47,6 +47,8 @@ from ports.market_sources import (
     companion_market_file,
     default_cache_dir,
     load_cached,
+    one_line,
+    read_csv,
 )
 
 log = logging.getLogger(__name__)
@@ -107,38 +109,11 @@ def parse_intraday_file(path: Path) -> dict[str, np.ndarray]:
 
 
 def _read_rows(path: Path) -> pd.DataFrame:
-    try:
-        header = pd.read_csv(path, nrows=0)
-        missing = [name for name in INTRADAY_COLUMNS if name not in header.columns]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)} "
-                            f"(expected {','.join(INTRADAY_COLUMNS)})")
-        frame = pd.read_csv(path, usecols=list(INTRADAY_COLUMNS), dtype={"timestamp": str, "symbol": str})
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError,
-            pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: cannot read intraday bars ({_one_line(exc)})") from None
+    frame = read_csv(path, INTRADAY_COLUMNS, BAR_FIELDS, what="intraday bars")
     frame = frame.dropna(subset=["timestamp", "symbol"])
     if frame.empty:
         raise DataError(f"{path}: no rows of intraday bars")
-    for name in BAR_FIELDS:
-        frame[name] = _as_numbers(path, name, frame[name])
     return frame
-
-
-def _as_numbers(path: Path, name: str, values: pd.Series) -> pd.Series:
-    """A numeric column as float64; text cells become NaN (counted in the log), as the daily reader does."""
-    if pd.api.types.is_numeric_dtype(values):
-        return values.astype(np.float64)
-    numbers = pd.to_numeric(values, errors="coerce")
-    garbled = int((numbers.isna() & values.notna()).sum())
-    if garbled:
-        log.warning("%s: %d non-numeric value(s) in column %s read as missing", path, garbled, name)
-    return numbers.astype(np.float64)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _utc_seconds(path: Path, stamps: pd.Series) -> np.ndarray:
@@ -151,7 +126,7 @@ def _utc_seconds(path: Path, stamps: pd.Series) -> np.ndarray:
     try:
         moments = pd.DatetimeIndex(pd.to_datetime(stamps, utc=True, format="ISO8601"))
     except (ValueError, TypeError) as exc:
-        raise DataError(f"{path}: bad timestamp ({_one_line(exc)})") from None
+        raise DataError(f"{path}: bad timestamp ({one_line(exc)})") from None
     return moments.asi8 // 1_000_000_000
 
 

@@ -195,10 +195,10 @@ def load_cached(source: Path, cache_dir: Path | None, parse: Callable[[Path], di
 
 # ----------------------------------------------------------------------------------------------------------- csv
 
-def _read_csv(path: Path, required: Sequence[str], numeric: Sequence[str], optional: Sequence[str] = ()
-              ) -> pd.DataFrame:
-    """The required columns of a CSV (gz allowed) and those of `optional` it has, or DataError naming the file and
-    what is wrong."""
+def read_csv(path: Path, required: Sequence[str], numeric: Sequence[str], optional: Sequence[str] = (),
+             what: str = "market data") -> pd.DataFrame:
+    """The required columns of a CSV (gz allowed) and those of `optional` it has, numeric ones as float64, or
+    DataError naming the file and what is wrong (`what` says what the file holds)."""
     try:
         header = pd.read_csv(path, nrows=0)
         missing = [name for name in required if name not in header.columns]
@@ -206,11 +206,12 @@ def _read_csv(path: Path, required: Sequence[str], numeric: Sequence[str], optio
             raise DataError(f"{path}: missing column(s) {', '.join(missing)} "
                             f"(expected {','.join(required)})")
         present = [name for name in optional if name in header.columns]
-        frame = pd.read_csv(path, usecols=[*required, *present], dtype={"date": str, "symbol": str})
+        frame = pd.read_csv(path, usecols=[*required, *present],
+                            dtype={name: str for name in ("date", "timestamp", "symbol") if name in required})
         numeric = [*numeric, *present]
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
-        raise DataError(f"{path}: cannot read market data ({_one_line(exc)})") from None
+        raise DataError(f"{path}: cannot read {what} ({one_line(exc)})") from None
     for name in numeric:
         frame[name] = _as_numbers(path, name, frame[name])
     return frame
@@ -227,7 +228,7 @@ def _as_numbers(path: Path, name: str, values: pd.Series) -> pd.Series:
     return numbers.astype(np.float64)
 
 
-def _one_line(exc: BaseException) -> str:
+def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -236,12 +237,12 @@ def _parse_dates(path: Path, values: pd.Series) -> np.ndarray:
     try:
         return pd.to_datetime(values, format="ISO8601").to_numpy().astype("datetime64[D]")
     except (ValueError, TypeError) as exc:
-        raise DataError(f"{path}: bad date ({_one_line(exc)})") from None
+        raise DataError(f"{path}: bad date ({one_line(exc)})") from None
 
 
 def parse_stock_file(path: Path) -> dict[str, np.ndarray]:
     """Pivot a long-format daily file into dates x symbols float64 arrays (NaN where a symbol has no row)."""
-    frame = _read_csv(path, STOCK_COLUMNS, BAR_FIELDS, optional=(DIVIDEND,))
+    frame = read_csv(path, STOCK_COLUMNS, BAR_FIELDS, optional=(DIVIDEND,))
     frame = frame.dropna(subset=["date", "symbol"])
     day = _parse_dates(path, frame["date"])
     date_codes, dates = pd.factorize(day, sort=True)
@@ -268,7 +269,7 @@ def _last_of_duplicates(path: Path, keys: np.ndarray) -> np.ndarray:
 
 def parse_market_file(path: Path) -> dict[str, np.ndarray]:
     """SPY and VIX daily columns of a market file, sorted by date (and the optional SPY price-return columns)."""
-    frame = _read_csv(path, MARKET_COLUMNS, MARKET_COLUMNS[1:], optional=OPTIONAL_MARKET_COLUMNS)
+    frame = read_csv(path, MARKET_COLUMNS, MARKET_COLUMNS[1:], optional=OPTIONAL_MARKET_COLUMNS)
     frame = frame.dropna(subset=["date"])
     frame["date"] = _parse_dates(path, frame["date"])
     frame = frame.drop_duplicates("date", keep="last").sort_values("date")

@@ -11,8 +11,9 @@ Values are taken at each session's close; a missing close carries the last one f
   It is never imitated from the adjusted series.
 - equal-weighted universe (price only): every universe symbol (a point-in-time universe: its members on that day)
   with a bar at the first tradable session, bought at equal weight (fractional shares) at the close before it and
-  held; a symbol whose data ends is sold at its last close into cash. The stock data is split-adjusted but carries no dividends, exactly like the prices the system
-  trades on, so this is the like-for-like benchmark of the stock picking. (Stock data with a `dividend` column is
+  held; a symbol whose data ends is sold at its last close into cash. The stock data is split-adjusted but carries
+  no dividends, exactly like the prices the system trades on, so this is the like-for-like benchmark of the stock
+  picking. (Stock data with a `dividend` column is
   paid to the account by the sim broker; the benchmark then keeps the same dividends as cash, and says so.)
 """
 from __future__ import annotations

@@ -44,11 +44,12 @@ from common.types import BAR_FIELDS, INTRADAY, Panel, SessionBars, Snapshot
 from ports.market_sources import (
     SPREAD,
     FileMarket,
-    companion_market_file,
-    default_cache_dir,
+    close_before_table,
     load_cached,
     one_line,
+    positions,
     read_csv,
+    window,
 )
 
 log = logging.getLogger(__name__)
@@ -253,26 +254,17 @@ class IntradayCsvMarket(FileMarket):
     static_history = True  # the file does not change while it is open (flows/prepared_history.py)
 
     def __init__(self, path: str | Path, market_path: str | Path | None = None, cache_dir: Path | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: market data file not found")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._open_files(path, market_path, cache_dir)
         arrays = load_cached(self.path, self.cache_dir, parse_intraday_file, "intraday")
         self.dates: np.ndarray = arrays["sessions"]
         self.symbols: list[str] = [str(s) for s in arrays["symbols"]]
         self.bar_seconds = int(arrays["bar_seconds"])
         self._bars_of = arrays  # the long bar arrays and the session index into them
         self._daily = {name: arrays[f"daily_{name}"] for name in BAR_FIELDS}
-        self._close_before = _close_before_table(self._daily["close"])
+        self._close_before = close_before_table(self._daily["close"])
         self._column = {symbol: j for j, symbol in enumerate(self.symbols)}
-        if market_path is not None and not Path(market_path).is_file():
-            raise DataError(f"{market_path}: market (SPY/VIX) file not found")
-        self.market_path = Path(market_path) if market_path is not None else companion_market_file(self.path)
-        self._market: dict[str, np.ndarray] | None = None
         self._views: dict[int, _SessionView] = {}
         self._columns_memo: dict[tuple, np.ndarray] = {}
-        self._bars_memo: dict[tuple, Panel] = {}
-        self._series_memo: dict[tuple, pd.DataFrame] = {}
 
     # --- daily bars
 
@@ -288,16 +280,16 @@ class IntradayCsvMarket(FileMarket):
         return Panel(stored.dates, list(stored.symbols), *(getattr(stored, name) for name in BAR_FIELDS))
 
     def _daily_panel(self, symbols: list[str], start: date, end: date) -> Panel:
-        dates = self.dates[_window(self.dates, start, end)]
+        dates = self.dates[window(self.dates, start, end)]
         serve_spy = self._spy_from_market(symbols)
         if serve_spy:
             market_dates = self._market_arrays()["dates"]
-            dates = np.union1d(dates, market_dates[_window(market_dates, start, end)])
-        rows, columns = _positions(self.dates, dates), self._columns(symbols)
+            dates = np.union1d(dates, market_dates[window(market_dates, start, end)])
+        rows, columns = positions(self.dates, dates), self._columns(symbols)
         fields = {name: _gather(self._daily[name], rows, columns) for name in BAR_FIELDS}
         if serve_spy:
             market = self._market_arrays()
-            market_rows = _positions(market["dates"], dates)
+            market_rows = positions(market["dates"], dates)
             for name in BAR_FIELDS:
                 spy = np.where(market_rows >= 0, market[f"spy_{name}"][np.maximum(market_rows, 0)], np.nan)
                 fields[name][:, [j for j, s in enumerate(symbols) if s == "SPY"]] = spy[:, None]
@@ -336,7 +328,7 @@ class IntradayCsvMarket(FileMarket):
         return SessionBars(session=session, symbols=symbols, ends=view.ends.copy(), **arrays)
 
     def _session_row(self, session: date) -> int:
-        row = int(_positions(self.dates, np.array([session], dtype="datetime64[D]"))[0])
+        row = int(positions(self.dates, np.array([session], dtype="datetime64[D]"))[0])
         if row < 0:
             raise DataError(f"no data for session {session} in {self.path} "
                             f"(covers {self.first_date} .. {self.last_date})")
@@ -359,7 +351,7 @@ class IntradayCsvMarket(FileMarket):
                       session: date, fraction: float) -> None:
         """SPY from the daily market file: its open before the close (volume unknown), the whole bar from the close."""
         market = self._market_arrays()
-        row = int(_positions(market["dates"], np.array([session], dtype="datetime64[D]"))[0])
+        row = int(positions(market["dates"], np.array([session], dtype="datetime64[D]"))[0])
         bar = {name: market[f"spy_{name}"][row] if row >= 0 else np.nan for name in BAR_FIELDS}
         whole = fraction >= 1.0
         known = {"open": bar["open"], "price": bar["close"] if whole else bar["open"],
@@ -381,14 +373,6 @@ class IntradayCsvMarket(FileMarket):
         return columns
 
 
-def _close_before_table(closes: np.ndarray) -> np.ndarray:
-    """Row r, column j: symbol j's last non-NaN close in rows < r (NaN when it has none)."""
-    filled = _forward_filled(closes) if closes.size else closes
-    before = np.full_like(closes, np.nan)
-    before[1:] = filled[:-1]
-    return before
-
-
 def _gather(table: np.ndarray, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
     """`table` at `rows` (-1: NaN row) and `columns` (-1: NaN column), as a new array."""
     out = table.take(np.maximum(rows, 0), axis=0).take(np.maximum(columns, 0), axis=1)
@@ -401,18 +385,3 @@ def _remember(memo: dict, key: tuple, value) -> None:
     if len(memo) >= _MEMO_SIZE:
         memo.pop(next(iter(memo)))  # the oldest request goes first
     memo[key] = value
-
-
-def _window(dates: np.ndarray, start: date, end: date) -> slice:
-    lo = int(np.searchsorted(dates, np.datetime64(start, "D")))
-    hi = int(np.searchsorted(dates, np.datetime64(end, "D"), side="right"))
-    return slice(lo, max(lo, hi))
-
-
-def _positions(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
-    """Index of each needle date in the sorted `haystack`, -1 where absent."""
-    if len(haystack) == 0:
-        return np.full(len(needles), -1)
-    at = np.searchsorted(haystack, needles)
-    found = (at < len(haystack)) & (haystack[np.minimum(at, len(haystack) - 1)] == needles)
-    return np.where(found, at, -1)

@@ -295,6 +295,20 @@ class FileMarket:
     dates: np.ndarray
     symbols: list[str]
 
+    def _open_files(self, path: str | Path, market_path: str | Path | None, cache_dir: Path | None) -> None:
+        """The bars file (it must exist), its cache folder and the SPY/VIX file (given, or the companion beside
+        it), with empty memos; a subclass then loads the bars."""
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: market data file not found")
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        if market_path is not None and not Path(market_path).is_file():
+            raise DataError(f"{market_path}: market (SPY/VIX) file not found")
+        self.market_path = Path(market_path) if market_path is not None else companion_market_file(self.path)
+        self._market: dict[str, np.ndarray] | None = None
+        self._bars_memo: dict[tuple, Panel] = {}
+        self._series_memo: dict[tuple, pd.DataFrame] = {}
+
     @property
     def first_date(self) -> date:
         return self.dates[0].astype(date)
@@ -330,7 +344,7 @@ class FileMarket:
         stored = self._series_memo.get(key)
         if stored is None:
             market = self._market_arrays()
-            rows = _window(market["dates"], start, end)
+            rows = window(market["dates"], start, end)
             index = pd.DatetimeIndex(market["dates"][rows], name="date")
             stored = pd.DataFrame({name: market[name][rows] for name in (*MARKET_COLUMNS[1:], *OPTIONAL_MARKET_COLUMNS)
                                    if name in market}, index=index)
@@ -347,10 +361,7 @@ class CsvMarket(FileMarket):
     static_history = True  # the file does not change while it is open (flows/prepared_history.py)
 
     def __init__(self, path: str | Path, market_path: str | Path | None = None, cache_dir: Path | None = None):
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise DataError(f"{self.path}: market data file not found")
-        self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._open_files(path, market_path, cache_dir)
         arrays = load_cached(self.path, self.cache_dir, parse_stock_file, "stocks")
         if len(arrays["dates"]) == 0:
             raise DataError(f"{self.path}: no rows of market data")
@@ -359,12 +370,6 @@ class CsvMarket(FileMarket):
         self._fields = {name: arrays[name] for name in BAR_FIELDS}
         self._dividends = arrays.get(DIVIDEND)
         self._column = {symbol: j for j, symbol in enumerate(self.symbols)}
-        if market_path is not None and not Path(market_path).is_file():
-            raise DataError(f"{market_path}: market (SPY/VIX) file not found")
-        self.market_path = Path(market_path) if market_path is not None else companion_market_file(self.path)
-        self._market: dict[str, np.ndarray] | None = None
-        self._bars_memo: dict[tuple, Panel] = {}
-        self._series_memo: dict[tuple, pd.DataFrame] = {}
 
     # --- bars and snapshots
 
@@ -391,7 +396,7 @@ class CsvMarket(FileMarket):
         """Cash per share paid on each ex-date start..end (from the file's `dividend` column; none without one)."""
         if self._dividends is None:
             return {}
-        rows = _window(self.dates, start, end)
+        rows = window(self.dates, start, end)
         paid: dict[tuple[str, date], float] = {}
         for symbol in symbols:
             j = self._column.get(symbol)
@@ -418,12 +423,12 @@ class CsvMarket(FileMarket):
         return Panel(stored.dates, list(stored.symbols), *(getattr(stored, name) for name in BAR_FIELDS))
 
     def _bars(self, symbols: list[str], start: date, end: date) -> Panel:
-        dates = self.dates[_window(self.dates, start, end)]
+        dates = self.dates[window(self.dates, start, end)]
         serve_spy = self._spy_from_market(symbols)
         if serve_spy:
             market_dates = self._market_arrays()["dates"]
-            dates = np.union1d(dates, market_dates[_window(market_dates, start, end)])
-        rows, columns = _positions(self.dates, dates), self._columns(symbols)
+            dates = np.union1d(dates, market_dates[window(market_dates, start, end)])
+        rows, columns = positions(self.dates, dates), self._columns(symbols)
         fields = {name: self._gather(name, rows, columns) for name in BAR_FIELDS}
         if serve_spy:
             self._fill_spy(fields, symbols, dates)
@@ -431,7 +436,7 @@ class CsvMarket(FileMarket):
 
     def _fill_spy(self, fields: dict[str, np.ndarray], symbols: list[str], dates: np.ndarray) -> None:
         market = self._market_arrays()
-        rows = _positions(market["dates"], dates)
+        rows = positions(market["dates"], dates)
         spy_columns = [j for j, s in enumerate(symbols) if s == "SPY"]
         for name in BAR_FIELDS:
             values = np.where(rows >= 0, market[f"spy_{name}"][np.maximum(rows, 0)], np.nan)
@@ -440,7 +445,7 @@ class CsvMarket(FileMarket):
 
     def snapshot(self, symbols: Sequence[str], session: date, fraction: float) -> Snapshot:
         symbols = list(symbols)
-        row = int(_positions(self.dates, np.array([session], dtype="datetime64[D]"))[0])
+        row = int(positions(self.dates, np.array([session], dtype="datetime64[D]"))[0])
         if row < 0:
             raise DataError(f"no data for session {session} in {self.path} "
                             f"(covers {self.first_date} .. {self.last_date})")
@@ -461,20 +466,12 @@ class CsvMarket(FileMarket):
         return self._gather("_close_before", np.array([row]), columns)[0]
 
     def _close_before_table(self) -> np.ndarray:
-        """Row r, column j: symbol j's last non-NaN close in rows < r (NaN when it has none)."""
-        closes = self._fields["close"]
-        rows = np.arange(closes.shape[0])[:, None]
-        last_row = np.maximum.accumulate(np.where(~np.isnan(closes), rows, -1), axis=0)
-        filled = np.where(last_row >= 0, closes[np.maximum(last_row, 0), np.arange(closes.shape[1])[None, :]],
-                          np.nan)
-        before = np.full_like(closes, np.nan)
-        before[1:] = filled[:-1]
-        return before
+        return close_before_table(self._fields["close"])
 
     def _spy_snapshot_bar(self, bar: dict[str, np.ndarray], prev_close: np.ndarray, symbols: list[str],
                           session: date) -> None:
         market = self._market_arrays()
-        row = int(_positions(market["dates"], np.array([session], dtype="datetime64[D]"))[0])
+        row = int(positions(market["dates"], np.array([session], dtype="datetime64[D]"))[0])
         for j, symbol in enumerate(symbols):
             if symbol != "SPY":
                 continue
@@ -483,13 +480,25 @@ class CsvMarket(FileMarket):
             prev_close[j] = market["spy_close"][row - 1] if row > 0 else np.nan
 
 
-def _window(dates: np.ndarray, start: date, end: date) -> slice:
+def close_before_table(closes: np.ndarray) -> np.ndarray:
+    """Row r, column j: symbol j's last non-NaN close in rows < r (NaN when it has none)."""
+    rows = np.arange(closes.shape[0])[:, None]
+    last_row = np.maximum.accumulate(np.where(~np.isnan(closes), rows, -1), axis=0)
+    filled = np.where(last_row >= 0, closes[np.maximum(last_row, 0), np.arange(closes.shape[1])[None, :]],
+                      np.nan)
+    before = np.full_like(closes, np.nan)
+    before[1:] = filled[:-1]
+    return before
+
+
+def window(dates: np.ndarray, start: date, end: date) -> slice:
+    """The rows of the sorted `dates` from start to end, both included."""
     lo = int(np.searchsorted(dates, np.datetime64(start, "D")))
     hi = int(np.searchsorted(dates, np.datetime64(end, "D"), side="right"))
     return slice(lo, max(lo, hi))
 
 
-def _positions(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
+def positions(haystack: np.ndarray, needles: np.ndarray) -> np.ndarray:
     """Index of each needle date in the sorted `haystack`, -1 where absent."""
     at = np.searchsorted(haystack, needles)
     inside = at < len(haystack)

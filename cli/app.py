@@ -112,9 +112,20 @@ def cli(ctx: click.Context, verbose: bool, **options: str | None) -> None:
     ctx.call_on_close(ctx.obj.close)
 
 
+# Commands that hold their lock (common/locks.py) for their whole run, taken here before the run is recorded; the
+# scan takes its own around the work, after its input checks.
+LOCKED_HERE = ("monitor", "jobs", "rebalance", "reconcile")
+
+
 def start(ctx: click.Context):
-    """The command's runtime, its run recorded as started in the journal."""
+    """The command's runtime, its run recorded as started in the journal (under the command's lock, if it has one:
+    a second monitor, job, rebalance or reconcile on the same journal exits 75)."""
+    from common.locks import command_lock
+
     rt = ctx.find_root().obj
+    top = ctx.command_path.split()[1:2]
+    if top and top[0] in LOCKED_HERE:
+        ctx.with_resource(command_lock(rt.journal.path, top[0]))
     rt.journal.start_run(ctx.command_path)
     return rt
 

@@ -81,10 +81,14 @@ class OrderNotFound(MomentumError):
     """The broker knows no order with this id."""
 
 
-class ScanLocked(MomentumError):
-    """Another scan holds the scan lock."""
+class CommandLocked(MomentumError):
+    """Another process runs the same command on this journal (it holds the command's lock); cron tries again."""
 
     exit_code = EXIT_LOCKED
+
+
+class ScanLocked(CommandLocked):
+    """Another scan holds the scan lock."""
 
 
 class PositionBusy(MomentumError):

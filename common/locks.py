@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from common.errors import ScanLocked
+from common.errors import CommandLocked, ScanLocked
 
 
 @contextlib.contextmanager
@@ -110,23 +110,46 @@ def position_locks(journal_path: Path) -> PositionLocks:
     return locks
 
 
-def lock_path(journal_path: Path) -> Path:
-    return journal_path.with_name(journal_path.name + ".scan.lock")
+# The commands that run under a lock of their own: one of each at a time per journal. A second one exits 75 (cron
+# tries again at its next slot); `tick` never starts one whose lock is held.
+LOCKED_COMMANDS = ("scan", "monitor", "jobs", "rebalance", "reconcile", "tick")
+
+
+def lock_path(journal_path: Path, command: str = "scan") -> Path:
+    return journal_path.with_name(f"{journal_path.name}.{command}.lock")
+
+
+def holder(journal_path: Path, command: str) -> str | None:
+    """The pid holding `command`'s lock on this journal, or None when it is free (a read: the lock is not kept)."""
+    path = lock_path(Path(journal_path), command)
+    if not path.exists():
+        return None
+    with exclusive(path) as fd:
+        if fd is not None:
+            return None
+    return path.read_text(errors="replace").strip() or "unknown"
 
 
 @contextlib.contextmanager
-def scan_lock(journal_path: Path) -> Iterator[Path]:
-    """One scan at a time per journal; the pid written inside is for the refusal message only."""
-    path = lock_path(Path(journal_path))
+def command_lock(journal_path: Path, command: str, error: type[CommandLocked] = CommandLocked) -> Iterator[Path]:
+    """One `command` at a time per journal; the pid written inside is for the refusal message only."""
+    if command not in LOCKED_COMMANDS:
+        raise ValueError(f"no lock for command {command!r}")
+    path = lock_path(Path(journal_path), command)
     with exclusive(path) as fd:
         if fd is None:
-            holder = path.read_text(errors="replace").strip() or "unknown"
-            raise ScanLocked(f"another scan is running on this journal (pid {holder}); skipped")
+            pid = path.read_text(errors="replace").strip() or "unknown"
+            raise error(f"another {command} is running on this journal (pid {pid}); skipped")
         pid = str(os.getpid()).encode()
-        if os.pread(fd, len(pid) + 1, 0) != pid:  # a process scanning again (a backtest) already wrote its pid
+        if os.pread(fd, len(pid) + 1, 0) != pid:  # a process running it again (a backtest) already wrote its pid
             os.ftruncate(fd, 0)
             os.pwrite(fd, pid, 0)
         yield path
+
+
+def scan_lock(journal_path: Path) -> contextlib.AbstractContextManager[Path]:
+    """One scan at a time per journal."""
+    return command_lock(journal_path, "scan", ScanLocked)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,90 @@
+"""Command line of the files that start the product on a server: `deploy crontab` and `deploy systemd`.
+
+Thin: check the two paths the files will hold (a project folder with main.py, an executable python), generate the
+text (core/deploy.py) and print or write it. The defaults are this checkout and the interpreter running the command,
+so run from the project's virtualenv the files start the product exactly as it was just started.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from cli.app import cli
+from common.errors import ConfigError
+
+PROJECT = Path(__file__).resolve().parent.parent  # the folder of main.py
+
+
+def _home(home: str | None) -> str:
+    path = Path(home).expanduser().resolve() if home else PROJECT
+    if not (path / "main.py").is_file():
+        raise ConfigError(f"--home {home or path}: no main.py there (expected the project folder)")
+    return str(path)
+
+
+def _python(python: str | None) -> str:
+    """Absolute but not resolved: a virtualenv's python is a link to the system one, which would bypass the venv."""
+    path = Path(os.path.expanduser(python)).absolute() if python else Path(sys.executable)
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        raise ConfigError(f"--python {python or path}: not an executable file")
+    return str(path)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Temp file in the same folder, then a rename: systemd never reads half a unit."""
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.chmod(temporary, 0o644)  # unit files are read by systemd and listed by users, like the ones it ships
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+@cli.group(name="deploy")
+def deploy_group() -> None:
+    """Files that start the product every minute on a server (cron or systemd): `tick` and `bot poll`."""
+
+
+HOME_HELP = "Project folder holding main.py [default: this one]."
+PYTHON_HELP = "Interpreter to run it with [default: the one running this command, e.g. the virtualenv's]."
+
+
+@deploy_group.command(name="crontab")
+@click.option("--home", help=HOME_HELP)
+@click.option("--python", help=PYTHON_HELP)
+def crontab_command(home: str | None, python: str | None) -> None:
+    """Print a crontab running `main.py tick` and `main.py bot poll` every minute, output in logs/cron.log.
+    Install with `python main.py deploy crontab | crontab -` (replaces this user's crontab)."""
+    from core.deploy import crontab_text
+
+    click.echo(crontab_text(_home(home), _python(python)), nl=False)
+
+
+@deploy_group.command(name="systemd")
+@click.option("--out", required=True, help="Folder to write the four unit files into (created if missing).")
+@click.option("--home", help=HOME_HELP)
+@click.option("--python", help=PYTHON_HELP)
+@click.option("--user", help="User the services run as [default: none given, so root for system units].")
+def systemd_command(out: str, home: str | None, python: str | None, user: str | None) -> None:
+    """Write momentum-tick and momentum-bot .service and .timer units into OUT: oneshot services started by timers
+    at second 0 of every minute, output in the journal. Install: copy them to /etc/systemd/system, then
+    `systemctl daemon-reload && systemctl enable --now momentum-tick.timer momentum-bot.timer`."""
+    from core.deploy import systemd_units
+
+    units = systemd_units(_home(home), _python(python), user)
+    folder = Path(out).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, text in units.items():
+            _write_atomically(folder / name, text)
+    except OSError as err:
+        raise ConfigError(f"--out {out}: cannot write the units ({err.strerror or err})") from None
+    for name in units:
+        click.echo(folder / name)

@@ -131,8 +131,13 @@ def daily_snapshot(rt: Runtime) -> JobResult:
                f"cumulative {row['cum_return_pct']:+.2f}%")
     if row["spy_cum_return_pct"] is not None:
         message += f" vs SPY {row['spy_cum_return_pct']:+.2f}%"
+    from flows import tick
+
+    late = tick.raise_dead_man(rt, rt.clock.now())  # the session's planned runs that did not run
+    if late:
+        message += f"; DEAD-MAN alert: {len(late)} planned run(s) did not run"
     return JobResult("daily-snapshot", "done", message,
-                     {"opened": row["trades_opened"], "closed": row["trades_closed"]})
+                     {"opened": row["trades_opened"], "closed": row["trades_closed"], "not run": len(late)})
 
 
 # --- update-outcomes -----------------------------------------------------------------------------------------------
@@ -313,7 +318,8 @@ def _delete_old_rows(rt: Runtime, cutoff: date) -> dict[str, int]:
     with rt.journal.atomic():
         candidates = rt.journal.db.execute("DELETE FROM candidates WHERE session < ?", [cutoff.isoformat()]).rowcount
         checks = rt.journal.db.execute("DELETE FROM position_checks WHERE checked_at < ?", [cutoff_utc]).rowcount
-    return {"candidates deleted": candidates, "position checks deleted": checks}
+        slots = rt.journal.db.execute("DELETE FROM schedule_slots WHERE session < ?", [cutoff.isoformat()]).rowcount
+    return {"candidates deleted": candidates, "position checks deleted": checks, "schedule slots deleted": slots}
 
 
 def _optimise(rt: Runtime) -> int:
@@ -335,7 +341,9 @@ def _optimise(rt: Runtime) -> int:
 
 
 def rotate_logs(log_dir: Path, today: date) -> dict[str, int]:
-    """Delete audit CSVs older than the retention, and roll momentum.jsonl over to .1 when it grows too big."""
+    """Delete audit CSVs older than the retention, and roll momentum.jsonl and cron.log (the output cron appends)
+    over to .1 when they grow too big. Cron reopens cron.log for every command it starts, so the next line lands in
+    a new file."""
     cutoff = today - timedelta(days=RETENTION_DAYS)
     deleted = 0
     for path in sorted(Path(log_dir).glob("trades_*.csv")):
@@ -346,12 +354,13 @@ def rotate_logs(log_dir: Path, today: date) -> dict[str, int]:
         if day < cutoff:
             path.unlink()
             deleted += 1
-    main_log = Path(log_dir) / "momentum.jsonl"
     rotated = 0
-    if main_log.exists() and main_log.stat().st_size > LOG_ROTATE_BYTES:
-        os.replace(main_log, main_log.with_name(main_log.name + ".1"))
-        _reopen_log_handlers(main_log)
-        rotated = 1
+    for name in ("momentum.jsonl", "cron.log"):
+        path = Path(log_dir) / name
+        if path.exists() and path.stat().st_size > LOG_ROTATE_BYTES:
+            os.replace(path, path.with_name(path.name + ".1"))
+            _reopen_log_handlers(path)
+            rotated += 1
     return {"audit files deleted": deleted, "logs rotated": rotated}
 
 

@@ -38,3 +38,34 @@ def schedule_command(ctx: click.Context, day: str | None, as_json: bool) -> None
                                for s, runs in plans], indent=2))
         return
     click.echo("\n\n".join(schedule.schedule_text(s, runs) for s, runs in plans))
+
+
+@cli.command()
+@click.pass_context
+def tick(ctx: click.Context) -> None:
+    """Run whatever the schedule has due now, each planned run once (started every minute by cron or a systemd
+    timer, in any time zone). Exits 75, silently, while another tick is still running."""
+    import logging
+    import sys
+
+    from cli.app import GLOBAL_OPTIONS, deliver_alerts
+    from common.errors import EXIT_LOCKED, CommandLocked
+    from common.locks import command_lock
+    from flows import tick as ticking
+
+    root = ctx.find_root()
+    rt = root.obj
+    try:
+        ctx.with_resource(command_lock(rt.journal.path, "tick"))  # held until the command ends
+    except CommandLocked as err:
+        logging.getLogger("momentum").info("tick: %s", err)
+        sys.exit(EXIT_LOCKED)
+    now = rt.clock.now()
+    environment = {GLOBAL_OPTIONS[name]: value for name, value in root.params.items()
+                   if name in GLOBAL_OPTIONS and value is not None}
+    for result in ticking.tick(rt, now, ticking.subprocess_runner(environment)):
+        click.echo(result.text())
+        for line in result.output.rstrip().splitlines():
+            click.echo(f"    {line}")
+    ticking.raise_dead_man(rt, now)
+    deliver_alerts(rt)

@@ -1,6 +1,7 @@
 """Operator commands: status, positions, orders, settings, errors. Each returns data; *_text() formats it."""
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import Any
 
 from common import render
@@ -68,8 +69,29 @@ def status(rt: Runtime) -> dict[str, Any]:
         "settings": settings, "halted": settings["halt"] == "on",
         "circuit_breaker": breaker == str(rt.clock.today()), "last_scan": last_scan,
         "position_checks": checks, "open_trades": open_trades,
-        "journal": str(journal.path), "data_source": rt.config.data_source,
+        "journal": str(journal.path), "data_source": rt.config.data_source, "schedule": schedule_state(rt),
     }
+
+
+TICK_OVERDUE_AFTER = timedelta(minutes=5)
+
+
+def schedule_state(rt: Runtime) -> dict[str, Any]:
+    """Whether `tick` keeps the schedule, when it last ran, the last run of each scheduled command and the planned
+    runs that are overdue (the dead-man view)."""
+    from flows import tick
+
+    now = rt.clock.now()
+    started = tick.schedule_started(rt)
+    last_tick = rt.journal.state(tick.LAST_TICK_KEY)
+    last_tick = datetime.fromisoformat(last_tick) if last_tick else None
+    overdue = tick.overdue(rt, now)
+    lines = tick.grouped(overdue)
+    if last_tick is not None and rt.calendar.is_open(now) and now - last_tick > TICK_OVERDUE_AFTER:
+        lines.insert(0, f"tick: none since {render.ny_time(last_tick)} during the session (is cron or the timer "
+                        "running?)")
+    return {"kept_by_tick": started is not None, "started_at": started, "last_tick_at": last_tick,
+            "last_runs": tick.last_runs(rt), "overdue": [item.as_dict() for item in overdue], "overdue_lines": lines}
 
 
 def status_text(data: dict[str, Any]) -> str:
@@ -111,6 +133,19 @@ def status_text(data: dict[str, Any]) -> str:
         ("last scan", scan_line),
         ("position checks", f"{checks['n']} recorded, last {checks['last'] or '-'}"),
     ]
+    schedule = data["schedule"]
+    if schedule["kept_by_tick"]:
+        pairs.append(("schedule", f"kept by tick since {render.ny_time(schedule['started_at'])}, last tick "
+                                  f"{render.ny_time(schedule['last_tick_at'])}"))
+    else:
+        pairs.append(("schedule", "no tick has run on this journal (see `python main.py deploy crontab`)"))
+    lines = schedule["overdue_lines"]
+    pairs.append(("overdue", f"{len(schedule['overdue'])} planned run(s) did not run" if lines else "nothing"))
+    pairs += [("", line) for line in lines]
+    for run in schedule["last_runs"]:
+        code = f" (exit {run['exit_code']})" if run["exit_code"] not in (0, None) else ""
+        pairs.append((f"last {run['command'].split(' ', 1)[-1]}",
+                      f"{render.ny_time(datetime.fromisoformat(run['started_at']))} {run['status']}{code}"))
     return render.key_values(pairs)
 
 

@@ -182,6 +182,18 @@ MIGRATION_0007 = """
 ALTER TABLE quote_cache ADD COLUMN view TEXT NOT NULL DEFAULT 'daily';
 """
 
+# The product's own schedule (`tick`): one row per planned run it has dealt with, so each runs at most once, a missed
+# one is skipped with its reason, and the dead-man check knows which did not run. `slot` is core/schedule's key.
+MIGRATION_0008 = """
+CREATE TABLE schedule_slots (
+    slot TEXT PRIMARY KEY, session TEXT NOT NULL, job TEXT NOT NULL, command TEXT NOT NULL, planned_at TEXT NOT NULL,
+    status TEXT NOT NULL
+        CHECK (status IN ('running','done','failed','deferred','skipped','superseded','missed')),
+    attempts INTEGER NOT NULL DEFAULT 0, started_at TEXT, finished_at TEXT, exit_code INTEGER, seconds REAL,
+    reason TEXT, alerted_at TEXT);
+CREATE INDEX schedule_slots_session ON schedule_slots(session);
+"""
+
 # (name, sql) in order; names are stored in _sqlite_migrations and must never change.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", MIGRATION_0001),
@@ -191,4 +203,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0005_pending_outcomes_index", MIGRATION_0005),
     ("0006_live_order_indexes", MIGRATION_0006),
     ("0007_quote_view", MIGRATION_0007),
+    ("0008_schedule_slots", MIGRATION_0008),
 ]

@@ -338,3 +338,15 @@ def test_job_timings_on_the_produced_journal(produced, tmp_path, monkeypatch):
         elapsed = time.perf_counter() - started
         print(f"{job}: {elapsed * 1000:.0f} ms")
         assert elapsed < 2.0, (job, elapsed)
+
+
+def test_cleanup_rolls_cron_log_over_like_the_json_log(tmp_path, monkeypatch):
+    import jobs
+
+    monkeypatch.setattr(jobs, "LOG_ROTATE_BYTES", 1000)
+    (tmp_path / "cron.log").write_text("x" * 1001)
+    (tmp_path / "momentum.jsonl").write_text("{}\n")  # small: stays
+    counts = jobs.rotate_logs(tmp_path, date(2024, 6, 16))
+    assert counts["logs rotated"] == 1
+    assert (tmp_path / "cron.log.1").stat().st_size == 1001 and not (tmp_path / "cron.log").exists()
+    assert (tmp_path / "momentum.jsonl").exists() and not (tmp_path / "momentum.jsonl.1").exists()

@@ -35,15 +35,17 @@ def _day(text: str, option: str) -> date:
 @click.option("--check-lookahead", is_flag=True, help="Re-run with the data cut after several sessions and inside "
               "them (the rest of the day removed at 12:31) and prove every decision before each cut is identical.")
 @click.option("--cuts", type=click.IntRange(1, 20), default=2, show_default=True, help="Cut dates to check.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (docs/json.md).")
 @click.pass_context
 def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system: str, data_source: str | None,
-                     out_dir: str, check_lookahead: bool, cuts: int) -> None:
+                     out_dir: str, check_lookahead: bool, cuts: int, as_json: bool) -> None:
     """Replay the live scan, monitor and job functions over history on the sim broker; write metrics beside SPY
     total return, SPY price return (when the data carries it) and the equal-weighted universe, each from the
     system's first tradable session (DIR/metrics.txt, DIR/metrics.json), an equity chart (DIR/equity.png) and the
     journal itself (DIR/trades.db). With --check-lookahead, exit 1 when any decision changes once later data is
-    removed."""
+    removed (with --json, after printing the document)."""
     from backtest import metrics, replay
+    from cli import json_output
 
     config = ctx.find_root().obj.config
     if data_source:
@@ -57,7 +59,8 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
     if check_lookahead:
         checks = replay.check_lookahead(config, Path(out_dir), first, last, system=system, cap=cap, cuts=cuts,
                                           progress=progress)
-        click.echo(replay.lookahead_text(checks))
+        click.echo(json_output.dumps(json_output.lookahead_document(checks)) if as_json
+                   else replay.lookahead_text(checks))
         if any(check.difference for check in checks):
             ctx.exit(1)
         return
@@ -68,6 +71,9 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
         rt.journal.finish_run("done", 0)
     finally:
         rt.close()
+    if as_json:
+        click.echo(json_output.dumps(json_output.backtest_document(result)))
+        return
     click.echo(metrics.text(result.metrics))
     click.echo(f"{result.seconds:.1f} s; journal {result.out_dir / 'trades.db'}, chart {result.out_dir / 'equity.png'}")
     for line in result.failures[:5]:

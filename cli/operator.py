@@ -1,70 +1,126 @@
 """Operator commands: status, positions, orders, settings, set, errors, reconcile, scan, monitor, close, halt,
-resume, regime, rebalance and universe build. Each parses its options, starts its run, calls one flow, prints."""
+resume, regime, rebalance and universe build. Each parses its options, starts its run, calls one flow, prints
+(text, or with --json one document shaped by cli/json_output.py)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import click
 
-from cli.app import cli, done, start
+from cli.app import cli, deliver_alerts, done, start
+
+JSON_HELP = "One JSON document on stdout (docs/json.md)."
 
 # Each command imports the flow it runs inside its function: `settings` or `status` does not pay for pandas, the
 # brokers and the scanner it never uses (command start-up is most of a cron run).
 
 
+@contextmanager
+def skipped_as_json(rt, command: str, as_json: bool) -> Iterator[None]:
+    """With --json, a run that stops as a normal outcome (exit 0: the market is closed and no --force) prints a
+    document saying so instead of a bare line a script could not parse; the run is recorded as skipped, as the
+    group does for the text output. Real errors pass through untouched (one line on stderr, their exit code).
+    The command's whole body runs inside: nothing after the block may print."""
+    from common.errors import MomentumError
+    from config import redact
+
+    try:
+        yield
+    except MomentumError as err:
+        if not as_json or err.exit_code != 0:
+            raise
+        from cli import json_output
+        from flows import operator
+
+        message = redact(str(err))
+        click.echo(json_output.dumps(json_output.skipped_document(command, operator.mode_line(rt), message)))
+        rt.journal.finish_run("skipped", 0, message)
+        deliver_alerts(rt)
+
+
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
-def status(ctx: click.Context) -> None:
+def status(ctx: click.Context, as_json: bool) -> None:
     """Mode, clock, market hours, account, positions, halt state and monitoring statistics."""
     from flows import operator
 
     rt = start(ctx)
-    click.echo(operator.mode_line(rt))
-    click.echo(operator.status_text(operator.status(rt)))
+    if not as_json:
+        click.echo(operator.mode_line(rt))
+    data = operator.status(rt)
+    if as_json:
+        from cli import json_output
+
+        click.echo(json_output.dumps(json_output.status_document(data, operator.mode_line(rt))))
+    else:
+        click.echo(operator.status_text(data))
     done(rt)
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
-def positions(ctx: click.Context) -> None:
+def positions(ctx: click.Context, as_json: bool) -> None:
     """Open positions at the broker with their journal trade and stop."""
     from common import render
     from flows import operator
 
     rt = start(ctx)
-    click.echo(operator.mode_line(rt))
+    if not as_json:
+        click.echo(operator.mode_line(rt))
     rows = operator.positions(rt)
-    click.echo(render.table(rows, operator.POSITION_COLUMNS) if rows else "no open positions")
+    if as_json:
+        from cli import json_output
+
+        click.echo(json_output.dumps(json_output.positions_document(rows, operator.mode_line(rt))))
+    else:
+        click.echo(render.table(rows, operator.POSITION_COLUMNS) if rows else "no open positions")
     done(rt)
 
 
 @cli.command()
 @click.option("--open", "open_only", is_flag=True, help="Only orders not in a final state.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
-def orders(ctx: click.Context, open_only: bool) -> None:
+def orders(ctx: click.Context, open_only: bool, as_json: bool) -> None:
     """Orders recorded in the journal, newest first."""
     from common import render
     from flows import operator
 
     rt = start(ctx)
-    click.echo(operator.mode_line(rt))
+    if not as_json:
+        click.echo(operator.mode_line(rt))
     rows = operator.orders(rt, open_only)
-    click.echo(render.table(rows, operator.ORDER_COLUMNS) if rows else "no orders")
+    if as_json:
+        from cli import json_output
+
+        click.echo(json_output.dumps(json_output.orders_document(rows, operator.mode_line(rt), open_only)))
+    else:
+        click.echo(render.table(rows, operator.ORDER_COLUMNS) if rows else "no orders")
     done(rt)
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
-def settings(ctx: click.Context) -> None:
+def settings(ctx: click.Context, as_json: bool) -> None:
     """Runtime settings stored in the journal."""
     from common import render
     from config import RUNTIME_SETTINGS
 
     rt = start(ctx)
     values = rt.journal.settings()
-    rows = [{"key": k, "value": values[k], "meaning": spec.help} for k, spec in RUNTIME_SETTINGS.items()]
-    click.echo(render.table(rows, ["key", "value", "meaning"]))
+    if as_json:
+        from cli import json_output
+
+        click.echo(json_output.dumps(json_output.settings_document(values, RUNTIME_SETTINGS)))
+    else:
+        rows = [{"key": k, "value": values[k], "meaning": spec.help} for k, spec in RUNTIME_SETTINGS.items()]
+        click.echo(render.table(rows, ["key", "value", "meaning"]))
     done(rt)
 
 
@@ -99,20 +155,29 @@ def errors(ctx: click.Context, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
-def reconcile(ctx: click.Context) -> None:
+def reconcile(ctx: click.Context, as_json: bool) -> None:
     """Bring the journal in line with the broker: orders, fills, positions and stops."""
     from flows import operator
     from journal import reconcile
 
     rt = start(ctx)
-    click.echo(operator.mode_line(rt))
+    if not as_json:
+        click.echo(operator.mode_line(rt))
     import executor
 
     report = reconcile.reconcile(rt)
-    click.echo(reconcile.report_text(report))
-    for symbol in executor.protect_all(rt):
-        click.echo(f"  stop placed for {symbol} (it had no single stop covering the whole position)")
+    if not as_json:
+        click.echo(reconcile.report_text(report))
+    placed = executor.protect_all(rt)
+    if as_json:
+        from cli import json_output
+
+        click.echo(json_output.dumps(json_output.reconcile_document(report, placed, operator.mode_line(rt))))
+    else:
+        for symbol in placed:
+            click.echo(f"  stop placed for {symbol} (it had no single stop covering the whole position)")
     done(rt)
 
 
@@ -123,33 +188,53 @@ def reconcile(ctx: click.Context) -> None:
 @click.option("--dry-run", is_flag=True, help="Compute and record everything, send no order, ignore market hours.")
 @click.option("--max-buys", type=click.IntRange(0, 100), help="Cap the buys of this scan.")
 @click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
-def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: int | None, force: bool) -> None:
+def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: int | None, force: bool,
+         as_json: bool) -> None:
     """Scan the universe, decide, execute and record (the autonomous loop)."""
     from flows import operator, scan
 
     rt = start(ctx)
-    click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
-    scan_type = scan_type or scan.scan_type_for(rt.clock.now())
-    results = scan.run_scan(rt, scan_type, cap, dry_run=dry_run, max_buys=max_buys, force=force)
-    click.echo(scan.summary_text(results))
-    done(rt)
+    with skipped_as_json(rt, "scan", as_json):
+        if not as_json:
+            click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+        scan_type = scan_type or scan.scan_type_for(rt.clock.now())
+        results = scan.run_scan(rt, scan_type, cap, dry_run=dry_run, max_buys=max_buys, force=force)
+        if as_json:
+            from cli import json_output
+
+            click.echo(json_output.dumps(json_output.scan_document(results, operator.mode_line(rt), scan_type, cap,
+                                                                   dry_run)))
+        else:
+            click.echo(scan.summary_text(results))
+        done(rt)
 
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Check and record, send no order, ignore market hours.")
 @click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
-def monitor(ctx: click.Context, dry_run: bool, force: bool) -> None:
+def monitor(ctx: click.Context, dry_run: bool, force: bool, as_json: bool) -> None:
     """Check positions (each every 30 minutes, urgent ones every run) and run the exit engine."""
     import monitor as position_monitor
     from flows import operator
 
     rt = start(ctx)
-    click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
-    report = position_monitor.run_monitor(rt, dry_run=dry_run, force=force)
-    click.echo(position_monitor.report_text(report))
-    done(rt)
+    with skipped_as_json(rt, "monitor", as_json):
+        if not as_json:
+            click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+        report = position_monitor.run_monitor(rt, dry_run=dry_run, force=force)
+        if as_json:
+            from cli import json_output
+
+            checks = json_output.run_checks(rt.journal)
+            click.echo(json_output.dumps(json_output.monitor_document(report, checks, operator.mode_line(rt),
+                                                                      dry_run)))
+        else:
+            click.echo(position_monitor.report_text(report))
+        done(rt)
 
 
 @cli.command()
@@ -231,21 +316,31 @@ def regime(ctx: click.Context, as_json: bool) -> None:
 @click.option("--first-session-only", is_flag=True, help="Do nothing unless today is the month's first session.")
 @click.option("--daily", is_flag=True, help="The daily run at REBALANCE_TIME (for cron): the full rebalance on the "
               "month's first session and on a CRASH's first day, a refill of emptied slots on the others.")
+@click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
 def rebalance_command(ctx: click.Context, universe_name: str, top_n: int | None, dry_run: bool, force: bool,
-                      first_session_only: bool, daily: bool) -> None:
+                      first_session_only: bool, daily: bool, as_json: bool) -> None:
     """The 52-week-high momentum rebalance: top N at equal weight of its sleeve x the regime's allocation."""
     from flows import operator, rebalance
 
     rt = start(ctx)
-    click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
-    if daily:
-        plan = rebalance.run_scheduled(rt, universe_name, top_n, dry_run=dry_run, force=force)
-    else:
-        plan = rebalance.run_rebalance(rt, universe_name, top_n, dry_run=dry_run, force=force,
-                                       first_session_only=first_session_only)
-    click.echo(rebalance.plan_text(plan, top_n) if plan else "rebalance: not the month's first session; nothing to do")
-    done(rt)
+    with skipped_as_json(rt, "rebalance", as_json):
+        if not as_json:
+            click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+        if daily:
+            plan = rebalance.run_scheduled(rt, universe_name, top_n, dry_run=dry_run, force=force)
+        else:
+            plan = rebalance.run_rebalance(rt, universe_name, top_n, dry_run=dry_run, force=force,
+                                           first_session_only=first_session_only)
+        if as_json:
+            from cli import json_output
+
+            click.echo(json_output.dumps(json_output.rebalance_document(plan, operator.mode_line(rt), universe_name,
+                                                                        dry_run, daily)))
+        else:
+            click.echo(rebalance.plan_text(plan, top_n) if plan
+                       else "rebalance: not the month's first session; nothing to do")
+        done(rt)
 
 
 @cli.group()

@@ -30,15 +30,21 @@ def jobs_group() -> None:
 
 def _job_command(name: str, help_text: str) -> click.Command:
     @click.pass_context
-    def command(ctx: click.Context) -> None:
+    def command(ctx: click.Context, as_json: bool) -> None:
         import jobs
 
         rt = start(ctx)
         result = jobs.run_job(rt, name)
-        click.echo(result.text())
+        if as_json:
+            from cli import json_output
+
+            click.echo(json_output.dumps(json_output.job_document(result)))
+        else:
+            click.echo(result.text())
         done(rt, "done" if result.status == "done" else "skipped", deliver=False)
 
-    return click.Command(name, callback=command, help=help_text)
+    json_option = click.Option(["--json", "as_json"], is_flag=True, help="One JSON document on stdout (docs/json.md).")
+    return click.Command(name, callback=command, params=[json_option], help=help_text)
 
 
 for _name, _help in (

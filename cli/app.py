@@ -100,7 +100,7 @@ def cli(ctx: click.Context, verbose: bool, **options: str | None) -> None:
 
     Every command works offline on the embedded simulated market and broker with no configuration.
     Exit codes: 0 done, 1 unexpected failure, 2 bad input or configuration, 3 broker or data source
-    unreachable, 75 another scan holds the lock.
+    unreachable, 75 another run of the command (or another tick) holds its lock.
     """
     from common.logs import configure_logging
     from flows.runtime import Runtime

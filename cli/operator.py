@@ -147,7 +147,7 @@ def errors(ctx: click.Context, as_json: bool) -> None:
     rt = start(ctx)
     rows = rt.journal.recent_errors(10)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps({"command": "errors", "errors": rows}, indent=2))
     else:
         click.echo(render.table(rows, ["last_seen", "level", "count", "source", "message"]) if rows
                    else "no errors recorded")
@@ -297,8 +297,8 @@ def regime(ctx: click.Context, as_json: bool) -> None:
     if row is None:
         raise DataError(f"regime: no SPY history available from {rt.config.data_source}")
     if as_json:
-        click.echo(json.dumps({k: row[k] for k in ("date", "regime", "factor", "reason", "features", "params")},
-                              indent=2, default=str))
+        fields = ("date", "regime", "factor", "reason", "features", "params")
+        click.echo(json.dumps({"command": "regime", **{k: row[k] for k in fields}}, indent=2, default=str))
     else:
         click.echo(f"{row['date']}: {row['regime']} (exposure factor {row['factor']:g})")
         click.echo(row["reason"])

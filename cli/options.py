@@ -58,7 +58,7 @@ def options_positions(ctx: click.Context, as_json: bool) -> None:
     rt = start(ctx)
     rows = option_exits.open_option_rows(rt)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        click.echo(json.dumps({"command": "options positions", "positions": rows}, indent=2, default=str))
     else:
         click.echo(operator.mode_line(rt))
         click.echo(render.table(rows, option_exits.POSITION_COLUMNS) if rows else "no open option positions")

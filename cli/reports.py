@@ -19,7 +19,9 @@ EXPORT_CHOICES = ["trades", "candidates", "exits"]
 
 
 def _emit(data: dict, as_json: bool, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if as_json else text)
+    """The report as text, or as one JSON object whose "command" names it."""
+    name = " ".join(click.get_current_context().command_path.split()[1:])
+    click.echo(json.dumps({"command": name, **data}, indent=2, default=str) if as_json else text)
 
 
 @click.group(name="jobs")

@@ -33,9 +33,10 @@ def schedule_command(ctx: click.Context, day: str | None, as_json: bool) -> None
     sessions = [cal.session(first), cal.session(cal.next_session(first))]
     plans = [(s, schedule.planned_runs(s, config.rebalance_clock, cal)) for s in sessions]
     if as_json:
-        click.echo(json.dumps([{"session": str(s.day), "open": s.open.isoformat(), "close": s.close.isoformat(),
-                                "early_close": s.early_close, "runs": [schedule.as_json(r) for r in runs]}
-                               for s, runs in plans], indent=2))
+        click.echo(json.dumps({"command": "schedule", "sessions": [
+            {"session": str(s.day), "open": s.open.isoformat(), "close": s.close.isoformat(),
+             "early_close": s.early_close, "runs": [schedule.as_json(r) for r in runs]} for s, runs in plans]},
+            indent=2))
         return
     click.echo("\n\n".join(schedule.schedule_text(s, runs) for s, runs in plans))
 

@@ -141,6 +141,6 @@ def summary_text(result: ScanResult) -> str:
 
 
 def signals_json(result: ScanResult) -> str:
-    return json.dumps({"timeframe": result.timeframe, "bar_date": result.bar_date,
+    return json.dumps({"command": "strat scan", "timeframe": result.timeframe, "bar_date": result.bar_date,
                        "signals": [asdict(s) for s in result.signals], "new": result.new_ids,
                        "skipped": result.skipped}, indent=2)

@@ -276,3 +276,12 @@ def test_backtest_carries_the_metrics_file_and_the_lookahead_cuts(crafted_market
     assert check["check_lookahead"] is True and check["lookahead"] is False
     assert [c["moment"] for c in check["cuts"]] == [None, "2016-06-03T12:31:00-04:00"]
     assert all(c["cut"] == "2016-06-03" and c["identical"] and c["difference"] is None for c in check["cuts"])
+
+
+def test_the_older_json_commands_print_one_object_named_by_its_command(env):
+    schedule = run_json("schedule", "--date", "2024-11-29")
+    assert schedule["command"] == "schedule" and schedule["sessions"][0]["early_close"] is True
+    assert run_json("errors") == {"command": "errors", "errors": []}
+    assert run_json("--asof", "2024-06-14T10:30", "report", "metrics")["command"] == "report metrics"
+    assert run_json("--asof", "2024-06-14T10:30", "options", "positions") == {"command": "options positions",
+                                                                              "positions": []}

@@ -78,5 +78,5 @@ def test_the_server_time_zone_does_not_matter():
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout)
     assert outputs[0] == outputs[1] == outputs[2]
-    first = json.loads(outputs[0])[0]["runs"][0]
+    first = json.loads(outputs[0])["sessions"][0]["runs"][0]
     assert (first["new_york"], first["utc"]) == ("2016-03-14T09:30:00-04:00", "2016-03-14T13:30:00+00:00")

@@ -375,6 +375,65 @@ def parse_runtime_setting(key: str, raw: str) -> str:
         raise ConfigError(f"set {key}: {why} (got {raw!r})") from None
 
 
+# --- strategy settings: what a backtest may vary -----------------------------------------------------------------
+
+# The settings a trading system reads: sizing, risk, stops, targets, scores, the per-cap scanner thresholds and the
+# rebalance's, plus the runtime settings that change decisions. Not where files live, the ports, credentials,
+# alerts, timeouts or the decider (a replay never calls the network), nor the options (a replay trades none).
+_NOT_STRATEGY = {"FILL_TIMEOUT_S", "MAX_HOLDING_PCT", "REBALANCE_TIME", "OPTIONS_MAX_CAPITAL", "OPTIONS_MAX_POSITIONS",
+                 "ALPACA_OPTIONS_FEED"}
+STRATEGY_VARIABLES: dict[str, Var] = {
+    v.name.lower(): v for v in VARIABLES[[v.name for v in VARIABLES].index("POSITION_SIZING"):]
+    if v.name not in _NOT_STRATEGY and v.kind in ("int", "float", "choice", "bool")}
+STRATEGY_RUNTIME_SETTINGS = ("autoclose", "autoclose_threshold", "skip_buys")
+
+
+@dataclass(frozen=True)
+class StrategySetting:
+    """One strategy setting by its research name: an .env variable in lower case or a runtime setting's key."""
+    name: str
+    var: Var | None  # the .env variable, or None for a runtime setting
+
+    @property
+    def runtime(self) -> bool:
+        return self.var is None
+
+    @property
+    def kind(self) -> str:
+        if self.var is not None:
+            return self.var.kind
+        return "int" if self.name == "autoclose_threshold" else "choice"
+
+    @property
+    def default(self) -> Any:
+        return self.var.default if self.var is not None else RUNTIME_SETTINGS[self.name].default
+
+    def parse(self, raw: str) -> Any:
+        """The value as the product would store it; ConfigError (one line, naming the setting) when it is bad."""
+        if self.var is not None:
+            return _parse(self.var, str(raw))
+        return parse_runtime_setting(self.name, str(raw))
+
+
+def strategy_setting(name: str) -> StrategySetting:
+    key = name.strip().lower()
+    if key in STRATEGY_VARIABLES:
+        return StrategySetting(key, STRATEGY_VARIABLES[key])
+    if key in STRATEGY_RUNTIME_SETTINGS:
+        return StrategySetting(key, None)
+    known = ", ".join([*STRATEGY_VARIABLES, *STRATEGY_RUNTIME_SETTINGS])
+    raise ConfigError(f"unknown strategy setting {name!r} (one of {known})")
+
+
+def parse_assignment(text: str) -> tuple[StrategySetting, Any]:
+    """`name=value` (e.g. trailing_stop_pct=6 or autoclose=off) as the setting and its parsed value."""
+    name, sep, raw = text.partition("=")
+    if not sep or not name.strip():
+        raise ConfigError(f"--set: expected NAME=VALUE, got {text!r}")
+    setting = strategy_setting(name)
+    return setting, setting.parse(raw)
+
+
 # --- .env.example -------------------------------------------------------------------------------------------------
 
 _SECTIONS = {"MOMENTUM_DB": "Files", "DATA_SOURCE": "Ports",

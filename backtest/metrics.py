@@ -425,6 +425,8 @@ def compute(rt: Runtime, result, first_tradable: date | dict[str, date] | None =
     return {"replay_mode": mode, "fills": FILLS[mode], "costs": COSTS,
             "system": result.system, "start": str(result.start), "end": str(result.end),
             "sessions": result.sessions, "steps": result.steps, "failed_steps": len(result.failures),
+            "settings": getattr(result, "settings", {}) or {},
+            "data_through": str(result.data_through) if getattr(result, "data_through", None) else None,
             **account_span.facts(), "universe": _universe(rt),
             "metrics": account["metrics"], "spy_buy_and_hold": _clean(spy_block),
             "pnl_by_entry_slot": account["pnl_by_entry_slot"], "pnl_by_exit_reason": account["pnl_by_exit_reason"],

@@ -37,7 +37,7 @@ import time as wall
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -48,7 +48,7 @@ import scanner
 from common.clock import NY, UTC, Session, calendar, day_bounds_utc
 from common.errors import ConfigError, DataError, MomentumError
 from common.types import BAR_FIELDS, Panel, SessionBars
-from config import Config
+from config import RUNTIME_SETTINGS, Config
 from core.regime import classify
 from flows import rebalance, scan
 from journal import regime_labels
@@ -92,6 +92,8 @@ class BacktestResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     first_tradable_session: date | None = None  # the first session the run could trade: benchmarks start there
     first_tradable_sessions: dict[str, date] = field(default_factory=dict)  # the same per system (trades.strategy)
+    settings: dict[str, Any] = field(default_factory=dict)  # strategy settings changed for this run (--set)
+    data_through: date | None = None  # the data source knew nothing after this day (--data-until)
 
 
 # --- the schedule -------------------------------------------------------------------------------------------------
@@ -244,11 +246,28 @@ def _replay_with(rt: Runtime, sessions: list[Session], system: str, cap: str,
     return steps, failures
 
 
+def with_settings(config, assignments: Sequence[str]) -> tuple[Any, dict[str, Any]]:
+    """`config` with the .env strategy settings of `NAME=VALUE` assignments (backtest --set) in force, and every
+    assigned setting by name; ConfigError (exit 2) on an unknown name or a bad value, before anything runs."""
+    from config import parse_assignment
+
+    values, settings = dict(config._values), {}
+    for text in assignments:
+        setting, value = parse_assignment(text)
+        settings[setting.name] = value
+        if not setting.runtime:
+            values[setting.var.name] = value
+    return Config(values), settings
+
+
 def run_backtest(rt: Runtime, start: date, end: date, *, system: str = "momentum", cap: str = "all",
                  progress: Callable[[int, int, date], None] | None = None, write_outputs: bool = True,
-                 until: datetime | None = None) -> BacktestResult:
+                 until: datetime | None = None, settings: dict[str, Any] | None = None,
+                 data_through: date | None = None) -> BacktestResult:
     """Replay start..end on `rt` (a Runtime over a fresh journal and sim broker) and write the outputs; with
-    `until`, no step after that moment runs (a look-ahead check cut inside a session)."""
+    `until`, no step after that moment runs (a look-ahead check cut inside a session). `settings`: strategy
+    settings assigned for this run (the runtime ones are stored in its journal here); `data_through`: the day the
+    data source was cut after, recorded with the metrics."""
     if system not in SYSTEMS:
         raise ConfigError(f"--system: unknown system {system!r} (use {', '.join(SYSTEMS)})")
     started = wall.perf_counter()
@@ -258,7 +277,11 @@ def run_backtest(rt: Runtime, start: date, end: date, *, system: str = "momentum
     per_system = {name: first_tradable(rt, sessions, name) for name in ("momentum", "rebalance")
                   if (trades_momentum if name == "momentum" else trades_rebalance)(system)}
     result = BacktestResult(out_dir, system, sessions[0].day, sessions[-1].day, sessions=len(sessions),
-                            first_tradable_session=min(per_system.values()), first_tradable_sessions=per_system)
+                            first_tradable_session=min(per_system.values()), first_tradable_sessions=per_system,
+                            settings=dict(settings or {}), data_through=data_through)
+    for key, value in result.settings.items():
+        if key in RUNTIME_SETTINGS:
+            rt.journal.set_setting(key, str(value), by="backtest")
     prefill_regimes(rt, sessions)
     result.steps, result.failures = replay(rt, sessions, system, cap, progress, until)
     if write_outputs:

@@ -35,10 +35,16 @@ def _day(text: str, option: str) -> date:
 @click.option("--check-lookahead", is_flag=True, help="Re-run with the data cut after several sessions and inside "
               "them (the rest of the day removed at 12:31) and prove every decision before each cut is identical.")
 @click.option("--cuts", type=click.IntRange(1, 20), default=2, show_default=True, help="Cut dates to check.")
+@click.option("--set", "assignments", multiple=True, metavar="NAME=VALUE",
+              help="A strategy setting for this run only: an .env variable in lower case (trailing_stop_pct=6) or a "
+                   "runtime setting (autoclose=off); repeatable.")
+@click.option("--data-until", help="The data source knows nothing after this date (YYYY-MM-DD): a walk-forward's "
+              "training runs see their window and nothing later.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (docs/json.md).")
 @click.pass_context
 def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system: str, data_source: str | None,
-                     out_dir: str, check_lookahead: bool, cuts: int, as_json: bool) -> None:
+                     out_dir: str, check_lookahead: bool, cuts: int, assignments: tuple[str, ...],
+                     data_until: str | None, as_json: bool) -> None:
     """Replay the live scan, monitor and job functions over history on the sim broker; write metrics beside SPY
     total return, SPY price return (when the data carries it) and the equal-weighted universe, each from the
     system's first tradable session (DIR/metrics.txt, DIR/metrics.json), an equity chart (DIR/equity.png) and the
@@ -55,6 +61,10 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
     first, last = _day(start, "--start"), _day(end, "--end")
     if first > last:
         raise ConfigError(f"--start {first} is after --end {last}")
+    config, settings = replay.with_settings(config, assignments)
+    cut = _day(data_until, "--data-until") if data_until else None
+    if cut is not None and cut < last:
+        raise ConfigError(f"--data-until {cut} is before --end {last}: the replay would run out of data")
     progress = replay.progress_bar()
     if check_lookahead:
         checks = replay.check_lookahead(config, Path(out_dir), first, last, system=system, cap=cap, cuts=cuts,
@@ -64,10 +74,11 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
         if any(check.difference for check in checks):
             ctx.exit(1)
         return
-    rt = replay.backtest_runtime(config, Path(out_dir), system=system)
+    rt = replay.backtest_runtime(config, Path(out_dir), system=system, cut=cut)
     try:
         rt.journal.start_run("backtest")
-        result = replay.run_backtest(rt, first, last, system=system, cap=cap, progress=progress)
+        result = replay.run_backtest(rt, first, last, system=system, cap=cap, progress=progress, settings=settings,
+                                     data_through=cut)
         rt.journal.finish_run("done", 0)
     finally:
         rt.close()

@@ -13,7 +13,8 @@ ENTRY_LAYERS = {"main": "cli", "jobs": "flows", "executor": "flows", "monitor": 
                 "scanner": "core", "config": "common"}
 # what each layer may import besides itself
 MAY_IMPORT = {
-    "cli": {"backtest", "flows", "ports", "journal", "core", "common"},
+    "cli": {"research", "backtest", "flows", "ports", "journal", "core", "common"},
+    "research": {"backtest", "flows", "ports", "journal", "core", "common"},
     "backtest": {"flows", "ports", "journal", "core", "common"},
     "flows": {"ports", "journal", "core", "common"},
     "ports": {"core", "common"},

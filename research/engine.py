@@ -1,0 +1,59 @@
+"""The distributed engine: Dask.
+
+With no address, a local cluster on this machine's cores (one single-threaded worker process per core: a trial is a
+CPU-bound process of its own, so more threads would only queue); with `--cluster ADDRESS`, the running scheduler at
+that address and whatever workers have joined it. A worker that dies mid-trial loses only that trial: the scheduler
+gives it to another worker, up to ALLOWED_FAILURES times, then the study records it as failed and goes on.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from typing import Any, Iterator
+
+from common.errors import ConfigError, DataUnavailable
+
+ALLOWED_FAILURES = 2  # a trial whose worker died is run again this many times before it is recorded as failed
+CONNECT_TIMEOUT_S = 20
+
+
+@contextlib.contextmanager
+def cluster(address: str | None = None, workers: int | None = None) -> Iterator[Any]:
+    """A dask.distributed Client: on a local cluster (`workers` processes, default one per core) or on the
+    scheduler at `address`."""
+    import dask
+    from dask.distributed import Client, LocalCluster
+
+    with dask.config.set({"distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                          "distributed.admin.tick.limit": "1h"}):  # a trial holds its thread for minutes
+        if address:
+            try:
+                client = Client(address, timeout=CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError) as err:
+                raise DataUnavailable(f"--cluster {address}: no scheduler answered ({err})") from None
+            try:
+                if not client.scheduler_info().get("workers"):
+                    client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+                yield client
+            finally:
+                client.close()
+            return
+        count = workers or os.cpu_count() or 1
+        if count < 1:
+            raise ConfigError(f"--workers: expected at least 1, got {count}")
+        local = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None,
+                             silence_logs=logging.ERROR)
+        try:
+            client = Client(local)
+            try:
+                yield client
+            finally:
+                client.close()
+        finally:
+            local.close()
+
+
+def capacity(client: Any) -> int:
+    """How many trials can run at once: the worker threads the scheduler knows of."""
+    return max(1, sum(client.nthreads().values()))

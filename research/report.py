@@ -1,0 +1,139 @@
+"""What a study found, for people: a table in the terminal and PNG charts beside research.db.
+
+Every summary says how many trials were tried beside the best one, how the defaults did on the same window, and the
+deflated Sharpe ratio, so a lucky trial is not read as an edge."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from common import render
+from research.params import OBJECTIVES, Param
+from research.stats import deflated_sharpe
+from research.sweep import best_trial
+
+TOP = 10
+
+
+def _figure(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def trial_rows(trials: list[dict], params: list[Param], objective: str) -> list[dict]:
+    rows = []
+    for t in trials:
+        m = (t["metrics"] or {}).get("metrics") or {}
+        row = {"trial": t["number"], "role": t["role"]}
+        row.update({p.name: t["params"].get(p.name, "default") for p in params})
+        row.update({objective: _figure(t["objective"], 3), "CAGR %": _figure(m.get("cagr_pct")),
+                    "Sharpe": _figure(m.get("sharpe")), "max DD %": _figure(m.get("max_drawdown_pct")),
+                    "trades": m.get("trades", "-"), "wall s": _figure(t["wall_s"], 0), "status": t["status"]})
+        rows.append(row)
+    return rows
+
+
+def honesty(search: list[dict]) -> dict[str, Any]:
+    """The figures that keep a best trial honest: how many were tried and the deflated Sharpe ratio."""
+    best = best_trial(search)
+    return {"tried": len(search), "failed": sum(t["status"] == "failed" for t in search),
+            "best": best, "deflated": deflated_sharpe(best, search) if best else None}
+
+
+def honesty_lines(facts: dict[str, Any]) -> list[str]:
+    lines = [f"trials tried: {facts['tried']} ({facts['failed']} failed)"]
+    deflated = facts["deflated"]
+    if deflated:
+        lines.append(f"deflated Sharpe ratio of the best trial: {deflated['deflated_sharpe']:.2f} (its Sharpe "
+                     f"{deflated['best_sharpe']:.2f} vs {deflated['expected_max_sharpe']:.2f} expected from the best "
+                     f"of {deflated['trials']} trials with no edge; probability its Sharpe is above 0: "
+                     f"{deflated['probabilistic_sharpe']:.2f})")
+    else:
+        lines.append("deflated Sharpe ratio: not enough trials with a Sharpe ratio to say")
+    return lines
+
+
+def sweep_text(spec: dict[str, Any], trials: list[dict], params: list[Param], charts: list[Path]) -> str:
+    objective = spec["objective"]
+    search = [t for t in trials if t["role"] == "search" and t["status"] in ("done", "failed")]
+    default = next((t for t in trials if t["role"] == "default" and t["status"] == "done"), None)
+    facts = honesty(search)
+    ranked = sorted(search, key=lambda t: (t["objective"] is None, -(t["objective"] or 0), t["number"]))
+    shown = ranked[:TOP] + ([default] if default else [])
+    header = (f"research sweep: {spec['system']} {spec['start']} .. {spec['end']}, objective {objective} "
+              f"({OBJECTIVES[objective]}); daily replay through the live code, costs included, price-only data")
+    lines = [header, *honesty_lines(facts)]
+    if facts["best"] and default and default["objective"] is not None:
+        lines.append(f"best {objective} {facts['best']['objective']:.3f} (trial {facts['best']['number']}) vs the "
+                     f"default settings' {default['objective']:.3f} on the same window")
+    columns = ["trial", "role", *[p.name for p in params], objective, "CAGR %", "Sharpe", "max DD %", "trades",
+               "wall s", "status"]
+    lines.append(render.table(trial_rows(shown, params, objective), columns))
+    if len(ranked) > TOP:
+        lines.append(f"({len(ranked) - TOP} more trials in research.db)")
+    lines += [f"chart: {path}" for path in charts]
+    return "\n".join(lines)
+
+
+# --- charts ---------------------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    return plt
+
+
+def _save(figure, path: Path) -> Path:
+    temporary = path.with_name(f".{path.name}.tmp.png")
+    figure.savefig(temporary, format="png")
+    os.replace(temporary, path)
+    return path
+
+
+def parameter_chart(trials: list[dict], params: list[Param], objective: str, path: Path,
+                    default: float | None = None) -> Path:
+    """One panel per parameter: each finished trial's value against its objective (the defaults as a line)."""
+    plt = _pyplot()
+    done = [t for t in trials if t["status"] == "done" and t["objective"] is not None]
+    figure, axes = plt.subplots(1, len(params), figsize=(4.2 * len(params), 3.8), dpi=100, squeeze=False)
+    try:
+        for axis, param in zip(axes[0], params):
+            xs = [t["params"].get(param.name) for t in done]
+            if param.is_list:
+                labels = [str(c) for c in param.choices]
+                xs = [labels.index(str(x)) for x in xs]
+                axis.set_xticks(range(len(labels)), labels)
+            axis.scatter(xs, [t["objective"] for t in done], alpha=0.7)
+            if default is not None:
+                axis.axhline(default, color="tab:red", linestyle="--", linewidth=1, label="defaults")
+                axis.legend(loc="best")
+            axis.set_xlabel(param.name)
+            axis.set_ylabel(objective)
+            axis.grid(alpha=0.3)
+        figure.suptitle(f"{objective} by parameter ({len(done)} trials)")
+        figure.tight_layout()
+        return _save(figure, path)
+    finally:
+        plt.close(figure)
+
+
+def curves_chart(days: list, series: dict[str, list[float]], title: str, path: Path) -> Path:
+    """Equity curves (100 = start) on one chart: the walk-forward's stitched out-of-sample curve and benchmarks."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 4.5), dpi=100)
+    try:
+        for n, (label, values) in enumerate(series.items()):
+            axis.plot(days, values, label=label, linewidth=2 if n == 0 else 1.3, linestyle="-" if n == 0 else "--")
+        axis.axhline(100, color="black", linewidth=0.5)
+        axis.set_title(title)
+        axis.set_ylabel("value (100 = start)")
+        axis.grid(alpha=0.3)
+        axis.legend(loc="best")
+        figure.autofmt_xdate()
+        figure.tight_layout()
+        return _save(figure, path)
+    finally:
+        plt.close(figure)

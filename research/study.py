@@ -1,0 +1,59 @@
+"""A study from start to summary: open research.db, start (or reach) the cluster, search, chart, summarise.
+
+Ctrl-C stops a study cleanly: the trials still running are recorded as interrupted, the finished ones stay, the
+cluster is shut down (a trial's backtest dies with its worker), and `--resume` continues where it stopped."""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+from common.errors import MomentumError
+from research import engine, report
+from research.store import Store
+from research.sweep import Runner, StudySpec, Window, search
+
+DB_NAME = "research.db"
+
+
+class StudyStopped(MomentumError):
+    """Ctrl-C: the study stopped with what finished kept."""
+
+    exit_code = 130
+
+
+@contextlib.contextmanager
+def opened(spec: StudySpec, out_dir: Path, kind: str, *, resume: bool) -> Iterator[Store]:
+    out_dir.mkdir(exist_ok=True)
+    store = Store(out_dir / DB_NAME)
+    try:
+        store.begin(kind, spec.as_dict(), resume=resume)
+        yield store
+    finally:
+        store.close()
+
+
+@contextlib.contextmanager
+def stoppable(store: Store) -> Iterator[None]:
+    """Ctrl-C becomes StudyStopped, with the running trials marked interrupted and the study marked stopped."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        interrupted = store.interrupt_running()
+        store.set_status("stopped")
+        finished = len(store.trials(finished=True))
+        raise StudyStopped(f"stopped: {finished} finished trial(s) kept in {store.path} ({interrupted} interrupted); "
+                           "run the same command with --resume to continue") from None
+
+
+def run_sweep(spec: StudySpec, out_dir: Path, *, resume: bool, address: str | None, workers: int | None) -> str:
+    with opened(spec, out_dir, "sweep", resume=resume) as store:
+        with stoppable(store), engine.cluster(address, workers) as client:
+            search(Runner(client, store, spec, out_dir), Window(spec.start, spec.end))
+        store.set_status("done")
+        trials = store.trials()
+        search_trials = [t for t in trials if t["role"] == "search"]
+        default = next((t for t in trials if t["role"] == "default" and t["status"] == "done"), None)
+        charts = [report.parameter_chart(search_trials, spec.params, spec.objective, out_dir / "parameters.png",
+                                         default["objective"] if default else None)]
+        return report.sweep_text(spec.as_dict(), trials, spec.params, charts)

@@ -96,5 +96,25 @@ def sweep_command(ctx: click.Context, **options) -> None:
                                workers=options["workers"]))
 
 
+@research_group.command(name="walk-forward")
+@study_options
+@click.option("--train", default="2y", show_default=True, help="Training window: 2y, 18m, 26w or 120d.")
+@click.option("--test", "test_length", default="6m", show_default=True, help="Test window after each training one.")
+@click.option("--step", default="6m", show_default=True, help="How far each fold moves on.")
+@click.pass_context
+def walk_forward_command(ctx: click.Context, train: str, test_length: str, step: str, **options) -> None:
+    """For each fold, choose settings by --objective on the training window only (its data cut at the window's
+    end), run them on the test window that follows, and stitch the test windows into one out-of-sample curve, beside
+    the default settings on the same windows and SPY (total return)."""
+    from research import study, walk_forward
+
+    lengths = {"train": train, "test": test_length, "step": step}
+    parsed = {name: walk_forward.parse_duration(text, f"--{name}") for name, text in lengths.items()}
+    spec = _spec(ctx, options, extra=lengths)
+    folds = walk_forward.plan_folds(spec.start, spec.end, parsed["train"], parsed["test"], parsed["step"])
+    click.echo(study.run_walk_forward(spec, Path(options["out_dir"]), folds, resume=options["resume"],
+                                      address=options["address"], workers=options["workers"]))
+
+
 for _command in (research_group,):
     cli.add_command(_command)

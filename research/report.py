@@ -25,7 +25,7 @@ def trial_rows(trials: list[dict], params: list[Param], objective: str) -> list[
     for t in trials:
         m = (t["metrics"] or {}).get("metrics") or {}
         row = {"trial": t["number"], "role": t["role"]}
-        row.update({p.name: t["params"].get(p.name, "default") for p in params})
+        row.update({p.name: _value(t["params"][p.name]) if p.name in t["params"] else "default" for p in params})
         row.update({objective: _figure(t["objective"], 3), "CAGR %": _figure(m.get("cagr_pct")),
                     "Sharpe": _figure(m.get("sharpe")), "max DD %": _figure(m.get("max_drawdown_pct")),
                     "trades": m.get("trades", "-"), "wall s": _figure(t["wall_s"], 0), "status": t["status"]})
@@ -137,3 +137,57 @@ def curves_chart(days: list, series: dict[str, list[float]], title: str, path: P
         return _save(figure, path)
     finally:
         plt.close(figure)
+
+
+def walk_forward_text(spec: dict[str, Any], folds: list[dict], trials: list[dict], params: list[Param],
+                      series: dict[str, list[float]], charts: list[Path]) -> str:
+    """Per fold: its windows, the settings chosen on the training window and how they and the defaults did on the
+    test window; then the stitched out-of-sample figures beside the defaults and SPY, and the trials tried."""
+    from backtest.metrics import series_metrics
+
+    objective = spec["objective"]
+    by_fold: dict[tuple[int, str], dict] = {(t["fold"], t["role"]): t for t in trials
+                                            if t["role"] in ("test", "test-default") and t["status"] == "done"}
+    search = [t for t in trials if t["role"] == "search" and t["status"] in ("done", "failed")]
+    lines = [f"research walk-forward: {spec['system']} {spec['start']} .. {spec['end']}, train {spec['train']}, test "
+             f"{spec['test']}, step {spec['step']}, objective {objective}; settings chosen on each training window "
+             "only (its data cut at the window's end), daily replay through the live code, costs included, "
+             "price-only data", f"trials tried: {len(search)} over {len(folds)} folds "
+             f"({sum(t['status'] == 'failed' for t in search)} failed)"]
+    rows = []
+    for fold in folds:
+        chosen = next((t for t in trials if t["number"] == fold["chosen_trial"]), None)
+        tested, default = by_fold.get((fold["fold"], "test")), by_fold.get((fold["fold"], "test-default"))
+        fold_search = [t for t in search if t["fold"] == fold["fold"]]
+        deflated = honesty(fold_search)["deflated"]
+        rows.append({"fold": fold["fold"] + 1, "train": f"{fold['train_start']}..{fold['train_end']}",
+                     "test": f"{fold['test_start']}..{fold['test_end']}",
+                     "chosen": ", ".join(f"{k}={_value(v)}" for k, v in (fold["chosen_params"] or {}).items())
+                               or "defaults",
+                     f"train {objective}": _figure(chosen["objective"] if chosen else None, 3),
+                     "DSR": _figure(deflated["deflated_sharpe"] if deflated else None),
+                     f"test {objective}": _figure(tested["objective"] if tested else None, 3),
+                     f"defaults {objective}": _figure(default["objective"] if default else None, 3),
+                     "test ret %": _figure(_metric(tested, "total_return_pct")),
+                     "defaults ret %": _figure(_metric(default, "total_return_pct"))})
+    lines.append(render.table(rows, list(rows[0]) if rows else ["fold"]))
+    if series:
+        lines.append("out of sample (the test windows stitched):")
+        figures = []
+        for label, values in series.items():
+            m = series_metrics(values)
+            figures.append({"curve": label, "CAGR %": _figure(m["cagr_pct"]), "Sharpe": _figure(m["sharpe"]),
+                            "max DD %": _figure(m["max_drawdown_pct"]), "total %": _figure(m["total_return_pct"])})
+        lines.append(render.table(figures, ["curve", "CAGR %", "Sharpe", "max DD %", "total %"]))
+    else:
+        lines.append("out of sample: a fold's test run did not finish; no stitched curve")
+    lines += [f"chart: {path}" for path in charts]
+    return "\n".join(lines)
+
+
+def _value(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _metric(trial: dict | None, key: str) -> float | None:
+    return (((trial or {}).get("metrics") or {}).get("metrics") or {}).get(key)

@@ -5,6 +5,7 @@ cluster is shut down (a trial's backtest dies with its worker), and `--resume` c
 from __future__ import annotations
 
 import contextlib
+from datetime import date
 from pathlib import Path
 from typing import Iterator
 
@@ -57,3 +58,31 @@ def run_sweep(spec: StudySpec, out_dir: Path, *, resume: bool, address: str | No
         charts = [report.parameter_chart(search_trials, spec.params, spec.objective, out_dir / "parameters.png",
                                          default["objective"] if default else None)]
         return report.sweep_text(spec.as_dict(), trials, spec.params, charts)
+
+
+def run_walk_forward(spec: StudySpec, out_dir: Path, folds: list, *, resume: bool, address: str | None,
+                     workers: int | None) -> str:
+    from common.clock import calendar
+    from ports.market_factory import open_market
+    from research import walk_forward
+
+    with opened(spec, out_dir, "walk-forward", resume=resume) as store:
+        with stoppable(store), engine.cluster(address, workers) as client:
+            walk_forward.run_folds(Runner(client, store, spec, out_dir), store, folds)
+        store.set_status("done")
+        market = open_market(spec.data, market_path=spec.market or None, cache_dir=Path(spec.cache_dir))
+        curves = {"chosen settings (out of sample)": walk_forward.stitched(store, folds, "test"),
+                  "default settings": walk_forward.stitched(store, folds, "test-default")}
+        days = next((curve[0] for curve in curves.values() if curve), [])
+        series = {label: curve[1] for label, curve in curves.items() if curve}
+        if days:
+            series["SPY total return"] = walk_forward.spy_stitched(market, folds, days)
+        charts = []
+        if series:
+            axis = [calendar().previous_session(folds[0].test.start), *(date.fromisoformat(d) for d in days)]
+            charts.append(report.curves_chart(axis, series, "Walk-forward: test windows stitched (100 = start)",
+                                              out_dir / "walk_forward.png"))
+        trials = store.trials()
+        charts.append(report.parameter_chart([t for t in trials if t["role"] == "search"], spec.params,
+                                             spec.objective, out_dir / "parameters.png"))
+        return report.walk_forward_text(spec.as_dict(), store.folds(), trials, spec.params, series, charts)

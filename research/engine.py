@@ -42,8 +42,9 @@ def cluster(address: str | None = None, workers: int | None = None) -> Iterator[
         count = workers or os.cpu_count() or 1
         if count < 1:
             raise ConfigError(f"--workers: expected at least 1, got {count}")
-        local = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, dashboard_address=None,
-                             silence_logs=logging.ERROR)
+        # on the loopback interface only, its web page on any free port: nothing is served to the network
+        local = LocalCluster(n_workers=count, threads_per_worker=1, processes=True, host="127.0.0.1",
+                             dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR)
         try:
             client = Client(local)
             try:

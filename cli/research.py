@@ -116,5 +116,20 @@ def walk_forward_command(ctx: click.Context, train: str, test_length: str, step:
                                       address=options["address"], workers=options["workers"]))
 
 
+@research_group.command(name="settings")
+def settings_command() -> None:
+    """The strategy settings a --param (or `backtest --set`) may name, with their defaults and limits."""
+    from common import render
+    from config import STRATEGY_RUNTIME_SETTINGS, RUNTIME_SETTINGS, STRATEGY_VARIABLES
+
+    rows = [{"name": name, "default": var.default, "values": f"{var.low:g}..{var.high:g}" if var.low is not None
+             else " | ".join(var.choices) or var.kind, "meaning": var.help}
+            for name, var in STRATEGY_VARIABLES.items()]
+    rows += [{"name": key, "default": RUNTIME_SETTINGS[key].default,
+              "values": "3..10" if key == "autoclose_threshold" else "on | off",
+              "meaning": RUNTIME_SETTINGS[key].help + " (runtime setting)"} for key in STRATEGY_RUNTIME_SETTINGS]
+    click.echo(render.table(rows, ["name", "default", "values", "meaning"]))
+
+
 for _command in (research_group,):
     cli.add_command(_command)

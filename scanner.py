@@ -76,6 +76,25 @@ CAP_RULES: dict[str, CapRules] = {
 }
 
 
+def stage2_miss(row, rules: CapRules) -> str:
+    """Which stage-2 condition a stage-1 candidate (a scan frame row) failed, in words, e.g. "no breakout (gap
+    +0.40% < +1.00%, no 5-day high); volume surge 1.12 < 1.30"."""
+    misses = []
+    if not row["momentum_breakout"]:
+        gap, gapped = row["gap_up"], row["gap_up"] >= rules.min_gap_up - TOLERANCE
+        if not (row["breakout_5d"] or (gapped and row["follow_through"])):
+            why = ("gap without follow-through" if gapped else "no gap" if gap != gap
+                   else f"gap {gap * 100:+.2f}% < {rules.min_gap_up * 100:+.2f}%")
+            misses.append(f"no breakout ({why}, no 5-day high)")
+        surge = row["volume_surge"]
+        if not surge >= rules.min_volume_surge - TOLERANCE:
+            misses.append(f"volume surge {'-' if surge != surge else f'{surge:.2f}'} < {rules.min_volume_surge:.2f}")
+    roc = row["roc_10d"]
+    if not roc >= rules.min_roc_10d - TOLERANCE:
+        misses.append(f"10-day ROC {'-' if roc != roc else f'{roc * 100:+.1f}%'} < {rules.min_roc_10d * 100:+.1f}%")
+    return "; ".join(misses) or "stage 1 not passed"
+
+
 # ---- threshold comparisons (NaN never passes) -------------------------------------------------------------------
 
 def at_least(values: np.ndarray, threshold: float) -> np.ndarray:

@@ -39,6 +39,7 @@ class Decision:
     watch: list[str] = field(default_factory=list)
     candidate_decisions: dict[str, tuple[str, str]] = field(default_factory=dict)  # symbol -> (decision, reason)
     skip_mode: bool = False
+    halted: bool = False  # buying halted (`halt`, a refusal storm): it comes before anything skip mode says
 
 
 def decide_positions(positions: list[dict], limits: Limits) -> tuple[list[tuple[str, str]], list[str]]:
@@ -87,6 +88,7 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     decision = Decision()
     decision.closes, decision.holds = decide_positions(positions, limits)
     decision.skip_mode = in_skip_mode(positions, limits)
+    decision.halted = limits.halted
     block = buy_block_reason(limits, decision.skip_mode)
     slots = max(0, min(limits.free_slots, limits.free_cap_slots, limits.max_buys))
     # Only the score and the stage-2 flag decide; reading the columns once is much cheaper than a Series a row.

@@ -28,6 +28,7 @@ from common.errors import ConfigError, DataError
 from common.locks import scan_lock
 from common.render import table
 from common.types import DAILY, INTRADAY, Panel, Snapshot, finite
+from common.universe import UNKNOWN_REASON, unknown_symbols, unknown_text
 from core import reversal, rules_decider, systems
 from flows import scan_orders
 from flows.operator import require_market_open
@@ -56,6 +57,7 @@ class CapScan:
     timings: dict[str, float] = field(default_factory=dict)
     execution: Any = None  # scan_orders.ExecutionReport on a trading scan
     view: str = INTRADAY  # what the snapshot was built from (common/types.py)
+    unknown: list[str] = field(default_factory=list)  # universe symbols the data source has no data for
 
 
 class Timer:
@@ -319,23 +321,34 @@ def record_cap_scan(rt: Runtime, result: CapScan, status: str) -> None:
                            "ORDER BY updated_at DESC, score DESC LIMIT ?)", [rules_decider.WATCHLIST_SIZE])
         journal.update_row("scans", "id", result.scan_id, {
             **counts, "finished_at": now, "status": status, "timings": json.dumps(result.timings),
-            "skipped": json.dumps(result.skipped), "spy_price": context.get("spy_price"),
+            "skipped": json.dumps({**result.skipped, **dict.fromkeys(result.unknown, UNKNOWN_REASON)}),
+            "spy_price": context.get("spy_price"),
             "spy_change_pct": context.get("spy_change_pct"), "spy_trend": context.get("trend"),
             "vix": context.get("vix"), "breadth": context.get("breadth"), "regime": context.get("regime"),
             "exposure_factor": context.get("exposure_factor"), "skip_mode": int(decision.skip_mode),
             "summary": summary_line(result)})
 
 
+def explain_stage2(decision: rules_decider.Decision, frame: pd.DataFrame, rules: scanner.CapRules) -> None:
+    """Name the stage-2 condition each candidate failed in its reason (recorded and shown as such)."""
+    for symbol, (choice, reason) in decision.candidate_decisions.items():
+        if "stage 2 not passed" in reason and symbol in frame.index:
+            decision.candidate_decisions[symbol] = (choice, reason.replace(
+                "stage 2 not passed", f"stage 2 not passed: {scanner.stage2_miss(frame.loc[symbol], rules)}"))
+
+
 def summary_line(result: CapScan) -> str:
     decision = result.decision
-    parts = [f"{result.cap}: {int(result.frame['stage1'].sum())} candidates, "
+    parts = ["HALTED: no buys until `resume`"] if decision.halted else []
+    parts += [f"{result.cap}: {int(result.frame['stage1'].sum())} candidates, "
              f"{int(result.frame['stage2'].sum())} passed stage 2",
              f"BUY {', '.join(decision.buys) or '-'}", f"WATCH {', '.join(decision.watch) or '-'}"]
     if decision.closes:
         parts.append("CLOSE " + ", ".join(symbol for symbol, _ in decision.closes))
     execution = result.execution
     if execution is not None:
-        parts.append(f"bought {', '.join(execution.bought) or '-'}")
+        parts.append("bought " + (", ".join(_bought_text(symbol, execution.filled.get(symbol))
+                                            for symbol in execution.bought) or "-"))
         if execution.pending:
             parts.append(f"entries pending {', '.join(execution.pending)}")
         if execution.closed:
@@ -346,10 +359,31 @@ def summary_line(result: CapScan) -> str:
             parts.append("BUYING HALTED")
     if decision.skip_mode:
         parts.append("SKIP MODE")
+    if result.unknown:
+        parts.append(unknown_text(result.unknown, SKIPPED_NAMED))
     if result.skipped:
         count = len(result.skipped)
-        parts.append(f"{count} symbol{'s' if count != 1 else ''} skipped for bad data")
+        named = ", ".join(f"{symbol} ({_short(reason)})"
+                          for symbol, reason in list(result.skipped.items())[:SKIPPED_NAMED])
+        more = f" and {count - SKIPPED_NAMED} more (all in the journal's scans.skipped)" if count > SKIPPED_NAMED \
+            else ""
+        parts.append(f"{count} symbol{'s' if count != 1 else ''} skipped for bad data: {named}{more}")
     return "; ".join(parts)
+
+
+SKIPPED_NAMED = 5  # skipped symbols named in a scan's summary line
+
+
+def _short(reason: str, width: int = 48) -> str:
+    return reason if len(reason) <= width else reason[:width - 3].rstrip() + "..."
+
+
+def _bought_text(symbol: str, fill: dict | None) -> str:
+    """"AAPL 25 sh @ $182.30, stop $173.19" (or UNPROTECTED) from the trade the buy opened."""
+    if not fill:
+        return symbol
+    stop = f"stop ${fill['stop']:,.2f}" if fill.get("stop") else "UNPROTECTED: no stop"
+    return f"{symbol} {fill['qty']} sh @ ${fill['price']:,.2f}, {stop}"
 
 
 # --- the loop -----------------------------------------------------------------------------------------------------
@@ -401,8 +435,11 @@ def _scan_cap(rt: Runtime, timer: Timer, scan_id: int, cap: str, session: Sessio
         limits = dataclasses.replace(limits, regime_blocks_buys=context["regime"] == "CRASH")
         decision = decide(rt, scan_id, universe_frame, positions, set(held) | symbols_held(rt.journal), limits,
                           context)
-    skipped = {s: r for s, r in universe_frame["skip_reason"].items() if r is not None}
-    result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped)
+        explain_stage2(decision, universe_frame, cap_rules(rt.config, cap))
+    unknown = unknown_symbols(rt.market, universe)  # named as unknown, not as bad data
+    skipped = {s: r for s, r in universe_frame["skip_reason"].drop(unknown).items() if r is not None}
+    result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped,
+                     unknown=unknown)
     result.timings, result.view = timer.timings, snap.view
     if not dry_run:
 
@@ -460,10 +497,12 @@ def summary_text(results: list[CapScan], limit: int = 15) -> str:
             header += " | daily bars: today's open and the sessions before it"
         lines = [header] + ([f"WARNING: {ctx['missing']}; a trading scan is refused"] if ctx.get("missing")
                             else []) + [summary_line(result)]
-        rows = [_summary_row(result, symbol) for symbol in result.decision.candidate_decisions][:limit]
+        rows = [_summary_row(result, symbol) for symbol in result.decision.candidate_decisions]
         if rows:
-
-            lines.append(table(rows, SUMMARY_COLUMNS))
+            lines.append(table(rows[:limit], SUMMARY_COLUMNS))
+            if len(rows) > limit:
+                lines.append(f"({len(rows) - limit} more candidates not shown: all are in the journal's candidates "
+                             "table and in --json)")
         for symbol, reason in result.decision.closes:
             lines.append(f"CLOSE {symbol}: {reason}")
         blocks.append("\n".join(lines))

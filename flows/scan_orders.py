@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 class ExecutionReport:
     closed: list[tuple[str, str]] = field(default_factory=list)  # (symbol, exit reason)
     bought: list[str] = field(default_factory=list)
+    filled: dict[str, dict] = field(default_factory=dict)  # symbol -> qty, price, stop of the trade a buy opened
     pending: list[str] = field(default_factory=list)  # sent, not filled within the wait
     refused: list[tuple[str, str, str]] = field(default_factory=list)  # (symbol, gate, detail)
     halted_now: bool = False
@@ -145,6 +146,8 @@ def _buys(rt: Runtime, result, history: Panel, snap: Snapshot, scan_type: str, r
         if trade is None:
             continue
         (report.bought if trade["status"] in ("open", "unprotected") else report.pending).append(p.symbol)
+        report.filled[p.symbol] = {"qty": trade["qty"], "price": trade["entry_price"],
+                                   "stop": trade["trailing_stop_price"] if trade["status"] == "open" else None}
 
 
 def profit_target(config, price: float) -> float | None:

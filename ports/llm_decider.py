@@ -486,7 +486,7 @@ def reply_to_decision(parsed: dict, stage1: pd.DataFrame, positions: list[dict],
                       limits: Limits) -> Decision:
     """A validated reply as a Decision; buys beyond this scan's limits are demoted, never trusted."""
     plan = parsed["execution_plan"]
-    decision = Decision(skip_mode=rules_decider.in_skip_mode(positions, limits))
+    decision = Decision(skip_mode=rules_decider.in_skip_mode(positions, limits), halted=limits.halted)
     position_reasons = {a["symbol"]: a["reasoning"] for a in parsed["position_actions"]}
     decision.closes = [(s, _one_line(position_reasons.get(s) or "closed by the model", REASON_CHARS))
                        for s in plan["closes"]]

@@ -9,6 +9,9 @@ Loading validates strictly (exact keys, symbol format, no duplicates within a li
 with one line naming the file and the problem. `build_universe` derives a universe from data: by median daily dollar
 volume (terciles), by market capitalisation (> $10B large, $2-10B mid, < $2B small), or point in time from index
 membership intervals and dollar volume (`_point_in_time_by_dollar_volume`).
+
+A symbol the market-data source does not know is named as unknown (`unknown_symbols`): a warning in a scan of the
+universe, an error when it was typed on the command line (`refuse_unknown`).
 """
 from __future__ import annotations
 
@@ -19,10 +22,11 @@ import os
 import re
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -170,6 +174,45 @@ class ClockedUniverse:
 def on_the_clock(universe: AnyUniverse, today: Callable[[], date]) -> AnyUniverse | ClockedUniverse:
     """A point-in-time universe answering for `today()`; a fixed universe as it is."""
     return ClockedUniverse(universe, today) if isinstance(universe, PointInTimeUniverse) else universe
+
+
+# ------------------------------------------------------------------------------------------------ unknown symbols
+
+UNKNOWN_REASON = "unknown symbol: the data source has no data for it"  # how a scan records one
+
+def unknown_symbols(market: Any, symbols: Sequence[str], *, ask: bool = False) -> list[str]:
+    """The symbols `market` has no data for at all, in the order given: a symbol the source does not know is named as
+    unknown, never mistaken for one whose data is bad.
+
+    A file source answers from its own list (`unknown_symbols` of the csv sources) and the synthetic market serves
+    every symbol. A source whose list costs a request (Alpaca's asset list) is asked only with `ask`: a symbol
+    typed on the command line is worth the request, a universe checked on every scan is not."""
+    own = getattr(market, "unknown_symbols", None)
+    if callable(own):
+        return list(own(symbols))
+    if not ask:
+        return []
+    known = set(market.known_symbols())
+    return [symbol for symbol in dict.fromkeys(symbols) if symbol not in known]
+
+
+def unknown_text(symbols: Sequence[str], limit: int | None = None) -> str:
+    """'unknown symbol: XYZ' or 'unknown symbols: XYZ, QQQQ'; beyond `limit` names, 'and N more'."""
+    named = list(symbols if limit is None else symbols[:limit])
+    more = f" and {len(symbols) - len(named)} more" if len(symbols) > len(named) else ""
+    return f"unknown symbol{'s' if len(symbols) != 1 else ''}: {', '.join(named)}{more}"
+
+
+def refuse_unknown(market: Any, symbols: Sequence[str], option: str) -> None:
+    """ConfigError (exit 2) naming every symbol given in `option` that the market has no data for."""
+    unknown = unknown_symbols(market, symbols, ask=True)
+    if unknown:
+        raise ConfigError(f"{option}: {unknown_text(unknown)} ({_not_in(market)})")
+
+
+def _not_in(market: Any) -> str:
+    path = getattr(market, "path", None)
+    return f"not in {path}" if path is not None else f"not known to the {getattr(market, 'name', '')} data source"
 
 
 # ------------------------------------------------------------------------------------------------------ loading

@@ -318,11 +318,17 @@ class Journal:
         return self.insert_row("events", row)
 
     def recent_errors(self, limit: int = 10) -> list[dict]:
-        """The last `limit` distinct error messages, newest first, with how often each occurred."""
+        """The last `limit` distinct error messages, newest first, with how often each occurred: error and critical
+        events, and the runs that failed (a command that exited 1, 2 or 3 records its one line there, not always
+        as an event)."""
         return self.query(
-            "SELECT message, level, source, COUNT(*) AS count, MAX(created_at) AS last_seen FROM events "
-            "WHERE level IN ('error', 'critical') GROUP BY message ORDER BY last_seen DESC, MAX(id) DESC LIMIT ?",
-            [limit])
+            "SELECT message, level, source, COUNT(*) AS count, MAX(at) AS last_seen FROM ("
+            "  SELECT message, level, source, created_at AS at FROM events WHERE level IN ('error', 'critical')"
+            "  UNION ALL"
+            "  SELECT substr(command, instr(command, ' ') + 1) || ' failed (exit ' || exit_code || '): '"
+            "         || COALESCE(detail, '-'), 'error', 'run',"
+            "         COALESCE(finished_at, started_at) FROM runs WHERE status = 'failed'"
+            ") GROUP BY message ORDER BY last_seen DESC LIMIT ?", [limit])
 
     # --- runtime settings ------------------------------------------------------------------------------------
     def settings(self) -> dict[str, str]:

@@ -141,7 +141,9 @@ def set_setting(ctx: click.Context, key: str, value: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def errors(ctx: click.Context, as_json: bool) -> None:
-    """The last 10 distinct errors recorded in the journal."""
+    """The last 10 distinct errors recorded in the journal: error and critical events and failed runs."""
+    from datetime import datetime
+
     from common import render
 
     rt = start(ctx)
@@ -149,7 +151,8 @@ def errors(ctx: click.Context, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"command": "errors", "errors": rows}, indent=2))
     else:
-        click.echo(render.table(rows, ["last_seen", "level", "count", "source", "message"]) if rows
+        shown = [{**row, "last_seen": render.ny_time(datetime.fromisoformat(row["last_seen"]))} for row in rows]
+        click.echo(render.table(shown, ["last_seen", "level", "count", "source", "message"]) if rows
                    else "no errors recorded")
     done(rt)
 

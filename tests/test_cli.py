@@ -72,7 +72,10 @@ def test_errors_lists_distinct_recent_errors(env):
     assert run("errors").stdout.strip() == "no errors recorded"
     assert_one_line_error(run("--data", "csv:/nowhere/bars.csv", "--asof", "2016-11-09T10:30", "scan", "--dry-run"),
                           2, "/nowhere/bars.csv")
-    assert run("errors").exit_code == 0
+    listed = run("errors")
+    assert listed.exit_code == 0
+    assert "run     scan failed (exit 2):" in listed.stdout and "/nowhere/bars.csv" in listed.stdout  # a failed run
+    assert "2016-11-09 10:30 EST" in listed.stdout  # when, in New York time
 
 
 @pytest.mark.parametrize("args, fragment", [

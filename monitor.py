@@ -43,6 +43,7 @@ class MonitorReport:
     alerts: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # positions left for the next run, and why
     circuit_breaker: bool = False
+    closed: list[dict] = field(default_factory=list)  # trades held at the start that this run found closed
     failure: Exception | None = None  # the first outage or program error met, raised once every position was tried
 
 
@@ -55,6 +56,7 @@ def run_monitor(rt: Runtime, *, dry_run: bool, force: bool) -> MonitorReport:
     if not dry_run:
         require_market_open(rt, force=force, what="monitor")
     report = MonitorReport()
+    held_before = [t["id"] for t in rt.journal.held_trades("id")]
     reconcile.reconcile(rt)
     if not dry_run:
         protect_all(rt)
@@ -71,9 +73,20 @@ def run_monitor(rt: Runtime, *, dry_run: bool, force: bool) -> MonitorReport:
         settle_fills(rt)
         record_poor_signals(rt)
         protect_all(rt)
+    report.closed = closed_since(rt, held_before)
     if report.failure is not None:
         raise report.failure
     return report
+
+
+def closed_since(rt: Runtime, trade_ids: list[int]) -> list[dict]:
+    """The trades among `trade_ids` that are closed now: a stop filled at the broker, an exit that filled, a
+    flatten; what the run's output reports."""
+    if not trade_ids:
+        return []
+    return rt.journal.query(
+        f"SELECT symbol, original_qty, qty, exit_price, exit_reason, pnl, pnl_pct FROM trades WHERE status = 'closed' "
+        f"AND id IN ({', '.join('?' * len(trade_ids))}) ORDER BY exit_time, id", trade_ids)
 
 
 def _isolated(rt: Runtime, report: MonitorReport, symbol: str, step):
@@ -240,6 +253,13 @@ def report_text(report: MonitorReport) -> str:
         lines.append("  CIRCUIT BREAKER tripped: closing everything, no buys until the next session")
     lines += [f"  exit started: {s} {reason} ({priority})" for s, reason, priority in report.exits_started]
     lines += [f"  exit in progress: {s} -> {state}" for s, state in report.exits_finished]
+    for trade in report.closed:
+        qty = trade["original_qty"] or trade["qty"]
+        pnl = (f", P&L ${trade['pnl']:+,.2f} ({trade['pnl_pct']:+.2f}%)" if trade["pnl"] is not None
+               and trade["pnl_pct"] is not None else "")
+        price = f" at ${trade['exit_price']:,.2f}" if trade["exit_price"] is not None else ""
+        reason = (trade["exit_reason"] or "closed").replace("_", " ")
+        lines.append(f"  closed: {trade['symbol']} {qty} sh{price} ({reason}){pnl}")
     lines += [f"  alert: {a}" for a in report.alerts]
     lines += [f"  left for the next run: {e}" for e in report.errors]
     return "\n".join(lines)

@@ -1,4 +1,4 @@
-"""What a scan prints says what the journal knows: the stage-2 condition a candidate failed, each buy's size, price
+"""What a scan and the monitor print says what the journal knows: the stage-2 condition a candidate failed, each buy's size, price
 and stop, the symbols skipped for bad data by name, how many candidate rows a table hides, and HALTED first."""
 from __future__ import annotations
 
@@ -56,3 +56,17 @@ def test_a_long_candidate_table_says_how_many_rows_it_hides_and_halted_comes_fir
     assert "(62 more candidates not shown: all are in the journal's candidates table and in --json)" in result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("HALTED"))
     assert summary.startswith("HALTED: no buys until `resume`; large: 77 candidates")
+
+
+@pytest.mark.slow
+def test_the_monitor_reports_a_stop_that_filled_at_the_broker_with_its_price_and_pnl(real_env):
+    assert cli("--asof", "2016-11-09T10:30", "scan", "--cap", "large").exit_code == 0
+    assert "closed:" not in cli("--asof", "2016-11-11T10:00", "monitor").output
+    result = cli("--asof", "2016-11-14T10:00", "monitor")
+    assert result.exit_code == 0, result.output
+    with sqlite3.connect(real_env["MOMENTUM_DB"]) as db:
+        symbol, qty, price, reason, pnl, pct = db.execute(
+            "SELECT symbol, qty, exit_price, exit_reason, pnl, pnl_pct FROM trades WHERE status = 'closed'").fetchone()
+    assert reason == "trailing_stop"
+    assert f"  closed: {symbol} {qty} sh at ${price:,.2f} (trailing stop), P&L ${pnl:+,.2f} ({pct:+.2f}%)" in \
+        result.output

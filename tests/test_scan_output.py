@@ -1,5 +1,6 @@
-"""What a scan and the monitor print says what the journal knows: the stage-2 condition a candidate failed, each buy's size, price
-and stop, the symbols skipped for bad data by name, how many candidate rows a table hides, and HALTED first."""
+"""What a scan and the monitor print says what the journal knows: the stage-2 condition a candidate failed, each
+buy's size, price and stop, the symbols skipped for bad data by name, how many candidate rows a table hides, HALTED
+first, and the trades the monitor found closed."""
 from __future__ import annotations
 
 import math

@@ -94,6 +94,11 @@ def schedule_state(rt: Runtime) -> dict[str, Any]:
             "last_runs": tick.last_runs(rt), "overdue": [item.as_dict() for item in overdue], "overdue_lines": lines}
 
 
+def _ny(stamp: str | None) -> str:
+    """A stored UTC timestamp in New York time, as every time the product prints."""
+    return render.ny_time(datetime.fromisoformat(stamp)) if stamp else "-"
+
+
 def status_text(data: dict[str, Any]) -> str:
     market = data["market"]
     account = data["account"]
@@ -108,8 +113,8 @@ def status_text(data: dict[str, Any]) -> str:
     day_pct = day_pnl / account.last_equity * 100 if account.last_equity else None
     last_scan = data["last_scan"]
     scan_line = "none yet" if not last_scan else (
-        f"{last_scan['type']} {last_scan['cap']} at {last_scan['asof']} ({last_scan['status']}"
-        f"{', dry run' if last_scan['dry_run'] else ''})")
+        f"{last_scan['type']} {last_scan['cap']} at {_ny(last_scan['asof'])} ({last_scan['status']}"
+        f"{', dry run' if last_scan['dry_run'] and last_scan['status'] != 'dry_run' else ''})")
     trades = data["open_trades"]
     checks = data["position_checks"]
     halt = "HALTED (buying stopped)" if data["halted"] else "no"
@@ -129,9 +134,9 @@ def status_text(data: dict[str, Any]) -> str:
         ("halted", halt),
         ("auto-close", f"{data['settings']['autoclose']} at reversal score >= "
                        f"{data['settings']['autoclose_threshold']}"),
-        ("skip-buy mode", data["settings"]["skip_buys"]),
+        ("skip-buy mode", data["settings"]["skip_buys"] + (" (no buys anyway: HALTED)" if data["halted"] else "")),
         ("last scan", scan_line),
-        ("position checks", f"{checks['n']} recorded, last {checks['last'] or '-'}"),
+        ("position checks", f"{checks['n']} recorded, last {_ny(checks['last'])}"),
     ]
     schedule = data["schedule"]
     if schedule["kept_by_tick"]:
@@ -144,7 +149,7 @@ def status_text(data: dict[str, Any]) -> str:
     pairs += [("", line) for line in lines]
     for run in schedule["last_runs"]:
         code = f" (exit {run['exit_code']})" if run["exit_code"] not in (0, None) else ""
-        pairs.append((f"last {run['command'].split(' ', 1)[-1]}",
+        pairs.append((f"last {run['command'].split(' ', 1)[-1]} run",
                       f"{render.ny_time(datetime.fromisoformat(run['started_at']))} {run['status']}{code}"))
     return render.key_values(pairs)
 

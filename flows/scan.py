@@ -58,6 +58,7 @@ class CapScan:
     execution: Any = None  # scan_orders.ExecutionReport on a trading scan
     view: str = INTRADAY  # what the snapshot was built from (common/types.py)
     unknown: list[str] = field(default_factory=list)  # universe symbols the data source has no data for
+    earlier_session: bool = False  # run outside today's session (before the open, a holiday): the last one was used
 
 
 class Timer:
@@ -441,6 +442,7 @@ def _scan_cap(rt: Runtime, timer: Timer, scan_id: int, cap: str, session: Sessio
     result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped,
                      unknown=unknown)
     result.timings, result.view = timer.timings, snap.view
+    result.earlier_session = not rt.calendar.is_open(rt.clock.now())
     if not dry_run:
 
         with timer.step("execute"):
@@ -495,6 +497,8 @@ def summary_text(results: list[CapScan], limit: int = 15) -> str:
                   f"(exposure x{ctx.get('exposure_factor', 1.0):g})")
         if result.view == DAILY and result.fraction < 1.0:
             header += " | daily bars: today's open and the sessions before it"
+        if result.earlier_session:
+            header += f" | no session open now: this used the last session, {result.session}, as it closed"
         lines = [header] + ([f"WARNING: {ctx['missing']}; a trading scan is refused"] if ctx.get("missing")
                             else []) + [summary_line(result)]
         rows = [_summary_row(result, symbol) for symbol in result.decision.candidate_decisions]

@@ -71,3 +71,23 @@ def test_the_monitor_reports_a_stop_that_filled_at_the_broker_with_its_price_and
     assert reason == "trailing_stop"
     assert f"  closed: {symbol} {qty} sh at ${price:,.2f} (trailing stop), P&L ${pnl:+,.2f} ({pct:+.2f}%)" in \
         result.output
+
+
+def test_a_dry_run_before_the_open_says_it_used_the_previous_session_and_status_speaks_new_york(private_journal):
+    from click.testing import CliRunner
+
+    from main import cli as main_cli
+
+    early = CliRunner().invoke(main_cli, ["--asof", "2024-06-14T08:00", "scan", "--cap", "small", "--dry-run"])
+    assert early.exit_code == 0, early.output
+    assert "no session open now: this used the last session, 2024-06-13, as it closed" in early.output
+    during = CliRunner().invoke(main_cli, ["--asof", "2024-06-14T10:00", "scan", "--cap", "small", "--dry-run"])
+    assert "no session open now" not in during.output
+    status = CliRunner().invoke(main_cli, ["--asof", "2024-06-14T10:05", "status"]).output
+    assert "open small at 2024-06-14 10:00 EDT (dry_run)" in status
+    assert "last scan run    2024-06-14 10:00 EDT done" in status
+    halted = CliRunner().invoke(main_cli, ["halt"])
+    assert halted.exit_code == 0
+    status = CliRunner().invoke(main_cli, ["--asof", "2024-06-14T10:05", "status"]).output
+    assert "skip-buy mode" in status and "(no buys anyway: HALTED)" in status
+    assert status.index("HALTED (buying stopped)") < status.index("skip-buy mode")

@@ -10,6 +10,7 @@ import sys
 import click
 
 from cli.app import cli
+from cli.options_check import nonempty_path
 
 
 @click.group(name="data")
@@ -23,7 +24,8 @@ def data_group() -> None:
 @click.option("--universe", "universe_name", help="All symbols of a universe cap: large, mid, small or all.")
 @click.option("--start", required=True, help="First session (YYYY-MM-DD).")
 @click.option("--end", required=True, help="Last session (YYYY-MM-DD); stops at the last completed session.")
-@click.option("--out", help="Output file [default: data/bars_<timeframe>_<start>_<end>.csv.gz in the home folder].")
+@click.option("--out", callback=nonempty_path,
+              help="Output file [default: data/bars_<timeframe>_<start>_<end>.csv.gz in the home folder].")
 @click.option("--adjustment", default="split", show_default=True, help="raw, split or all (splits and dividends).")
 @click.option("--feed", default="iex", show_default=True, help="iex (free plan) or sip.")
 @click.pass_context
@@ -32,7 +34,9 @@ def download_command(ctx: click.Context, timeframe: str, symbols: str | None, un
     """Download historical bars from Alpaca into a file the replay reads: 1Day bars in the daily format
     (date,symbol,open,high,low,close,volume), 1Min and 5Min bars in the intraday format
     (timestamp,symbol,...; regular-session bars only). Works in batches of 50 symbols; an interrupted or failed
-    download keeps its finished batches in OUT.parts/ and the same command resumes it."""
+    download keeps its finished batches in OUT.parts/ and the same command resumes it. Symbols Alpaca has no bars
+    for are named: an error (exit 2, the file still holds the others) for --symbols, a warning for --universe."""
+    from common.errors import ConfigError
     from flows import download
 
     rt = ctx.find_root().obj
@@ -52,6 +56,10 @@ def download_command(ctx: click.Context, timeframe: str, symbols: str | None, un
     finally:
         display.close()
     click.echo(result.text())
+    if result.no_bars and symbols is not None:
+        raise ConfigError(f"--symbols: {result.unknown_text()}")
+    if result.no_bars:
+        click.echo(f"warning: --universe {universe_name}: {result.unknown_text()}", err=True)
 
 
 class ProgressDisplay:

@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from cli.app import cli, done, start
+from cli.options_check import nonempty_path
 from common.errors import ConfigError
 
 EXPORT_CHOICES = ["trades", "candidates", "exits"]
@@ -77,7 +78,7 @@ def report_metrics(ctx: click.Context, as_json: bool) -> None:
 
 @report_group.command(name="weekly")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--chart", "chart_path", type=click.Path(dir_okay=False),
+@click.option("--chart", "chart_path", type=click.Path(dir_okay=False), callback=nonempty_path,
               help="Equity-vs-SPY PNG [default: LOG_DIR/equity_vs_spy.png].")
 @click.option("--week", "week_of", help="Any date in the week to report (YYYY-MM-DD) [default: last completed].")
 @click.pass_context
@@ -135,7 +136,8 @@ def _parse_day(text: str, option: str) -> date:
 
 @click.command(name="export")
 @click.argument("what", type=click.Choice(EXPORT_CHOICES))
-@click.option("--out", "out_path", required=True, type=click.Path(), help="CSV file to write.")
+@click.option("--out", "out_path", required=True, type=click.Path(), callback=nonempty_path,
+              help="CSV file to write.")
 @click.pass_context
 def export_command(ctx: click.Context, what: str, out_path: str) -> None:
     """Export every column of trades, candidates or exits to a CSV file (written atomically)."""

@@ -11,6 +11,9 @@ Each finished batch is written atomically to `<out>.parts/batch-NNNNN.csv.gz`, a
 the arguments and the finished batches. A rerun with the same arguments skips the finished batches; other arguments
 for the same --out are refused while that folder exists. When every batch is done, the output is written atomically
 (temp file + rename) and the parts folder removed. Ctrl-C or a failure keeps the finished batches.
+
+Symbols Alpaca sends no bar for are named in the result (`no_bars`): the command makes that an error for symbols
+typed with --symbols (an unknown symbol) and a warning for a universe's.
 """
 from __future__ import annotations
 
@@ -20,9 +23,10 @@ import logging
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import IO
@@ -31,7 +35,7 @@ import pandas as pd
 
 from common.clock import NY, calendar
 from common.errors import ConfigError, DataError, MomentumError
-from common.universe import CAPS, SYMBOL_PATTERN
+from common.universe import CAPS, SYMBOL_PATTERN, unknown_text
 from config import home
 from ports.alpaca.bars_download import (
     ADJUSTMENTS,
@@ -77,6 +81,7 @@ class BatchRecord:
     bars: int
     symbols_with_bars: int
     sessions: list[str]  # ISO dates with at least one bar
+    no_bars: list[str] = field(default_factory=list)  # symbols of the batch Alpaca sent no bar for
 
 
 @dataclass
@@ -113,11 +118,17 @@ class DownloadResult:
     sessions: int
     first_session: date | None
     last_session: date | None
+    no_bars: tuple[str, ...] = ()  # symbols asked for that Alpaca sent no bar for: unknown, or not traded then
 
     def text(self) -> str:
         span = f" ({self.first_session} .. {self.last_session})" if self.first_session else ""
         return (f"wrote {self.out}: {self.symbols_with_bars} of {self.symbols_asked} symbols with bars, "
                 f"{self.bars:,} bars, {self.sessions} sessions{span}")
+
+    def unknown_text(self) -> str:
+        """What the symbols without bars are, for the warning or the error that names them."""
+        return (f"{unknown_text(self.no_bars)} (Alpaca has no bars for {'it' if len(self.no_bars) == 1 else 'them'}"
+                f" from {self.first_session} to {self.last_session}; {self.out} holds the others)")
 
 
 # -- the request -------------------------------------------------------------------------------------------------
@@ -134,7 +145,9 @@ def download_request(rt, *, timeframe: str, symbols: str | None, universe: str |
     if (symbols is None) == (universe is None):
         raise ConfigError("give either --symbols A,B,C or --universe large|mid|small|all (one of the two)")
     chosen = _symbols(symbols) if symbols is not None else _universe_symbols(rt, universe)
-    target = Path(out) if out else home() / "data" / f"bars_{timeframe}_{first}_{last}.csv.gz"
+    if out is not None and not out.strip():
+        raise ConfigError("--out: empty path; give a file such as bars.csv.gz, or leave --out out for the default")
+    target = Path(out) if out is not None else home() / "data" / f"bars_{timeframe}_{first}_{last}.csv.gz"
     return DownloadRequest(timeframe, chosen, first, last, target, adjustment, feed)
 
 
@@ -289,15 +302,15 @@ def _write_batch(plan: DownloadPlan, index: int, bars: Iterable[RawBar],
     rows = _daily_rows(bars) if plan.request.timeframe == "1Day" else _regular_session_rows(bars)
     with _replacing(plan.parts / _batch_file(index)) as temp:
         with gzip.open(temp, "wt", compresslevel=1, encoding="utf-8", newline="") as out:
-            record, in_order = _write_rows(out, rows, on_rows)
+            record, in_order, with_bars = _write_rows(out, rows, on_rows)
         if not in_order:  # Alpaca documents (symbol, time) order; a server that breaks it costs a sort
             _sort_part(temp, plan.request.timeframe)
-    return record
+    return replace(record, no_bars=sorted(set(plan.batches[index]) - with_bars))
 
 
 def _write_rows(out: IO[str], rows: Iterator[tuple[str, str, str, RawBar]],
-                on_rows: Callable[[int], None]) -> tuple[BatchRecord, bool]:
-    """Write the rows; what they hold, and whether they came in (symbol, time) order."""
+                on_rows: Callable[[int], None]) -> tuple[BatchRecord, bool, set[str]]:
+    """Write the rows; what they hold, whether they came in (symbol, time) order, and the symbols they hold."""
     count, symbols, sessions = 0, set(), set()
     last_key, in_order = ("", ""), True
     for day, key, when, bar in rows:
@@ -310,7 +323,7 @@ def _write_rows(out: IO[str], rows: Iterator[tuple[str, str, str, RawBar]],
         sessions.add(day)
         if count % PROGRESS_EVERY == 0:
             on_rows(count)
-    return BatchRecord(count, len(symbols), sorted(sessions)), in_order
+    return BatchRecord(count, len(symbols), sorted(sessions)), in_order, symbols
 
 
 def _volume(value: float) -> str:
@@ -390,12 +403,23 @@ def _finish(plan: DownloadPlan, records: dict[int, BatchRecord]) -> DownloadResu
     with _replacing(plan.request.out) as temp, _text_output(temp, plan.request.out.name.endswith(".gz")) as out:
         out.write(DAILY_HEADER if plan.request.timeframe == "1Day" else INTRADAY_HEADER)
         for index in range(len(plan.batches)):
-            with gzip.open(plan.parts / _batch_file(index), "rt", encoding="utf-8", newline="") as part:
-                shutil.copyfileobj(part, out, 1 << 20)
+            _copy_part(plan.parts / _batch_file(index), out)
     shutil.rmtree(plan.parts)
     return DownloadResult(plan.request.out, len(plan.request.symbols),
                           sum(record.symbols_with_bars for record in records.values()), total, len(sessions),
-                          date.fromisoformat(sessions[0]), date.fromisoformat(sessions[-1]))
+                          date.fromisoformat(sessions[0]), date.fromisoformat(sessions[-1]),
+                          tuple(sorted(symbol for record in records.values() for symbol in record.no_bars)))
+
+
+def _copy_part(part: Path, out: IO[str]) -> None:
+    """Append a finished batch; a part file damaged since (a cut-off or corrupt gzip) is one line naming it, and
+    the output is not written (the temp file is removed)."""
+    try:
+        with gzip.open(part, "rt", encoding="utf-8", newline="") as source:
+            shutil.copyfileobj(source, out, 1 << 20)
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError) as err:
+        raise DataError(f"{part}: cannot read a downloaded batch ({str(err).strip() or type(err).__name__}); delete "
+                        f"it and run the same command again to download that batch again") from None
 
 
 @contextmanager

@@ -6,6 +6,10 @@ untraded signals to the option entries (flows/option_entries.py).
 A symbol whose signal bars show a split, spin-off, special dividend or bad print (strat_signals.data_faults) gives no
 signal: the scan skips it, says so in its summary and JSON (`skipped`: symbol -> reason), and writes one info event
 (kind `data_quality`, source `strat`) per skipped symbol to the journal.
+
+A symbol the data source does not have is unknown, not bad data: given with --symbols it stops the scan before
+anything is stored (ConfigError, exit 2, naming every one); in the universe it is named in the summary and the JSON
+(`unknown`) and recorded as one warning event (kind `data_quality`).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import numpy as np
 
 from common.errors import ConfigError
 from common.types import Panel
+from common.universe import refuse_unknown, unknown_symbols, unknown_text
 from core.strat_signals import HISTORY_SESSIONS, TIMEFRAMES, Signal, data_faults, find_signals, weekly_panel
 from flows import option_entries
 
@@ -39,6 +44,7 @@ class ScanResult:
     executions: list = field(default_factory=list)
     options_note: str = ""
     skipped: dict[str, str] = field(default_factory=dict)  # symbol -> why its bars cannot be trusted
+    unknown: list[str] = field(default_factory=list)  # universe symbols the data source has no data for
 
 
 def scan_bars(rt: Runtime, symbols: list[str], timeframe: str) -> Panel:
@@ -93,6 +99,12 @@ def _record_skipped(journal, timeframe: str, skipped: dict[str, str]) -> None:
                                                   "reason": reason})
 
 
+def _record_unknown(journal, timeframe: str, unknown: list[str]) -> None:
+    if unknown:
+        journal.event("warning", "data_quality", f"strat scan {timeframe}: {unknown_text(unknown)} in the universe",
+                      source="strat", detail={"kind": "strat_unknown", "timeframe": timeframe, "symbols": unknown})
+
+
 def run_scan(rt: Runtime, timeframe: str, symbols: Sequence[str] | None = None, *, dry_run: bool = False,
              force: bool = False) -> ScanResult:
     """Classify the last completed bar of every symbol, store and alert new signals, trade them as options when
@@ -100,14 +112,19 @@ def run_scan(rt: Runtime, timeframe: str, symbols: Sequence[str] | None = None, 
     if timeframe not in TIMEFRAMES:
 
         raise ConfigError(f"strat scan: timeframe must be 1D or 1W, not {timeframe!r}")
+    if symbols:
+        refuse_unknown(rt.market, symbols, "strat scan --symbols")
     wanted = list(dict.fromkeys(symbols or rt.universe.symbols("all")))
+    unknown = [] if symbols else unknown_symbols(rt.market, wanted)
+    _record_unknown(rt.journal, timeframe, unknown)
     daily, panel = _daily_and_scan_bars(rt, wanted, timeframe)
     if len(panel.dates) == 0:
-        return ScanResult(timeframe, None, len(wanted), options_note="no completed bars")
+        return ScanResult(timeframe, None, len(wanted), options_note="no completed bars", unknown=unknown)
     skipped = data_faults(daily, panel)
     signals = [signal for signal in find_signals(panel.dates, panel.symbols, panel.open, panel.high, panel.low,
                                                  panel.close, timeframe) if signal.symbol not in skipped]
-    result = ScanResult(timeframe, str(np.datetime64(panel.dates[-1], "D")), len(wanted), signals, skipped=skipped)
+    result = ScanResult(timeframe, str(np.datetime64(panel.dates[-1], "D")), len(wanted), signals, skipped=skipped,
+                        unknown=unknown)
     _record_skipped(rt.journal, timeframe, skipped)
     result.new_ids = _store(rt.journal, signals)
     _alert(rt.journal, result.new_ids)
@@ -133,6 +150,8 @@ def summary_text(result: ScanResult) -> str:
              f"{len(result.signals)} signal(s), {len(result.new_ids)} new"]
     lines += [f"  {signal_text(s)}" for s in result.signals]
     lines += [f"  skipped {symbol}: {reason}" for symbol, reason in result.skipped.items()]
+    if result.unknown:
+        lines.append(f"  {unknown_text(result.unknown)} (in the universe, not in the data source)")
     if result.options_note:
         lines.append(f"  {result.options_note}")
     for execution in result.executions:
@@ -143,4 +162,4 @@ def summary_text(result: ScanResult) -> str:
 def signals_json(result: ScanResult) -> str:
     return json.dumps({"command": "strat scan", "timeframe": result.timeframe, "bar_date": result.bar_date,
                        "signals": [asdict(s) for s in result.signals], "new": result.new_ids,
-                       "skipped": result.skipped}, indent=2)
+                       "skipped": result.skipped, "unknown": result.unknown}, indent=2)

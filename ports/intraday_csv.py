@@ -5,8 +5,9 @@ and symbol. `timestamp` is the bar's START, ISO-8601 with an offset or `Z` (e.g.
 2024-06-14T09:30:00-04:00). Bars are 1 or 5 minutes long; the length is inferred per file from the smallest positive
 gap between two timestamps of one symbol (a file mixes no lengths). Only regular-session bars count: a bar starting
 before the NYSE open or at/after the close (early closes included) is ignored, so extended-hours rows may stay in
-the file. A symbol missing from a bar simply did not trade in it. `python main.py data download --timeframe 1Min`
-writes this format.
+the file. A symbol missing from a bar simply did not trade in it. Two rows for one bar start and symbol that
+disagree are refused (DataError naming them); a row repeated with the same values is dropped with a warning.
+`python main.py data download --timeframe 1Min` writes this format.
 
 What the source serves (common/types.py):
 - `bars()`: daily bars aggregated from the regular-session bars (open of the first, highest high, lowest low,
@@ -49,6 +50,7 @@ from ports.market_sources import (
     one_line,
     positions,
     read_csv,
+    unique_rows,
     window,
 )
 
@@ -82,9 +84,11 @@ def parse_intraday_file(path: Path) -> dict[str, np.ndarray]:
     frame = _read_rows(path)
     seconds = _utc_seconds(path, frame["timestamp"])
     symbol_codes, symbols = pd.factorize(frame["symbol"].str.strip().to_numpy(), sort=True)
-    keep = _last_of_duplicates(path, seconds, symbol_codes, len(symbols))
+    values = {name: frame[name].to_numpy(dtype=np.float64) for name in BAR_FIELDS}
+    keep = unique_rows(path, seconds * max(len(symbols), 1) + symbol_codes, values,
+                       lambda row: f"{symbols[symbol_codes[row]]} at {_utc_text(int(seconds[row]))}")
     seconds, symbol_codes = seconds[keep], symbol_codes[keep]
-    values = {name: frame[name].to_numpy(dtype=np.float64)[keep] for name in BAR_FIELDS}
+    values = {name: column[keep] for name, column in values.items()}
     bar_seconds = _bar_length(path, seconds, symbol_codes)
     opens, spans, days = _candidate_sessions(seconds)
     session, offset = _regular_session(seconds, opens, spans)
@@ -131,13 +135,8 @@ def _utc_seconds(path: Path, stamps: pd.Series) -> np.ndarray:
     return moments.asi8 // 1_000_000_000
 
 
-def _last_of_duplicates(path: Path, seconds: np.ndarray, symbol_codes: np.ndarray, width: int) -> np.ndarray:
-    """Mask keeping the last row of each (timestamp, symbol); duplicates are reported, not fatal."""
-    duplicated = pd.Series(seconds * max(width, 1) + symbol_codes).duplicated(keep="last").to_numpy()
-    if duplicated.any():
-        log.warning("%s: %d duplicate (timestamp, symbol) rows; the last of each is used", path,
-                    int(duplicated.sum()))
-    return ~duplicated
+def _utc_text(seconds: int) -> str:
+    return pd.Timestamp(seconds, unit="s", tz="UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _bar_length(path: Path, seconds: np.ndarray, symbol_codes: np.ndarray) -> int:

@@ -7,7 +7,13 @@ today's high, low, close or volume reaches a decision made during the session. B
 spread either side of the price.
 
 The csv source pivots the long-format file once into dates x symbols arrays and caches them as an .npz keyed by the
-source's absolute path, size and modification time, so later processes load in milliseconds.
+source's absolute path, size, modification time and a digest of its first and last 64 KiB, so later processes load
+in milliseconds and a changed or cut-off file is always parsed again.
+
+Bad input is refused, never half read: a gzip file cut short or a plain CSV ending in the middle of a row is one
+DataError naming the file; two rows for one date and symbol that disagree are a DataError naming them; a row
+repeated with the same values is dropped with a warning naming it. A symbol the file does not hold is unknown
+(`unknown_symbols`), which a scan reports as such rather than as a symbol with bad data.
 """
 from __future__ import annotations
 
@@ -43,6 +49,7 @@ DIVIDEND = "dividend"  # optional column: cash per share paid to holders at the 
 MARKET_COLUMNS = ("date", "spy_open", "spy_high", "spy_low", "spy_close", "spy_volume",
                   "vix_open", "vix_high", "vix_low", "vix_close")
 _BARS_MEMO_SIZE = 32  # recent bars requests a CsvMarket keeps (a backtest session repeats a handful of them)
+SAMPLE_BYTES = 1 << 16  # read from each end of a source for its cache signature
 _CACHE_FORMAT = 3  # bump when the cached layout changes, so old cache files are reparsed (3: dividend columns)
 
 
@@ -130,6 +137,10 @@ class SimMarket:
     def known_symbols(self) -> list[str]:
         return list(self._known)
 
+    def unknown_symbols(self, symbols: Sequence[str]) -> list[str]:
+        """None: the synthetic market draws a path for any symbol."""
+        return []
+
 
 def _empty_panel(symbols: list[str], dates: np.ndarray) -> Panel:
     shape = (len(dates), len(symbols))
@@ -141,7 +152,19 @@ def _empty_panel(symbols: list[str], dates: np.ndarray) -> Panel:
 
 def _signature(source: Path, kind: str) -> str:
     stat = source.stat()
-    return f"{source.resolve()}|{kind}|{stat.st_size}|{stat.st_mtime_ns}|{_CACHE_FORMAT}"
+    return (f"{source.resolve()}|{kind}|{stat.st_size}|{stat.st_mtime_ns}|{_content_sample(source, stat.st_size)}|"
+            f"{_CACHE_FORMAT}")
+
+
+def _content_sample(source: Path, size: int) -> str:
+    """A digest of the file's first and last SAMPLE_BYTES. Size and modification time miss a file rewritten with
+    the same size within the clock's resolution, or restored with its old time kept; the content does not (a gzip
+    file's last bytes are the CRC and length of everything it holds, and a cut-off file loses them)."""
+    with open(source, "rb") as handle:
+        head = handle.read(SAMPLE_BYTES)
+        handle.seek(max(len(head), size - SAMPLE_BYTES))
+        tail = handle.read(SAMPLE_BYTES)
+    return hashlib.sha256(head + tail).hexdigest()[:16]
 
 
 def _cache_file(source: Path, cache_dir: Path, kind: str) -> Path:
@@ -212,9 +235,28 @@ def read_csv(path: Path, required: Sequence[str], numeric: Sequence[str], option
     except (OSError, EOFError, zlib.error, UnicodeDecodeError, pd.errors.ParserError,
             pd.errors.EmptyDataError) as exc:
         raise DataError(f"{path}: cannot read {what} ({one_line(exc)})") from None
+    cut = _cut_off_line(path, len(header.columns))
+    if cut is not None:
+        raise DataError(f"{path}: the file ends in the middle of a row ({cut[:60]!r}); it looks truncated")
     for name in numeric:
         frame[name] = _as_numbers(path, name, frame[name])
     return frame
+
+
+def _cut_off_line(path: Path, columns: int) -> str | None:
+    """The last line of a plain CSV that stops in the middle of a row (a copy or download cut short), else None.
+    pandas reads such a row with the missing cells as NaN, which would pass for data; a gzip file needs no check
+    (its end-of-stream marker is missing, and reading it fails)."""
+    if path.suffix.lower() != ".csv":
+        return None
+    with open(path, "rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - 4096))
+        tail = handle.read()
+    if not tail or tail.endswith((b"\n", b"\r")):
+        return None
+    last = tail.rsplit(b"\n", 1)[-1]
+    return last.decode("utf-8", errors="replace") if last.count(b",") < columns - 1 else None
 
 
 def _as_numbers(path: Path, name: str, values: pd.Series) -> pd.Series:
@@ -247,24 +289,51 @@ def parse_stock_file(path: Path) -> dict[str, np.ndarray]:
     day = _parse_dates(path, frame["date"])
     date_codes, dates = pd.factorize(day, sort=True)
     symbol_codes, symbols = pd.factorize(frame["symbol"].str.strip().to_numpy(), sort=True)
-    keep = _last_of_duplicates(path, date_codes * len(symbols) + symbol_codes)
+    fields = (*BAR_FIELDS, *([DIVIDEND] if DIVIDEND in frame.columns else []))
+    values = {name: frame[name].to_numpy(dtype=np.float64) for name in fields}
+    keep = unique_rows(path, date_codes * len(symbols) + symbol_codes, values,
+                       lambda row: f"{symbols[symbol_codes[row]]} on {np.datetime64(dates[date_codes[row]], 'D')}")
     arrays: dict[str, np.ndarray] = {"dates": np.asarray(dates, dtype="datetime64[D]"),
                                      "symbols": np.asarray(symbols, dtype=str)}
-    for name in (*BAR_FIELDS, *([DIVIDEND] if DIVIDEND in frame.columns else [])):
+    for name in fields:
         grid = np.full((len(dates), len(symbols)), np.nan)
-        grid[date_codes[keep], symbol_codes[keep]] = frame[name].to_numpy(dtype=np.float64)[keep]
+        grid[date_codes[keep], symbol_codes[keep]] = values[name][keep]
         arrays[name] = grid
     log.info("parsed %s: %d rows, %d dates, %d symbols", path, len(frame), len(dates), len(symbols))
     return arrays
 
 
-def _last_of_duplicates(path: Path, keys: np.ndarray) -> np.ndarray:
-    """Mask keeping the last row of each (date, symbol); duplicates are reported, not fatal."""
-    duplicated = pd.Series(keys).duplicated(keep="last").to_numpy()
-    count = int(duplicated.sum())
-    if count:
-        log.warning("%s: %d duplicate (date, symbol) rows; the last of each is used", path, count)
-    return ~duplicated
+def unique_rows(path: Path, keys: np.ndarray, values: dict[str, np.ndarray], name_of: Callable[[int], str],
+                max_named: int = 3) -> np.ndarray:
+    """Mask keeping the first row of each key (a date and symbol, or a bar's start and symbol).
+
+    A row repeated with the same values is dropped with a warning naming it (a file concatenated twice is still
+    the same data). Rows that share a key but disagree are a DataError naming the first ones and the columns
+    that differ: which of two bars for one day is true cannot be guessed, and keeping either silently would trade
+    on a price that may never have existed."""
+    repeated = pd.Series(keys).duplicated(keep=False).to_numpy()
+    if not repeated.any():
+        return np.ones(len(keys), dtype=bool)
+    rows = np.flatnonzero(repeated)
+    frame = pd.DataFrame({name: column[rows] for name, column in values.items()})
+    frame.insert(0, "_key", keys[rows])
+    distinct = frame.drop_duplicates()  # missing values compare equal here: the same NaN volume is the same row
+    conflicting = distinct[distinct["_key"].duplicated(keep=False)]
+    if len(conflicting):
+        first = conflicting[conflicting["_key"] == conflicting["_key"].iloc[0]]
+        differ = [name for name in values if first[name].nunique(dropna=False) > 1]
+        shown = ", ".join(f"{name} " + " vs ".join(f"{v:g}" for v in first[name]) for name in differ)
+        keys_in_conflict = conflicting["_key"].unique()
+        named = [name_of(int(rows[np.argmax(keys[rows] == key)])) for key in keys_in_conflict[:max_named]]
+        more = f" and {len(keys_in_conflict) - max_named} more" if len(keys_in_conflict) > max_named else ""
+        raise DataError(f"{path}: conflicting duplicate rows for {', '.join(named)}{more} ({shown}); "
+                        f"keep one row per key in the file")
+    dropped = pd.Series(keys).duplicated(keep="first").to_numpy()
+    named = [name_of(int(row)) for row in np.flatnonzero(dropped)[:max_named]]
+    count = int(dropped.sum())
+    log.warning("%s: %d repeated row(s) dropped (identical duplicates: %s%s)", path, count, ", ".join(named),
+                f" and {count - max_named} more" if count > max_named else "")
+    return ~dropped
 
 
 def parse_market_file(path: Path) -> dict[str, np.ndarray]:
@@ -272,7 +341,11 @@ def parse_market_file(path: Path) -> dict[str, np.ndarray]:
     frame = read_csv(path, MARKET_COLUMNS, MARKET_COLUMNS[1:], optional=OPTIONAL_MARKET_COLUMNS)
     frame = frame.dropna(subset=["date"])
     frame["date"] = _parse_dates(path, frame["date"])
-    frame = frame.drop_duplicates("date", keep="last").sort_values("date")
+    numeric = [name for name in (*MARKET_COLUMNS[1:], *OPTIONAL_MARKET_COLUMNS) if name in frame.columns]
+    days = frame["date"].to_numpy()
+    keep = unique_rows(path, days.astype(np.int64), {name: frame[name].to_numpy(dtype=np.float64) for name in numeric},
+                       lambda row: str(np.datetime64(days[row], "D")))
+    frame = frame[keep].sort_values("date", kind="stable")
     arrays = {name: frame[name].to_numpy(dtype=np.float64) for name in (*MARKET_COLUMNS[1:], *OPTIONAL_MARKET_COLUMNS)
               if name in frame.columns}
     arrays["dates"] = frame["date"].to_numpy().astype("datetime64[D]")
@@ -319,6 +392,12 @@ class FileMarket:
 
     def known_symbols(self) -> list[str]:
         return list(self.symbols)
+
+    def unknown_symbols(self, symbols: Sequence[str]) -> list[str]:
+        """The symbols (each once, in the order given) that neither the bars file nor, for SPY, the market file
+        holds: a scan names them as unknown rather than as symbols with bad data."""
+        return [symbol for symbol in dict.fromkeys(symbols) if symbol not in self._column
+                and not (symbol == "SPY" and self.market_path is not None)]
 
     # --- SPY / VIX
 

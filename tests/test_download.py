@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from common.clock import calendar
-from common.errors import ConfigError, DataUnavailable
+from common.errors import ConfigError, DataError, DataUnavailable
 from config import load_config
 from flows import download
 from flows.runtime import Runtime
@@ -78,6 +78,9 @@ def test_daily_bars_become_a_daily_file_csv_market_reads(rt, fake_alpaca, fake_t
     result = fetch(rt, fake_time, out, symbols="msft,AAPL,ZZZZ", events=events)
     assert result.text() == (f"wrote {out}: 2 of 3 symbols with bars, 20 bars, 10 sessions "
                              f"(2024-06-03 .. 2024-06-14)")
+    assert result.no_bars == ("ZZZZ",)
+    assert result.unknown_text() == (f"unknown symbol: ZZZZ (Alpaca has no bars for it from 2024-06-03 to "
+                                     f"2024-06-14; {out} holds the others)")
     rows = lines(out)
     assert rows[0] == "date,symbol,open,high,low,close,volume"
     first = fake_alpaca.bar("AAPL", date(2024, 6, 3))
@@ -168,7 +171,7 @@ def test_a_failure_keeps_finished_batches_and_the_rerun_fetches_only_the_rest(rt
     assert sorted(p.name for p in parts.iterdir()) == ["batch-00000.csv.gz", "state.json"]
     assert json.loads((parts / "state.json").read_text())["done"] == {
         "0": {"bars": 20, "symbols_with_bars": 2, "sessions": [str(d) for d in calendar().sessions(
-            date(2024, 6, 3), date(2024, 6, 14))]}}
+            date(2024, 6, 3), date(2024, 6, 14))], "no_bars": []}}
     assert not out.exists()
 
     fake_alpaca.clear_log()
@@ -323,3 +326,49 @@ def test_ctrl_c_keeps_the_finished_batches_and_no_half_file(rt, fake_alpaca, tmp
     assert sorted(p.name for p in parts.iterdir()) == ["batch-00000.csv.gz", "state.json"]
     assert [row.split(",")[1] for row in lines(parts / "batch-00000.csv.gz")] == ["AAPL", "AMZN"]
     assert list(download.plan_download(request, NOW).done) == [0] and not out.exists()
+
+
+def test_a_typed_symbol_without_bars_is_named_unknown_and_exits_2_after_the_others_are_written(cli_env, fake_alpaca):
+    fake_alpaca.missing_symbols = {"ZZZZ", "QQQX"}
+    out = cli_env / "daily.csv.gz"
+    result = run("data", "download", "--timeframe", "1Day", "--symbols", "AAPL,ZZZZ,QQQX", "--start", "2024-06-03",
+                 "--end", "2024-06-14", "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert result.stdout.splitlines() == [
+        f"wrote {out}: 1 of 3 symbols with bars, 10 bars, 10 sessions (2024-06-03 .. 2024-06-14)"]
+    assert result.stderr.splitlines()[-1] == (
+        f"error: --symbols: unknown symbols: QQQX, ZZZZ (Alpaca has no bars for them from 2024-06-03 to 2024-06-14; "
+        f"{out} holds the others)")
+    assert len(lines(out)) == 11
+
+
+def test_a_universe_symbol_without_bars_is_a_named_warning(cli_env, fake_alpaca):
+    fake_alpaca.missing_symbols = {"NVDA"}
+    universe = cli_env / "universe.json"
+    universe.write_text(json.dumps({"symbols": {"large": ["MSFT", "AAPL"], "mid": ["NVDA"], "small": []}}))
+    out = cli_env / "daily.csv.gz"
+    result = run("--universe", str(universe), "data", "download", "--timeframe", "1Day", "--universe", "all",
+                 "--start", "2024-06-03", "--end", "2024-06-14", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[-1] == (
+        f"warning: --universe all: unknown symbol: NVDA (Alpaca has no bars for it from 2024-06-03 to 2024-06-14; "
+        f"{out} holds the others)")
+
+
+def test_a_damaged_batch_file_is_one_line_naming_it_and_no_output_is_written(rt, fake_alpaca, fake_time, tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(download, "BATCH_SYMBOLS", 1)
+    out = tmp_path / "daily.csv.gz"
+    fake_alpaca.server_error(BARS_PATH, times=3, after=1)  # the first batch is saved, the second fails
+    with pytest.raises(DataUnavailable):
+        fetch(rt, fake_time, out)
+    part = tmp_path / "daily.csv.gz.parts" / "batch-00000.csv.gz"
+    part.write_bytes(part.read_bytes()[:-12])  # cut off since: its gzip trailer is gone
+    with pytest.raises(DataError) as caught:
+        fetch(rt, fake_time, out)
+    assert str(caught.value) == (f"{part}: cannot read a downloaded batch (Compressed file ended before the "
+                                 f"end-of-stream marker was reached); delete it and run the same command again to "
+                                 f"download that batch again")
+    assert not out.exists() and not list(tmp_path.glob("*.tmp"))
+    part.unlink()
+    assert fetch(rt, fake_time, out).symbols_with_bars == 2

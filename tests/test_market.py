@@ -214,12 +214,23 @@ def test_csv_unreadable_file_is_a_data_error(tmp_path, content):
     assert "\n" not in str(caught.value) and str(path) in str(caught.value)
 
 
-def test_csv_duplicate_rows_keep_the_last_and_warn(tmp_path, caplog):
-    path = write(tmp_path / "dup.csv", HEADER + "2016-03-01,AAA,1,2,0.5,1.5,10\n2016-03-01,AAA,1,2,0.5,1.7,20\n")
-    with caplog.at_level(logging.WARNING, logger="market"):
+def test_csv_conflicting_duplicate_rows_are_refused_naming_them(tmp_path):
+    path = write(tmp_path / "dup.csv", HEADER + "2016-03-01,AAA,1,2,0.5,1.5,10\n2016-03-01,BBB,1,2,0.5,1.5,10\n"
+                                                "2016-03-01,AAA,1,2,0.5,1.7,20\n")
+    with pytest.raises(DataError) as caught:
+        CsvMarket(path, cache_dir=tmp_path / "cache")
+    assert str(caught.value) == (f"{path}: conflicting duplicate rows for AAA on 2016-03-01 (close 1.5 vs 1.7, "
+                                 f"volume 10 vs 20); keep one row per key in the file")
+    assert not (tmp_path / "cache").exists()  # nothing of a refused file is cached
+
+
+def test_csv_identical_duplicate_rows_are_dropped_with_a_named_warning(tmp_path, caplog):
+    rows = ["2016-03-01,AAA,1,2,0.5,1.5,", "2016-03-02,AAA,1.5,2,1,1.9,30", "2016-03-01,AAA,1,2,0.5,1.5,"]
+    path = write(tmp_path / "twice.csv", HEADER + "\n".join(rows) + "\n")
+    with caplog.at_level(logging.WARNING, logger="ports.market_sources"):
         data = CsvMarket(path, cache_dir=tmp_path / "cache")
-    assert data.bars(["AAA"], date(2016, 3, 1), date(2016, 3, 1)).close[0, 0] == 1.7
-    assert "1 duplicate (date, symbol) rows" in caplog.text
+    assert data.bars(["AAA"], date(2016, 3, 1), date(2016, 3, 2)).close[:, 0].tolist() == [1.5, 1.9]
+    assert f"{path}: 1 repeated row(s) dropped (identical duplicates: AAA on 2016-03-01)" in caplog.text
 
 
 def test_csv_text_in_a_number_column_reads_as_missing(tmp_path, caplog):

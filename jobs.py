@@ -102,15 +102,18 @@ def snapshot_row(rt: Runtime, today: date) -> dict[str, Any]:
     journal = rt.journal
     previous = journal.one("SELECT equity FROM daily_performance WHERE date < ? ORDER BY date DESC LIMIT 1",
                            [today.isoformat()])
-    first = journal.one("SELECT date, equity, spy_close FROM daily_performance ORDER BY date LIMIT 1")
+    first = journal.one("SELECT date, equity, day_pnl, spy_close, spy_change_pct FROM daily_performance "
+                        "ORDER BY date LIMIT 1")
     if first is not None and first["date"] > today.isoformat():
         first = None  # a snapshot dated after today cannot be the baseline of today
     base_equity = previous["equity"] if previous else account.last_equity
     day_pnl = round(account.equity - base_equity, 2)
     spy_close, spy_change = _spy_today(rt, today)
     opened, closed = _trades_opened_closed(rt, today)
-    first_equity = first["equity"] if first else account.equity
-    first_spy = first["spy_close"] if first else spy_close
+    # cumulative figures count from before the first snapshot's day, the baseline of the reports and the chart
+    first_equity = first["equity"] - (first["day_pnl"] or 0.0) if first else base_equity
+    first_close, first_change = (first["spy_close"], first["spy_change_pct"]) if first else (spy_close, spy_change)
+    first_spy = first_close / (1 + first_change / 100) if first_close and first_change is not None else first_close
     return {
         "date": today.isoformat(), "equity": account.equity, "cash": account.cash, "exposure": exposure,
         "exposure_pct": exposure / account.equity * 100 if account.equity else None,

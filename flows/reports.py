@@ -99,21 +99,34 @@ def spy_return_pct(rt: Runtime, first_day: date, last_day: date) -> dict[str, An
 
 # --- reports -------------------------------------------------------------------------------------------------------
 
+def start_of_first_day(row: dict) -> float:
+    """The baseline every report and chart measures from: the equity before the first snapshot's day (its equity
+    less its day's P&L), so the first day counts, as SPY's first day counts from the close before it."""
+    return row["equity"] - (row["day_pnl"] or 0.0)
+
+
+MIN_ANNUALISED_DAYS = 60  # fewer daily returns than this make an annualised ratio noise, and it is flagged
+
+
 def metrics(rt: Runtime) -> dict[str, Any]:
-    """Since inception: returns from the snapshots (baseline: the first snapshot), trade statistics, SPY."""
+    """Since inception: returns from the snapshots (baseline: the equity before the first snapshot's day, as in the
+    weekly and monthly reports and the chart), trade statistics, SPY over the same span."""
     rows = performance_rows(rt)
-    equity = [row["equity"] for row in rows]
+    base = start_of_first_day(rows[0]) if rows else None
+    equity = ([base] if rows else []) + [row["equity"] for row in rows]
     out: dict[str, Any] = {"start_date": rows[0]["date"] if rows else None, "end_date": rows[-1]["date"] if rows
-                           else None, "days": len(rows), "start_equity": equity[0] if rows else None,
+                           else None, "days": len(rows), "start_equity": round(base, 2) if rows else None,
                            "end_equity": equity[-1] if rows else None, "total_return_pct": None,
                            "spy_return_pct": None, "vs_spy_pct": None}
     if rows:
         out["total_return_pct"] = (equity[-1] / equity[0] - 1) * 100
-        first_spy, last_spy = rows[0]["spy_close"], rows[-1]["spy_close"]
-        if first_spy and last_spy:
-            out["spy_return_pct"] = (last_spy / first_spy - 1) * 100
+        out["spy_return_pct"] = spy_return_pct(rt, date.fromisoformat(rows[0]["date"]),
+                                               date.fromisoformat(rows[-1]["date"]))["spy_return_pct"]
+        if out["spy_return_pct"] is not None:
             out["vs_spy_pct"] = out["total_return_pct"] - out["spy_return_pct"]
     out.update(return_stats(equity))
+    out["annualised_caution"] = (f"annualised from {len(rows)} days: too few to mean much"
+                                 if rows and len(rows) < MIN_ANNUALISED_DAYS else None)
     out.update(trade_stats([t["pnl"] for t in closed_trades(rt)]))
     out["open_trades"] = len(rt.journal.held_trades("id"))
     return out
@@ -127,7 +140,7 @@ def period_summary(rt: Runtime, start: date, end: date) -> dict[str, Any]:
                            "spy_start": None, "spy_end": None, "spy_return_pct": None, "vs_spy_pct": None}
     if rows:
         # the first day's P&L is measured from the snapshot (or start-of-day equity) before it
-        base = rows[0]["equity"] - rows[0]["day_pnl"]
+        base = start_of_first_day(rows[0])
         out.update(start_equity=round(base, 2), end_equity=rows[-1]["equity"],
                    pnl=round(rows[-1]["equity"] - base, 2), return_pct=(rows[-1]["equity"] / base - 1) * 100)
         out.update(spy_return_pct(rt, date.fromisoformat(rows[0]["date"]), date.fromisoformat(rows[-1]["date"])))
@@ -242,7 +255,7 @@ def metrics_text(data: dict[str, Any]) -> str:
         ("total return", render.pct(data["total_return_pct"])),
         ("SPY return", render.pct(data["spy_return_pct"])),
         ("vs SPY", render.pct(data["vs_spy_pct"])),
-        ("Sharpe", _num(data["sharpe"])), ("Sortino", _num(data["sortino"])),
+        ("Sharpe", _flagged(_num(data["sharpe"]), data)), ("Sortino", _flagged(_num(data["sortino"]), data)),
         ("max drawdown", render.pct(data["max_drawdown_pct"])),
         ("closed trades", f"{data['trades']} ({data['wins']} won, {data['losses']} lost); {data['open_trades']} open"),
         ("win rate", "n/a" if data["win_rate_pct"] is None else f"{data['win_rate_pct']:.1f}%"),
@@ -252,6 +265,11 @@ def metrics_text(data: dict[str, Any]) -> str:
         ("realised P&L", render.money(data["realised_pnl"])),
     ]
     return "metrics since inception\n" + render.key_values(pairs)
+
+
+def _flagged(text: str, data: dict[str, Any]) -> str:
+    caution = data.get("annualised_caution")
+    return f"{text} ({caution})" if caution and text != "n/a" else text
 
 
 def _period_pairs(data: dict[str, Any]) -> list[tuple[str, Any]]:

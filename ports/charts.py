@@ -17,9 +17,13 @@ BENCHMARK_COLOURS = ("tab:gray", "tab:orange", "tab:green", "tab:purple")  # the
 
 
 def normalised_series(rows: list[dict]) -> tuple[list[date], list[float], list[float | None]]:
-    """Dates, equity and SPY close each scaled to 100 at the first snapshot (SPY None where unknown)."""
-    first_equity = rows[0]["equity"]
-    first_spy = next((row["spy_close"] for row in rows if row["spy_close"]), None)
+    """Dates, equity and SPY close each scaled to 100 before the first snapshot's day, the baseline the reports
+    use: equity less that day's P&L, SPY's previous close (SPY None where unknown)."""
+    first_equity = rows[0]["equity"] - (rows[0].get("day_pnl") or 0.0)
+    first = rows[0]
+    first_spy = (first["spy_close"] / (1 + first["spy_change_pct"] / 100) if first.get("spy_close")
+                 and first.get("spy_change_pct") is not None else
+                 next((row["spy_close"] for row in rows if row["spy_close"]), None))
     days = [date.fromisoformat(row["date"]) for row in rows]
     equity = [row["equity"] / first_equity * 100 for row in rows]
     spy = [row["spy_close"] / first_spy * 100 if first_spy and row["spy_close"] else None for row in rows]
@@ -38,13 +42,14 @@ def equity_chart(rt, path: str | Path, curves: dict[str, list[float]] | None = N
         series = {label: [v / values[0] * 100 for v in values] for label, values in curves.items()}
         title = f"Equity vs benchmarks, {days[0]} .. {days[-1]} (100 = the close of {days[0]})"
     else:
-        rows = rt.journal.query("SELECT date, equity, spy_close FROM daily_performance WHERE equity > 0 "
+        rows = rt.journal.query("SELECT date, equity, day_pnl, spy_close, spy_change_pct FROM daily_performance "
+                                "WHERE equity > 0 "
                                 "ORDER BY date")
         if not rows:
             raise DataError("no daily snapshots to chart yet: run `jobs daily-snapshot` after a session")
         days, equity, spy = normalised_series(rows)
         series = {"agent equity": equity, "SPY": spy}
-        title = f"Equity vs SPY, {days[0]} .. {days[-1]} (100 = first snapshot)"
+        title = f"Equity vs SPY, {days[0]} .. {days[-1]} (100 = the close before {days[0]})"
     # drawn to a temporary name and moved, so a chart being sent is never half written
     temporary = target.with_name(f".{target.name}.tmp.png")
     _draw(days, series, title, temporary)

@@ -143,6 +143,8 @@ def test_daily_snapshot_matches_the_broker_the_journal_and_spy(produced):
     spy = spy_closes()
     first = snapshots[0]
     previous_equity = produced["snapshot"][first["date"]]["last_equity"]
+    baseline = previous_equity  # cumulative figures count from before the first day, as the reports do
+    spy_baseline = spy[calendar().previous_session(date.fromisoformat(first["date"])).isoformat()]
     for snap in snapshots:
         broker = produced["snapshot"][snap["date"]]
         market_value = sum(mv for _, _, mv in broker["positions"].values())
@@ -159,11 +161,12 @@ def test_daily_snapshot_matches_the_broker_the_journal_and_spy(produced):
         prior = calendar().previous_session(date.fromisoformat(snap["date"])).isoformat()
         assert snap["spy_close"] == spy[snap["date"]]
         assert snap["spy_change_pct"] == pytest.approx((spy[snap["date"]] / spy[prior] - 1) * 100)
-        assert snap["cum_return_pct"] == pytest.approx((snap["equity"] / first["equity"] - 1) * 100)
-        assert snap["spy_cum_return_pct"] == pytest.approx((spy[snap["date"]] / spy[first["date"]] - 1) * 100)
+        assert snap["cum_return_pct"] == pytest.approx((snap["equity"] / baseline - 1) * 100, abs=1e-6)
+        assert snap["spy_cum_return_pct"] == pytest.approx((spy[snap["date"]] / spy_baseline - 1) * 100)
     # the sequence really traded: positions opened on several days and broker stops closed some of them
     assert sum(s["trades_opened"] for s in snapshots) >= 6 and sum(s["trades_closed"] for s in snapshots) >= 3
-    assert first["cum_return_pct"] == 0 and first["spy_cum_return_pct"] == 0
+    assert first["cum_return_pct"] == pytest.approx(first["day_pnl_pct"])  # the first day counts
+    assert first["spy_cum_return_pct"] == pytest.approx(first["spy_change_pct"])
 
 
 # --- update-outcomes -----------------------------------------------------------------------------------------------

@@ -115,11 +115,17 @@ def test_monthly_report_for_a_named_month_and_a_bad_one(journal):
 def test_metrics_since_inception(journal):
     db = journal["MOMENTUM_DB"]
     data = report("--asof", "2016-12-03T10:00", "report", "metrics")
-    snaps = rows(db, "SELECT date, equity, spy_close, cum_return_pct FROM daily_performance ORDER BY date")
-    equity = np.array([s["equity"] for s in snaps])
+    snaps = rows(db, "SELECT date, equity, day_pnl, spy_close, spy_change_pct, cum_return_pct FROM daily_performance "
+                     "ORDER BY date")
+    # one baseline for every report, the chart and the snapshots: the equity before the first snapshot's day
+    equity = np.array([snaps[0]["equity"] - snaps[0]["day_pnl"]] + [s["equity"] for s in snaps])
     assert data["days"] == len(snaps) == 17
+    assert data["start_equity"] == pytest.approx(equity[0], abs=0.005)
     assert data["total_return_pct"] == pytest.approx(snaps[-1]["cum_return_pct"])
-    assert data["spy_return_pct"] == pytest.approx((snaps[-1]["spy_close"] / snaps[0]["spy_close"] - 1) * 100)
+    spy_before = snaps[0]["spy_close"] / (1 + snaps[0]["spy_change_pct"] / 100)
+    assert data["spy_return_pct"] == pytest.approx((snaps[-1]["spy_close"] / spy_before - 1) * 100)
+    assert "(annualised from 17 days: too few to mean much)" in cli("--asof", "2016-12-03T10:00", "report",
+                                                                    "metrics").output
     daily = np.diff(equity) / equity[:-1]
     assert data["sharpe"] == pytest.approx(daily.mean() / daily.std(ddof=1) * math.sqrt(252))
     downside = math.sqrt(sum(min(r, 0) ** 2 for r in daily) / len(daily))

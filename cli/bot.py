@@ -1,12 +1,19 @@
-"""Telegram commands (`bot poll`, run by cron every minute): one getUpdates call, each command answered and audited.
+"""Telegram commands (`bot poll`, run by cron every minute): long polling for most of that minute, each command
+answered as it arrives and audited.
+
+A poll listens for POLL_WINDOW seconds: getUpdates with `timeout` (at most LONG_POLL seconds) makes Telegram hold
+the request until an update arrives, so a command is answered within a second or two of being sent, and the poll
+ends before cron starts the next one. One poll runs at a time per journal (a lock beside it): a poll that finds the
+lock held waits up to LOCK_WAIT seconds for the one before it to finish its last answer, then gives up its minute.
 
 Only the user ids in TELEGRAM_ALLOWED_USERS may command the bot (authorised by message.from.id, since every member
 of a group shares the chat id); anyone else is ignored, audited and logged, and gets no answer. /close, /set and
 /halt only take effect after the same user replies YES within CONFIRM_WINDOW; any other message cancels.
 
 Exactly once: before a command is acted on, its audit row (with its update_id) is written and the offset stored, so
-a poll killed half-way never runs an update again (an update already audited is skipped). Handlers call the same
-functions as the command line; their answers are plain text.
+a poll killed half-way never runs an update again (an update already audited is skipped); every getUpdates sends the
+stored offset + 1, which confirms what was handled. Handlers call the same functions as the command line; their
+answers are plain text. /weekly, /monthly and /metrics also send the equity chart as a photo.
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ import json
 import logging
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -22,6 +30,7 @@ from typing import Any, Callable
 
 import requests
 
+from common import locks
 from common.errors import ConfigError, MomentumError, Unavailable
 from config import RUNTIME_SETTINGS, parse_runtime_setting, redact
 from ports import alerts
@@ -29,6 +38,9 @@ from ports import alerts
 log = logging.getLogger(__name__)
 
 CONFIRM_WINDOW = timedelta(minutes=5)
+POLL_WINDOW = 55.0  # seconds a poll listens for commands: cron starts the next poll at the next minute
+LONG_POLL = 25  # longest getUpdates wait, whole seconds (Telegram's unit); a proxy may cut a quieter connection
+LOCK_WAIT = 5.0  # seconds a poll waits for the previous one to finish its last answer
 OFFSET_STATE = "telegram_offset"
 MESSAGE_LIMIT = 4096
 MAX_REPLY_PARTS = 3  # a longer answer is cut: a chat is not the place for a 20-page table
@@ -206,8 +218,9 @@ REPORT_BINDINGS: dict[str, tuple[str, ...]] = {
     "weekly": ("flows.reports", "weekly", "weekly_text"),
     "monthly": ("flows.reports", "monthly", "monthly_text"),
     "export": ("journal.exports", "export_csv"),  # export_csv(rt, what, path)
-    "chart": ("ports.charts", "equity_chart"),  # equity_chart(rt, path), sent with /weekly
+    "chart": ("ports.charts", "equity_chart"),  # equity_chart(rt, path), sent with /weekly, /monthly, /metrics
 }
+CHART_FILE, CHART_CAPTION = "equity_vs_spy.png", "Equity vs SPY"
 EXPORT_KINDS = ("trades", "candidates", "exits")
 REPORTS_MISSING = "reports are not available in this version"
 
@@ -230,18 +243,23 @@ def _report(command: str) -> Callable[[Call], str]:
     return run
 
 
-def _weekly(call: Call) -> str:
-    text = _report("weekly")(call)
-    chart = reports_function("chart")
-    if text == REPORTS_MISSING or chart is None:
-        return text
-    with tempfile.TemporaryDirectory() as folder:
-        try:
-            path = chart(call.rt, Path(folder) / "equity_vs_spy.png")
-        except MomentumError as err:  # no snapshots yet: the text report still stands
-            return f"{text}\n(no chart: {redact(str(err))})"
-        alerts.send_photo(call.rt.config, path, "Equity vs SPY", chat_id=call.message.chat_id, session=call.session)
-    return text
+def _with_chart(command: str) -> Callable[[Call], str]:
+    """A report answered as text and, first, the equity-vs-SPY chart as a photo (the PNG `report weekly` writes).
+    A report without snapshots to chart, or a photo Telegram refuses, still gets its text, with a note why."""
+    def run(call: Call) -> str:
+        text = _report(command)(call)
+        chart = reports_function("chart")
+        if text == REPORTS_MISSING or chart is None:
+            return text
+        with tempfile.TemporaryDirectory() as folder:
+            try:
+                path = chart(call.rt, Path(folder) / CHART_FILE)
+            except MomentumError as err:  # no snapshots yet: the text report still stands
+                return f"{text}\n(no chart: {redact(str(err))})"
+            sent = alerts.send_photo(call.rt.config, path, CHART_CAPTION, chat_id=call.message.chat_id,
+                                     session=call.session)
+        return text if sent else f"{text}\n(the chart could not be sent; see the log)"
+    return run
 
 
 def _export(call: Call) -> str:
@@ -271,9 +289,9 @@ COMMANDS: dict[str, Command] = {
     "error": Command("/error", "the last 10 distinct errors", _errors),
     "settings": Command("/settings", "runtime settings", _settings),
     "set": Command("/set KEY VALUE", "change a runtime setting (asks YES)", _set, _confirm_set),
-    "metrics": Command("/metrics", "performance since inception", _report("metrics")),
-    "weekly": Command("/weekly", "the last completed week, with the equity chart", _weekly),
-    "monthly": Command("/monthly", "the last completed month", _report("monthly")),
+    "metrics": Command("/metrics", "performance since inception, with the equity chart", _with_chart("metrics")),
+    "weekly": Command("/weekly", "the last completed week, with the equity chart", _with_chart("weekly")),
+    "monthly": Command("/monthly", "the last completed month, with the equity chart", _with_chart("monthly")),
     "export": Command("/export [trades|candidates|exits]", "a CSV file of the journal", _export),
     "halt": Command("/halt", "stop buying; positions keep their stops (asks YES)", _halt,
                     lambda call: "halt trading (no new buys; positions and stops stay)"),
@@ -313,19 +331,22 @@ class PollReport:
         return "bot poll: " + ", ".join(parts)
 
 
-def poll(rt, *, session: requests.Session | None = None) -> PollReport:
-    """One getUpdates call; every update handled, audited and acknowledged. Raises Unavailable if Telegram fails."""
+def poll(rt, *, session: requests.Session | None = None, window: float | None = None,
+         clock: Callable[[], float] = time.monotonic) -> PollReport:
+    """Listen for `window` seconds (POLL_WINDOW), answering every update as it arrives, then return what was done.
+    A window of 0 is one getUpdates that does not wait. Raises Unavailable if Telegram fails."""
     config = rt.config
     if not config.telegram_bot_token:
         return PollReport(skipped="Telegram is not configured (TELEGRAM_BOT_TOKEN is empty); nothing to do")
+    deadline = clock() + (POLL_WINDOW if window is None else window)  # from the start: the lock wait counts too
     lock = Path(rt.journal.path).with_name(Path(rt.journal.path).name + ".bot.lock")
-    with alerts.exclusive(lock) as got_lock:
-        if not got_lock:
+    with locks.exclusive_within(lock, LOCK_WAIT) as got_lock:
+        if got_lock is None:
             return PollReport(skipped="another bot poll is running; skipped")
         own = session is None
         session = session or requests.Session()
         try:
-            return _Poller(rt, session).run()
+            return _Poller(rt, session).run(deadline, clock)
         finally:
             if own:
                 session.close()
@@ -338,17 +359,23 @@ class _Poller:
         self.report = PollReport(offset=int(stored) if stored else None)
         self.reply_channel_down = False
 
-    def run(self) -> PollReport:
-        for update in self._fetch():
-            self.report.updates += 1
-            self._handle(update)
-        return self.report
+    def run(self, deadline: float, clock: Callable[[], float]) -> PollReport:
+        """getUpdates until less than a second of the window is left (at least once), each batch handled at once."""
+        while True:
+            wait = max(0, int(min(LONG_POLL, deadline - clock())))
+            for update in self._fetch(wait):
+                self.report.updates += 1
+                self._handle(update)
+            if deadline - clock() < 1.0:
+                return self.report
 
-    def _fetch(self) -> list[dict]:
-        payload: dict[str, Any] = {"timeout": 0, "allowed_updates": ["message"]}
+    def _fetch(self, wait: int) -> list[dict]:
+        payload: dict[str, Any] = {"timeout": wait, "allowed_updates": ["message"]}
         if self.report.offset is not None:
             payload["offset"] = self.report.offset + 1
-        outcome = alerts.telegram_call(self.config, "getUpdates", session=self.session, json_body=payload)
+        # the request may take the whole wait: Telegram answers when an update arrives or the wait is over
+        outcome = alerts.telegram_call(self.config, "getUpdates", session=self.session, json_body=payload,
+                                       timeout=wait + self.config.alert_timeout)
         if outcome.status in (401, 404):  # Telegram's answers to a wrong or revoked token
             raise ConfigError(f"Telegram refused the bot token ({outcome.error}); check TELEGRAM_BOT_TOKEN")
         if not outcome.ok:

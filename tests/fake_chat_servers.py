@@ -5,10 +5,10 @@ Fixtures (import them into a test module: `from fake_chat_servers import fake_te
     fake_discord    a running FakeDiscord; use fake_discord.webhook_url as DISCORD_WEBHOOK_URL
 
 Both are ThreadingHTTPServers on 127.0.0.1 (port 0) in daemon threads, and record every request:
-    fake.requests        list of Received(http_method, path, api_method, json, fields, files)
+    fake.requests        list of Received(http_method, path, api_method, json, fields, files, at)
                          json: the parsed JSON body or None; fields: multipart text fields {name: value};
                          files: multipart files {name: (filename, bytes)}; api_method: Telegram method name or
-                         "webhook"
+                         "webhook"; at: time.monotonic() when the request arrived
     fake.calls(api)      the Received list for one API method (e.g. "sendMessage")
     fake.count()         number of requests
 
@@ -27,11 +27,19 @@ FakeTelegram (token fixed per instance, wrong token -> 401 Unauthorized like the
         queue an update {"update_id", "message": {"message_id", "from", "chat", "date", "text"}}; update ids count
         up from 1000; chat_id defaults to user_id (a private chat); date defaults to 1478705400
     getUpdates honours `offset` like the real API: updates below the offset are confirmed and forgotten; the rest
-        (at most `limit`, default 100) are returned on every call until confirmed
+        (at most `limit`, default 100) are returned on every call until confirmed. With `timeout` N > 0 it is a long
+        poll: the request is held until an update is there (answered at once when add_message queues one) or N
+        seconds have passed (then an empty list). A getUpdates arriving while another one is held ends the held one
+        with 409 "Conflict: terminated by other getUpdates request" (two bot instances on one token)
     sendMessage checks chat_id and text (empty -> 400, > 4096 characters -> 400 "message is too long")
-    sendPhoto / sendDocument read multipart chat_id, caption and the photo / document file
+    sendPhoto / sendDocument read the multipart form (chat_id, caption, the photo / document file): no chat ->
+        400, no file -> 400, caption over 1024 characters -> 400 "message caption is too long", a photo that is
+        not a PNG or JPEG -> 400 "IMAGE_PROCESS_FAILED", a photo over 10 MB or a document over 50 MB -> 413; the
+        result carries `photo` (sizes, with the PNG's width and height) or `document` (file_name, file_size)
     fake.sent_texts(chat_id=None)   the texts of successful sendMessage calls, in order
+    fake.sent_photos(chat_id=None)  (filename, bytes, caption) of each successful sendPhoto, in order
     fake.offsets()                  the offset sent with each getUpdates call (None when absent)
+    fake.conflicts                  how many held getUpdates were ended by another one (409)
 
 FakeDiscord: POST /api/webhooks/<id>/<token> answers 204 (200 with the message when ?wait=true); a body without
 content and embeds, content over 2000 characters or more than 10 embeds -> 400 {"message", "code": 50006}.
@@ -40,7 +48,9 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from email.parser import BytesParser
@@ -66,6 +76,7 @@ class Received:
     json: Any = None
     fields: dict[str, str] = field(default_factory=dict)
     files: dict[str, tuple[str, bytes]] = field(default_factory=dict)
+    at: float = field(default_factory=time.monotonic)
 
 
 @dataclass
@@ -189,6 +200,10 @@ class FakeTelegram(_FakeServer):
         self._updates: list[dict] = []
         self._next_update_id = 1000
         self._next_message_id = 1
+        self._arrived = threading.Condition(self.lock)  # a held getUpdates wakes when an update is queued
+        self._poll_generation = 0  # counts getUpdates calls: a held one that sees it move was superseded
+        self._photos: list[tuple[str, str, bytes, str]] = []  # (chat_id, filename, bytes, caption)
+        self.conflicts = 0
 
     def add_message(self, user_id: int, text: str, *, chat_id: int | None = None, username: str | None = None,
                     date: int | None = None) -> int:
@@ -204,12 +219,18 @@ class FakeTelegram(_FakeServer):
             self._updates.append({"update_id": update_id, "message": {
                 "message_id": message_id, "from": sender, "chat": chat, "date": date or DEFAULT_DATE,
                 "text": text}})
+            self._arrived.notify_all()
         return update_id
 
     def sent_texts(self, chat_id: int | str | None = None) -> list[str]:
         return [r.json["text"] for r in self.calls("sendMessage")
                 if isinstance(r.json, dict) and "text" in r.json
                 and (chat_id is None or str(r.json.get("chat_id")) == str(chat_id))]
+
+    def sent_photos(self, chat_id: int | str | None = None) -> list[tuple[str, bytes, str]]:
+        with self.lock:
+            return [(name, content, caption) for chat, name, content, caption in self._photos
+                    if chat_id is None or chat == str(chat_id)]
 
     def offsets(self) -> list[int | None]:
         return [(r.json or {}).get("offset") for r in self.calls("getUpdates")]
@@ -231,9 +252,21 @@ class FakeTelegram(_FakeServer):
     def _get_updates(self, received: Received) -> _Reply:
         params = received.json or {}
         offset, limit = params.get("offset"), int(params.get("limit") or 100)
+        deadline = time.monotonic() + max(0, int(params.get("timeout") or 0))
         with self.lock:
-            if offset is not None:
-                self._updates = [u for u in self._updates if u["update_id"] >= int(offset)]
+            self._poll_generation += 1
+            mine = self._poll_generation
+            while True:
+                if offset is not None:
+                    self._updates = [u for u in self._updates if u["update_id"] >= int(offset)]
+                left = deadline - time.monotonic()
+                if self._updates or left <= 0 or self._stopping.is_set():
+                    break
+                self._arrived.wait(min(left, 0.05))
+                if self._poll_generation != mine:
+                    self.conflicts += 1
+                    return _Reply(409, _tg_error(409, "Conflict: terminated by other getUpdates request; make sure "
+                                                      "that only one bot instance is running"))
             result = [json.loads(json.dumps(u)) for u in self._updates[:limit]]
         return _Reply(200, {"ok": True, "result": result})
 
@@ -249,12 +282,32 @@ class FakeTelegram(_FakeServer):
         return _Reply(200, {"ok": True, "result": self._message_result(params["chat_id"], text=text)})
 
     def _send_file(self, received: Received, kind: str) -> _Reply:
-        if not received.fields.get("chat_id"):
+        chat_id, caption = received.fields.get("chat_id"), received.fields.get("caption")
+        if not chat_id:
             return _Reply(400, _tg_error(400, "Bad Request: chat not found"))
         if kind not in received.files:
             return _Reply(400, _tg_error(400, f"Bad Request: there is no {kind} in the request"))
-        extra = {"caption": received.fields["caption"]} if "caption" in received.fields else {}
-        return _Reply(200, {"ok": True, "result": self._message_result(received.fields["chat_id"], **extra)})
+        name, content = received.files[kind]
+        if caption is not None and len(caption) > 1024:
+            return _Reply(400, _tg_error(400, "Bad Request: message caption is too long"))
+        if len(content) > (10 if kind == "photo" else 50) * 1024 * 1024:
+            return _Reply(413, _tg_error(413, "Request Entity Too Large"))
+        size = _image_size(content)
+        if kind == "photo" and size is None:
+            return _Reply(400, _tg_error(400, "Bad Request: IMAGE_PROCESS_FAILED"))
+        file_id = f"{kind}-{len(self.calls('send' + kind.title()))}"
+        if kind == "photo":
+            width, height = size or (0, 0)
+            extra: dict[str, Any] = {"photo": [{"file_id": file_id, "file_unique_id": file_id, "width": width,
+                                                "height": height, "file_size": len(content)}]}
+            with self.lock:
+                self._photos.append((str(chat_id), name, content, caption or ""))
+        else:
+            extra = {"document": {"file_name": name, "file_id": file_id, "file_unique_id": file_id,
+                                  "file_size": len(content)}}
+        if caption is not None:
+            extra["caption"] = caption
+        return _Reply(200, {"ok": True, "result": self._message_result(chat_id, **extra)})
 
     def _message_result(self, chat_id: Any, **extra: Any) -> dict:
         with self.lock:
@@ -274,6 +327,16 @@ class FakeTelegram(_FakeServer):
             body["parameters"] = {"retry_after": fault.retry_after}
             headers["retry-after"] = f"{fault.retry_after:g}"
         return _Reply(fault.status, body, headers)
+
+
+def _image_size(content: bytes) -> tuple[int, int] | None:
+    """(width, height) of a PNG (from its header chunk; 0 x 0 without one), (0, 0) for a JPEG, None for anything
+    that is neither."""
+    if content[:8] == b"\x89PNG\r\n\x1a\n":
+        return struct.unpack(">II", content[16:24]) if content[12:16] == b"IHDR" else (0, 0)
+    if content[:3] == b"\xff\xd8\xff":
+        return 0, 0
+    return None
 
 
 def _tg_error(code: int, description: str) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from flows.runtime import Runtime
 from main import cli
 
 from fake_chat_servers import DEFAULT_DATE, closed_port_url
+from ports import alerts
 
 OWNER, PARTNER, STRANGER = 111, 222, 999
 ASOF = "2016-11-09T10:30"
@@ -35,6 +37,13 @@ def env(tmp_path, monkeypatch, fake_telegram):
     monkeypatch.setenv("TELEGRAM_BOT_TOKEN", fake_telegram.token)
     monkeypatch.setenv("TELEGRAM_ALLOWED_USERS", f"{OWNER},{PARTNER}")
     return tmp_path
+
+
+@pytest.fixture(autouse=True)
+def _one_call_per_poll(monkeypatch):
+    """Each `bot poll` here makes one getUpdates that does not wait, unless a test sets a listening window."""
+    monkeypatch.setattr(bot, "POLL_WINDOW", 0.0)
+    monkeypatch.setattr(bot, "LOCK_WAIT", 0.1)
 
 
 def poll(asof: str = ASOF):
@@ -309,11 +318,179 @@ def test_reports_through_the_real_reporting_modules(env, fake_telegram):
     assert len(answers) == 4
     assert not [a for a in answers if a == bot.REPORTS_MISSING or a.startswith("error")], answers
     assert answers[3] == "trades export sent as trades_2016-11-09.csv"
-    (photo,) = fake_telegram.calls("sendPhoto")
-    assert photo.fields == {"chat_id": str(OWNER), "caption": "Equity vs SPY"}
-    assert photo.files["photo"][0] == "equity_vs_spy.png" and photo.files["photo"][1][:4] == b"\x89PNG"
+    photos = fake_telegram.sent_photos(OWNER)  # /metrics, /weekly and /monthly each send the chart first
+    assert [(name, caption) for name, _, caption in photos] == [("equity_vs_spy.png", "Equity vs SPY")] * 3
+    assert all(content[:4] == b"\x89PNG" for _, content, _ in photos)
+    (first, *_) = fake_telegram.calls("sendPhoto")
+    assert first.fields == {"chat_id": str(OWNER), "caption": "Equity vs SPY"}
+    assert [r.api_method for r in fake_telegram.requests if r.api_method.startswith("send")][:2] == [
+        "sendPhoto", "sendMessage"]
     (document,) = fake_telegram.calls("sendDocument")
     assert document.files["document"][1].startswith(b"id,symbol,")
+
+
+def test_a_chart_telegram_refuses_still_leaves_the_text_with_a_note(env, fake_telegram):
+    poll()  # creates the journal
+    with sqlite3.connect(env / "trades.db") as conn:
+        conn.execute("INSERT INTO daily_performance (date, equity, cash, spy_close, created_at) "
+                     "VALUES ('2016-11-08', 100000, 100000, 210, '2016-11-08T21:05:00+00:00')")
+    fake_telegram.fail_next(400, api="sendPhoto", description="Bad Request: IMAGE_PROCESS_FAILED")
+    fake_telegram.add_message(OWNER, "/metrics")
+    fake_telegram.add_message(OWNER, "/monthly")
+    poll()
+    first, second = fake_telegram.sent_texts(OWNER)
+    assert first.endswith("\n(the chart could not be sent; see the log)")
+    assert not second.endswith("see the log)") and len(fake_telegram.sent_photos(OWNER)) == 1
+
+
+def test_without_snapshots_a_report_says_why_it_has_no_chart(env, fake_telegram):
+    fake_telegram.add_message(OWNER, "/metrics")
+    poll()
+    (answer,) = fake_telegram.sent_texts(OWNER)
+    assert answer.splitlines()[-1] == ("(no chart: no daily snapshots to chart yet: run `jobs daily-snapshot` after "
+                                       "a session)")
+    assert fake_telegram.calls("sendPhoto") == []
+
+
+def test_the_fake_bot_api_checks_photos_as_telegram_does(tmp_path, fake_telegram):
+    config = load_config({"TELEGRAM_BASE_URL": fake_telegram.url, "TELEGRAM_BOT_TOKEN": fake_telegram.token,
+                          "TELEGRAM_CHAT_ID": "-100777", "MOMENTUM_DB": str(tmp_path / "trades.db")}, environ={},
+                         dotenv_path=tmp_path / "no.env")
+    not_an_image = tmp_path / "chart.png"
+    not_an_image.write_bytes(b"<html>oops</html>")
+    assert alerts.send_photo(config, not_an_image, "x") is False
+    png = tmp_path / "tiny.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x03\x84\x00\x00\x01\xc2" + b"\x00" * 40)
+    assert alerts.send_photo(config, png, "y" * 1500) is True  # the product cuts a caption to Telegram's 1024
+    assert alerts.send_photo(config, png, "Equity vs SPY") is True
+    assert [caption for _, _, caption in fake_telegram.sent_photos("-100777")] == ["y" * 1024, "Equity vs SPY"]
+    outcome = alerts.telegram_call(config, "sendPhoto", data={"chat_id": "-100777"},
+                                   files={"photo": ("tiny.png", png.read_bytes())})
+    assert outcome.body["result"]["photo"][0]["width"] == 900 and outcome.body["result"]["photo"][0]["height"] == 450
+    for data, content, error in (
+            ({"chat_id": "-100777"}, not_an_image.read_bytes(), "HTTP 400: Bad Request: IMAGE_PROCESS_FAILED"),
+            ({"chat_id": "-100777", "caption": "y" * 1025}, png.read_bytes(),
+             "HTTP 400: Bad Request: message caption is too long"),
+            ({}, png.read_bytes(), "HTTP 400: Bad Request: chat not found")):
+        failed = alerts.telegram_call(config, "sendPhoto", data=data, files={"photo": ("chart.png", content)})
+        assert failed.error == error
+    assert len(fake_telegram.sent_photos()) == 3
+
+
+# --- long polling -------------------------------------------------------------------------------------------------
+
+class Poller(threading.Thread):
+    """`bot poll` over its own runtime in a thread, as a second cron run of it would be in a second process."""
+
+    def __init__(self, window: float):
+        super().__init__(daemon=True)
+        self.window, self.report, self.error = window, None, None
+        self.started_at = self.ended_at = 0.0
+
+    def run(self) -> None:
+        self.started_at = time.monotonic()
+        rt = Runtime(load_config({"MOMENTUM_ASOF": ASOF}))
+        try:
+            self.report = bot.poll(rt, window=self.window)
+        except Exception as err:  # noqa: BLE001 - re-raised by the test
+            self.error = err
+        finally:
+            rt.close()
+            self.ended_at = time.monotonic()
+
+    def result(self) -> bot.PollReport:
+        self.join(timeout=30)
+        assert not self.is_alive() and self.error is None, self.error
+        return self.report
+
+
+def answered_after(fake, text_start: str, sent_at: float) -> float:
+    """Seconds from queueing a message to the reply's arrival at the fake (the one reply starting text_start)."""
+    (reply,) = [r for r in fake.calls("sendMessage") if r.json["text"].startswith(text_start)]
+    return reply.at - sent_at
+
+
+def test_an_update_is_answered_as_it_arrives_while_the_poll_listens(env, fake_telegram):
+    poll()  # creates the journal, so the thread's runtime only opens it
+    listener = Poller(window=2.0)
+    listener.start()
+    time.sleep(0.4)
+    sent_at = time.monotonic()
+    fake_telegram.add_message(OWNER, "/settings")
+    report = listener.result()
+    assert answered_after(fake_telegram, "autoclose = on", sent_at) < 0.5
+    assert (report.updates, report.answered, report.offset) == (1, 1, 1000)
+    waits = [r.json["timeout"] for r in fake_telegram.calls("getUpdates")[1:]]
+    assert waits[:2] == [1, 1]  # whole seconds, never beyond the window; it goes on listening after an answer
+    assert 1.2 <= listener.ended_at - listener.started_at < 3.0  # it listens for its window, then ends
+
+
+@pytest.mark.slow
+def test_an_update_two_seconds_into_the_poll_is_answered_within_a_second(env, fake_telegram):
+    poll()
+    listener = Poller(window=4.0)
+    listener.start()
+    time.sleep(2.0)
+    sent_at = time.monotonic()
+    fake_telegram.add_message(OWNER, "/help")
+    report = listener.result()
+    assert answered_after(fake_telegram, "Commands:", sent_at) < 1.0
+    assert report.answered == 1 and 3.0 <= listener.ended_at - listener.started_at < 5.5
+    assert fake_telegram.conflicts == 0
+
+
+def test_overlapping_polls_never_answer_twice(env, fake_telegram, monkeypatch):
+    poll()
+    monkeypatch.setattr(bot, "LOCK_WAIT", 0.2)
+    first = Poller(window=1.5)
+    first.start()
+    time.sleep(0.2)
+    second = Poller(window=1.5)  # started while the first listens: it waits briefly, then gives up its turn
+    second.start()
+    fake_telegram.add_message(OWNER, "/settings")
+    time.sleep(0.3)
+    fake_telegram.add_message(OWNER, "/help")
+    assert second.result().skipped == "another bot poll is running; skipped"
+    assert first.result().answered == 2
+    assert len(fake_telegram.sent_texts(OWNER)) == 2 and fake_telegram.conflicts == 0
+    assert [row[0] for row in audit(env)] == [1000, 1001]
+
+
+@pytest.mark.slow
+def test_a_poll_that_waits_for_the_one_before_goes_on_from_its_offset(env, fake_telegram, monkeypatch):
+    poll()
+    monkeypatch.setattr(bot, "LOCK_WAIT", 5.0)
+    first = Poller(window=1.2)
+    first.start()
+    time.sleep(0.1)
+    second = Poller(window=3.0)  # a poll started late (the one before ran long): it waits, then listens
+    second.start()
+    time.sleep(0.3)
+    fake_telegram.add_message(OWNER, "/settings")
+    time.sleep(1.5)
+    sent_at = time.monotonic()
+    fake_telegram.add_message(OWNER, "/help")
+    assert (first.result().answered, second.result().answered) == (1, 1)
+    assert second.ended_at - second.started_at < 3.5 and first.ended_at <= second.ended_at
+    assert answered_after(fake_telegram, "Commands:", sent_at) < 1.0
+    assert len(fake_telegram.sent_texts(OWNER)) == 2 and [row[0] for row in audit(env)] == [1000, 1001]
+    assert fake_telegram.offsets()[-1] == 1002 and fake_telegram.conflicts == 0
+
+
+def test_the_fake_ends_a_held_getupdates_when_another_arrives_as_telegram_does(fake_telegram):
+    import requests
+
+    url = f"{fake_telegram.url}/bot{fake_telegram.token}/getUpdates"
+    answers: list = []
+    held = threading.Thread(target=lambda: answers.append(requests.post(url, json={"timeout": 5}, timeout=10)))
+    started = time.monotonic()
+    held.start()
+    time.sleep(0.3)
+    assert requests.post(url, json={"timeout": 0}, timeout=5).json() == {"ok": True, "result": []}
+    held.join(timeout=5)
+    (answer,) = answers
+    assert answer.status_code == 409 and time.monotonic() - started < 1.5
+    assert answer.json()["description"].startswith("Conflict: terminated by other getUpdates request")
 
 
 def test_long_answers_are_split_for_telegram():

@@ -194,6 +194,19 @@ CREATE TABLE schedule_slots (
 CREATE INDEX schedule_slots_session ON schedule_slots(session);
 """
 
+# The learned candidate ranking (`learn fit`): each fitted model, versioned, with the span it learned from and the day
+# from which a scan may use it (its fitted-until day plus the outcome horizon: no label from the future leaks in);
+# each candidate records the figure the active model gave it and that model's version.
+MIGRATION_0009 = """
+CREATE TABLE models (
+    version INTEGER PRIMARY KEY, created_at TEXT NOT NULL, kind TEXT NOT NULL, target TEXT NOT NULL,
+    fitted_until TEXT NOT NULL, usable_from TEXT NOT NULL, horizon INTEGER NOT NULL, features TEXT NOT NULL,
+    train_start TEXT NOT NULL, train_end TEXT NOT NULL, rows INTEGER NOT NULL, validation TEXT NOT NULL,
+    library TEXT NOT NULL, model BLOB NOT NULL, source TEXT);
+ALTER TABLE candidates ADD COLUMN learned REAL;
+ALTER TABLE candidates ADD COLUMN model_version INTEGER;
+"""
+
 # (name, sql) in order; names are stored in _sqlite_migrations and must never change.
 MIGRATIONS: list[tuple[str, str]] = [
     ("0001_initial", MIGRATION_0001),
@@ -204,4 +217,5 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("0006_live_order_indexes", MIGRATION_0006),
     ("0007_quote_view", MIGRATION_0007),
     ("0008_schedule_slots", MIGRATION_0008),
+    ("0009_learned_ranking", MIGRATION_0009),
 ]

@@ -63,7 +63,7 @@ class Runner:
         self.capacity = engine.capacity(client)
         self.running: dict[Any, int] = {}  # future -> trial number
 
-    def task(self, number: int, values: dict[str, Any], window: Window) -> dict[str, Any]:
+    def task(self, number: int, values: dict[str, Any], window: Window, extra: tuple[str, ...] = ()) -> dict[str, Any]:
         spec = self.spec
         args = ["--data", spec.data, "--universe", spec.universe, *(["--market", spec.market] if spec.market else []),
                 "backtest", "--start", str(window.start), "--end", str(window.end), "--system", spec.system,
@@ -72,16 +72,18 @@ class Runner:
             args += ["--set", assignment]
         if window.data_until is not None:
             args += ["--data-until", str(window.data_until)]
+        args += list(extra)
         return {"folder": str(self.out_dir / "trials" / f"{number:05d}"), "args": args,
                 "env": {"CACHE_DIR": spec.cache_dir, "MOMENTUM_ASOF": ""}}
 
-    def submit(self, role: str, values: dict[str, Any], window: Window, fold: int | None) -> int:
-        """Record the trial as running and send it to the cluster; its number."""
+    def submit(self, role: str, values: dict[str, Any], window: Window, fold: int | None,
+               extra: tuple[str, ...] = ()) -> int:
+        """Record the trial as running and send it to the cluster (`extra`: more backtest options); its number."""
         from research.trial import run_trial
 
         number = self.store.new_trial(role=role, params=values, fold=fold, window=window.strings())
-        future = self.client.submit(run_trial, self.task(number, values, window), key=f"trial-{number}-{id(self)}",
-                                    pure=False)
+        future = self.client.submit(run_trial, self.task(number, values, window, extra),
+                                    key=f"trial-{number}-{id(self)}", pure=False)
         self.running[future] = number
         return number
 

@@ -13,7 +13,8 @@ of a group shares the chat id); anyone else is ignored, audited and logged, and 
 Exactly once: before a command is acted on, its audit row (with its update_id) is written and the offset stored, so
 a poll killed half-way never runs an update again (an update already audited is skipped); every getUpdates sends the
 stored offset + 1, which confirms what was handled. Handlers call the same functions as the command line; their
-answers are plain text. /weekly, /monthly and /metrics also send the equity chart as a photo.
+answers are plain text. /weekly, /monthly and /metrics also send the equity chart as a photo. The alerts a batch
+of commands records (a halt, an exit) are sent once it is answered, not when the poll ends.
 """
 from __future__ import annotations
 
@@ -360,14 +361,23 @@ class _Poller:
         self.reply_channel_down = False
 
     def run(self, deadline: float, clock: Callable[[], float]) -> PollReport:
-        """getUpdates until less than a second of the window is left (at least once), each batch handled at once."""
+        """getUpdates until less than a second of the window is left (at least once), each batch handled at once and
+        the alerts its commands recorded (a halt, an exit) sent then, not when the poll ends."""
         while True:
             wait = max(0, int(min(LONG_POLL, deadline - clock())))
-            for update in self._fetch(wait):
+            updates = self._fetch(wait)
+            for update in updates:
                 self.report.updates += 1
                 self._handle(update)
+            if updates:
+                self._deliver_alerts()
             if deadline - clock() < 1.0:
                 return self.report
+
+    def _deliver_alerts(self) -> None:
+        delivery = alerts.dispatch(self.journal, self.config)
+        if delivery.errors:
+            log.warning("alert delivery: %s", delivery.summary())
 
     def _fetch(self, wait: int) -> list[dict]:
         payload: dict[str, Any] = {"timeout": wait, "allowed_updates": ["message"]}

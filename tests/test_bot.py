@@ -477,6 +477,16 @@ def test_a_poll_that_waits_for_the_one_before_goes_on_from_its_offset(env, fake_
     assert fake_telegram.offsets()[-1] == 1002 and fake_telegram.conflicts == 0
 
 
+def test_alerts_a_command_records_are_sent_as_it_is_answered_not_when_the_poll_ends(env, fake_telegram):
+    fake_telegram.add_message(OWNER, "/halt")
+    fake_telegram.add_message(OWNER, "YES")
+    alone = Poller(window=0)  # the poll alone: the command line's own delivery at its end does not run
+    alone.start()
+    assert alone.result().answered == 2
+    (delivered,) = rows(env, "SELECT delivered FROM events WHERE kind = 'alert' AND level = 'critical'")
+    assert delivered[0] is not None and '"log": "sent"' in delivered[0]
+
+
 def test_the_fake_ends_a_held_getupdates_when_another_arrives_as_telegram_does(fake_telegram):
     import requests
 

@@ -78,6 +78,8 @@ VARIABLES: tuple[Var, ...] = (
     _v("LOG_DIR", "path", "logs", "JSON-lines logs and the daily trade audit CSVs"),
     _v("LOG_LEVEL", "choice", "INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR")),
     _v("CACHE_DIR", "path", "data/cache", "parsed market-data cache"),
+    _v("DASHBOARD_DIR", "path", "", "browser dashboard written after every journal-changing command (default: "
+       "dashboard/ beside the journal; off = none, not even a backtest's tearsheet)"),
     _v("CONSTITUENTS_FILE", "path", "", "GICS sectors for `rebalance --universe SECTOR` (default: "
        "sp500_constituents_sectors.csv beside a csv: source)"),
     # ports

@@ -72,6 +72,8 @@ def _finish_run(ctx: click.Context, status: str, code: int, detail: str | None =
         try:
             rt.journal.finish_run(status, code, detail)
             deliver_alerts(rt)
+            if status == "failed":
+                write_dashboard(rt, ask_broker=False)  # what the failure left behind, unprotected positions first
         except Exception:  # noqa: BLE001 - recording the run must never hide the original error
             log.warning("could not record the end of the run", exc_info=True)
 
@@ -138,3 +140,19 @@ def done(rt, status: str = "done", *, deliver: bool = True) -> None:
     rt.journal.finish_run(status, 0)
     if deliver:
         deliver_alerts(rt)
+    if status == "done":
+        write_dashboard(rt)
+
+
+# Commands after which the browser dashboard is written again: those that change what it shows. The backtest writes
+# a tearsheet of its own (cli/backtest.py).
+DASHBOARD_AFTER = ("scan", "monitor", "jobs", "rebalance", "reconcile", "close", "halt", "resume")
+
+
+def write_dashboard(rt, *, ask_broker: bool = True) -> None:
+    """Write the dashboard (flows/dashboard.py) after a command that changed the journal; it never raises, so the
+    command's exit code stays its own."""
+    if rt.command in DASHBOARD_AFTER:
+        from flows import dashboard
+
+        dashboard.write_after_run(rt, ask_broker=ask_broker)

@@ -80,6 +80,9 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
         result = replay.run_backtest(rt, first, last, system=system, cap=cap, progress=progress, settings=settings,
                                      data_through=cut)
         rt.journal.finish_run("done", 0)
+        from flows import dashboard
+
+        tearsheet = dashboard.tearsheet_after_backtest(rt, result.out_dir)  # never raises: a view of what is written
     finally:
         rt.close()
     if as_json:
@@ -89,6 +92,8 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
     click.echo(f"{result.seconds:.1f} s; journal {result.out_dir / 'trades.db'}, chart {result.out_dir / 'equity.png'}")
     for line in result.failures[:5]:
         click.echo(f"  failed step: {line}")
+    if tearsheet is not None:
+        click.echo(f"tearsheet {tearsheet} (open it in a browser)")
 
 
 for _command in (backtest_command,):

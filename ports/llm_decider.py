@@ -1,10 +1,14 @@
 """The LLM decider (SPEC section 6): one Anthropic Messages API call per scan, its JSON reply validated strictly.
 
-The model's reply is untrusted input. Anything wrong with the call or the reply (a timeout, an HTTP error, prose, a
-symbol outside the candidates or positions, a wrong type, a cut-off reply) falls back to the rules decider with the
-same inputs; the caller raises the alert from `LlmOutcome.valid`. A valid reply still only proposes: buys are trimmed
-to the scan's limits here, sizing is never taken from the model, and the executor's risk gates (section 7) check
-every order again. One call, no retry and no sleep: a scan must not wait on a struggling model API.
+The request asks for structured output: `output_config.format` carries REPLY_SCHEMA (type "json_schema"), the
+generally available form of the Messages API (no beta header; the retired beta used a top-level `output_format`), so
+the model's text is constrained to that JSON schema. The reply is still untrusted input: it is checked against the
+same schema here (a proxy, an older model or a bug must not slip through), then against the scan's facts. Anything
+wrong with the call or the reply (a timeout, an HTTP error, prose, a field outside the schema, a wrong type, a symbol
+outside the candidates or positions, a cut-off or refused reply) falls back to the rules decider with the same
+inputs; the caller raises the alert from `LlmOutcome.valid`. A valid reply still only proposes: buys are trimmed to
+the scan's limits here, sizing is never taken from the model, and the executor's risk gates (section 7) check every
+order again. One call, no retry and no sleep: a scan must not wait on a struggling model API.
 """
 from __future__ import annotations
 
@@ -19,6 +23,8 @@ import pandas as pd
 import requests
 
 from core import rules_decider
+from core.reversal import MAX_REVERSAL_SCORE
+from core.risk import RiskLimits
 from core.rules_decider import Decision, Limits
 
 log = logging.getLogger(__name__)
@@ -28,6 +34,7 @@ MAX_TOKENS = 2000
 REASON_CHARS = 200  # reasons end up in the journal and in alerts: keep them short
 FALLBACK_REASON_CHARS = 300
 MAX_POOR_PATTERNS = 10
+POOR_PATTERN_CHARS = 400  # a pattern line is a summary made short by its maker; this only bounds a runaway one
 MIN_REDACTED_KEY = 8
 MAX_SHOWN_NAME = 12  # real symbols are shorter; longer model text is not echoed
 POSITION_ACTIONS = ("HOLD", "CLOSE")
@@ -40,21 +47,42 @@ OVER_LIMIT = "over the buy limit"
 SYSTEM_PROMPT = (
     "You are the decision engine of a momentum stock-trading agent. You review open positions for momentum "
     "reversal and pick which scanner candidates to buy, watch or skip. You never size positions: a separate risk "
-    "engine sizes and vetoes every order. Answer with exactly one JSON object in the schema the user gives, and "
-    "nothing else."
+    "engine sizes and vetoes every order. Your reply is one JSON object following the JSON schema attached to "
+    "the request, and nothing else."
 )
 
-# Field name -> kind, per object of the reply schema; keys the model adds beyond these are ignored (and logged).
-TOP_FIELDS = {"market_assessment": "string", "position_actions": "list", "candidate_actions": "list",
-              "execution_plan": "object", "portfolio_summary": "string"}
-POSITION_FIELDS = {"symbol": "string", "action": "string", "reversal_score": "integer", "reasoning": "string"}
-CANDIDATE_FIELDS = {"symbol": "string", "action": "string", "score": "number", "conviction": "number",
-                    "reasoning": "string"}
-PLAN_FIELDS = {"closes": "symbols", "buys": "symbols", "new_watchlist": "symbols"}
 
-# Scanner columns shown to the model, in order; fractions are shown as percent.
-_CANDIDATE_COLUMNS = ("score", "price", "change_pct", "rvol", "roc_10d", "gap_up", "rsi_14", "atr_14",
+def _object(properties: dict[str, dict]) -> dict:
+    """A closed JSON-schema object: every property required, no other (structured output needs both)."""
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+_STRING = {"type": "string"}
+_SYMBOLS = {"type": "array", "items": _STRING}
+# The reply's shape, sent as the structured-output schema and checked again on the reply. Only keywords that
+# structured output supports: ranges (conviction, reversal score) cannot be expressed there and are checked below.
+REPLY_SCHEMA: dict = _object({
+    "market_assessment": _STRING,
+    "position_actions": {"type": "array", "items": _object({
+        "symbol": _STRING, "action": {"type": "string", "enum": list(POSITION_ACTIONS)},
+        "reversal_score": {"type": "integer", "description": f"0-{MAX_REVERSAL_SCORE}, higher is weaker"},
+        "reasoning": _STRING})},
+    "candidate_actions": {"type": "array", "items": _object({
+        "symbol": _STRING, "action": {"type": "string", "enum": list(CANDIDATE_ACTIONS)},
+        "score": {"type": "number"},
+        "conviction": {"type": "number", "description": f"{CONVICTION_MIN} (none) to {CONVICTION_MAX} (highest)"},
+        "reasoning": _STRING})},
+    "execution_plan": _object({"closes": _SYMBOLS, "buys": _SYMBOLS, "new_watchlist": _SYMBOLS}),
+    "portfolio_summary": _STRING,
+})
+OUTPUT_CONFIG = {"format": {"type": "json_schema", "schema": REPLY_SCHEMA}}
+
+# Scanner columns shown to the model, in order; fractions are shown as percent. `learned` (the learned ranking's
+# figure) is shown only when the frame has it with at least one value.
+_CANDIDATE_COLUMNS = ("score", "learned", "price", "change_pct", "rvol", "roc_10d", "gap_up", "rsi_14", "atr_14",
                       "sma_aligned", "momentum_breakout", "stage2")
+LEARNED_NOTE = ("learned: the learned ranking model's estimate of how well this candidate pays over the next "
+                "sessions, fitted on past candidates' recorded outcomes; higher is better ('-': no estimate)")
 _PERCENT_COLUMNS = {"change_pct", "roc_10d", "gap_up"}
 _FENCED = re.compile(r"\A```(?:json)?[ \t]*\r?\n(.*?)\r?\n?```\Z", re.DOTALL)
 
@@ -79,17 +107,34 @@ class _Rejected(Exception):
     """Why the call or the reply cannot be used; never leaves this module (it becomes a fallback)."""
 
 
+@dataclass(frozen=True)
+class ScanFacts:
+    """What the prompt states about the scan and the gates beyond the decider's own Limits.
+
+    `gates` are the limits the executor's risk gates enforce (RiskLimits.from_config of the scan's config);
+    `scan_type` is open, midday or close, `cap` the cap tier scanned. Anything left None is said to be not given.
+    """
+
+    gates: RiskLimits | None = None
+    scan_type: str | None = None
+    cap: str | None = None
+
+
 def decide_with_llm(candidates: pd.DataFrame, positions: list[dict], held: set[str], limits: Limits,
                     context: dict, *, api_key: str, base_url: str, model: str, timeout: float,
-                    poor_signal_patterns: list[dict] | None = None,
+                    poor_signal_patterns: list[str] | None = None, scan: ScanFacts | None = None,
                     session: requests.Session | None = None) -> LlmOutcome:
     """Ask the model once for this scan's decision; fall back to `rules_decider.decide` on any failure.
 
-    `candidates` is the scanner frame (only stage1 rows are candidates), `positions` the position dicts with
-    reversal scores, `context` the account, market context, watchlist and limits to show the model.
+    `candidates` is the scanner frame (only stage1 rows are candidates; a `learned` column is shown beside the
+    score, explained by `candidates.attrs["learned_note"]` when its maker sets one), `positions` the position dicts
+    with reversal scores, `context` the account, market context, watchlist and limits to show the model,
+    `poor_signal_patterns` the summary lines of unreviewed poor signals (flows/reports.py poor_signal_patterns).
     """
     stage1 = _stage1(candidates)
-    prompt = _redact(build_prompt(stage1, positions, held, limits, context, poor_signal_patterns), api_key)
+    note = candidates.attrs.get("learned_note") or LEARNED_NOTE
+    prompt = _redact(build_prompt(stage1, positions, held, limits, context, poor_signal_patterns, scan,
+                                  learned_note=str(note)), api_key)
     reply: str | None = None
     parsed: dict | None = None
     try:
@@ -98,15 +143,12 @@ def decide_with_llm(candidates: pd.DataFrame, positions: list[dict], held: set[s
         reply = _reply_text(body)
         _check_stop_reason(body)
         parsed = parse_reply(reply)
-        ignored = validate_reply(parsed, set(stage1.index), held, _watchlist_symbols(context))
+        validate_reply(parsed, set(stage1.index), held, _watchlist_symbols(context))
     except _Rejected as rejected:
         reason = _one_line(_redact(str(rejected), api_key), FALLBACK_REASON_CHARS)
         log.warning("LLM decider falls back to the rules decider: %s", reason)
         fallback = rules_decider.decide(candidates, positions, held, limits)
         return LlmOutcome(fallback, prompt, reply, parsed, False, reason)
-    if ignored:
-        log.warning("LLM reply fields outside the schema ignored (sizing is never taken from the model): %s",
-                    _one_line(_redact(", ".join(ignored), api_key), FALLBACK_REASON_CHARS * 2))
     decision = reply_to_decision(parsed, stage1, positions, held, limits)
     return LlmOutcome(decision, prompt, reply, parsed, True, None)
 
@@ -120,19 +162,21 @@ def _stage1(candidates: pd.DataFrame) -> pd.DataFrame:
 # ---- the prompt ---------------------------------------------------------------------------------------------------
 
 def build_prompt(stage1: pd.DataFrame, positions: list[dict], held: set[str], limits: Limits, context: dict,
-                 poor_signal_patterns: list[dict] | None) -> str:
-    """The user message: every fact the model decides from, then the exact reply schema."""
+                 poor_signal_patterns: list[str] | None, scan: ScanFacts | None = None, *,
+                 learned_note: str = LEARNED_NOTE) -> str:
+    """The user message: every fact the model decides from, then the reply schema and its rules."""
     sections = [
         ("ACCOUNT", _render_mapping(context.get("account"))),
         ("MARKET CONTEXT", _render_mapping(context.get("market"))),
         *[(key.upper().replace("_", " "), _render_value(value)) for key, value in context.items()
           if key not in ("account", "market", "watchlist", "limits")],
-        ("OPEN POSITIONS (reversal score 0-10: higher means the momentum is reversing)", _positions_table(positions)),
+        (f"OPEN POSITIONS (reversal score 0-{MAX_REVERSAL_SCORE}: higher means the momentum is reversing)",
+         _positions_table(positions)),
         ("CANDIDATES (stage-1 scanner rows, best score first; % columns in percent)",
-         _candidates_table(stage1, held)),
+         _candidates_table(stage1, held, learned_note)),
         ("CURRENT WATCHLIST", ", ".join(sorted(_watchlist_symbols(context))) or "(empty)"),
-        ("LIMITS", _limits_text(limits, positions, context.get("limits"))),
-        ("RECENT POOR SIGNALS (trades closed on reversal; avoid repeating these setups)",
+        ("LIMITS", _limits_text(limits, positions, context.get("limits"), scan or ScanFacts())),
+        ("POOR-SIGNAL PATTERNS (unreviewed trades closed on a reversal; avoid repeating these setups)",
          _poor_signals_text(poor_signal_patterns)),
         ("REPLY FORMAT", _reply_instructions(limits, positions)),
     ]
@@ -192,17 +236,24 @@ def _positions_table(positions: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _candidates_table(stage1: pd.DataFrame, held: set[str]) -> str:
+def _candidates_table(stage1: pd.DataFrame, held: set[str], learned_note: str = LEARNED_NOTE) -> str:
     if stage1.empty:
         return "(no candidates this scan)"
-    columns = [c for c in _CANDIDATE_COLUMNS if c in stage1.columns]
+    columns = [c for c in _CANDIDATE_COLUMNS if c in stage1.columns and (c != "learned" or _has_values(stage1[c]))]
     ranked = stage1.sort_values("score", ascending=False, kind="mergesort") if "score" in columns else stage1
     header = ["symbol", *[c.removesuffix("_pct") + "%" if c in _PERCENT_COLUMNS else c for c in columns], "held"]
     lines = [" | ".join(header)]
     for symbol, row in ranked.iterrows():
         cells = [_percent(row[c]) if c in _PERCENT_COLUMNS else _fmt(_plain(row[c])) for c in columns]
         lines.append(" | ".join([str(symbol), *cells, "Y" if symbol in held else "N"]))
+    if "learned" in columns:
+        lines.append(_one_line(learned_note, FALLBACK_REASON_CHARS))
     return "\n".join(lines)
+
+
+def _has_values(column: pd.Series) -> bool:
+    """Any finite number: an all-NaN `learned` column means no model is active, and the model is not shown it."""
+    return bool(pd.to_numeric(column, errors="coerce").notna().any())
 
 
 def _plain(value: Any) -> Any:
@@ -210,20 +261,52 @@ def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
 
 
-def _limits_text(limits: Limits, positions: list[dict], extra: Any) -> str:
+def _limits_text(limits: Limits, positions: list[dict], extra: Any, scan: ScanFacts) -> str:
     skip_mode = rules_decider.in_skip_mode(positions, limits)
     block = rules_decider.buy_block_reason(limits, skip_mode)
     lines = [
+        _scan_line(scan),
         f"- free position slots: {limits.free_slots} (this cap: {limits.free_cap_slots}); "
         f"max buys this scan: {limits.max_buys}",
         f"- BUY at most {_buy_slots(limits)} symbols" if block is None else f"- buying is blocked ({block}): BUY none",
         f"- a BUY needs score >= {limits.buy_score_min} and stage2 Y; WATCH needs score >= {limits.watch_score_min}",
         _close_rule(limits),
         f"- watchlist: at most {rules_decider.WATCHLIST_SIZE} symbols",
+        *_gate_lines(scan),
     ]
     if isinstance(extra, dict):
         lines += [f"- {key}: {_fmt(value)}" for key, value in extra.items()]
     return "\n".join(lines)
+
+
+def _scan_line(scan: ScanFacts) -> str:
+    kind = f"{scan.scan_type} scan" if scan.scan_type else "scan (type not given)"
+    return f"- this is the {kind} of the {scan.cap} caps" if scan.cap else f"- this is the {kind}"
+
+
+def _share(fraction: float) -> str:
+    """0.6 -> '60%' (the gates hold fractions; the settings are percents)."""
+    return f"{fraction * 100:g}%"
+
+
+def _gate_lines(scan: ScanFacts) -> list[str]:
+    """The risk gates' limits, read from the scan's RiskLimits, so the prompt says what the executor enforces."""
+    gates = scan.gates
+    if gates is None:
+        return ["- risk gates: not given here; the executor still checks every order against them"]
+    per_cap = "; ".join(f"{cap} {gates.max_positions_by_cap[cap]} positions, {gates.max_buys_by_cap.get(cap, '-')} "
+                        f"buys per scan" for cap in gates.max_positions_by_cap)
+    return [
+        "- risk gates (the executor refuses any order beyond these, whatever this reply says):",
+        f"  - position size {_share(gates.position_size_frac)} of equity ({gates.sizing_method} sizing; "
+        "the engine sizes every order)",
+        f"  - invested exposure at most {_share(gates.max_exposure_frac)} of equity times the regime factor; "
+        f"at most {gates.max_positions} open positions",
+        f"  - per cap: {per_cap}",
+        f"  - open risk to stops at most {_share(gates.max_heat_frac)} of equity; return correlation with a "
+        f"holding at most {gates.max_correlation:g}; a day loss of {_share(gates.daily_loss_limit_frac)} of "
+        "start-of-day equity trips the circuit breaker (everything closes, no buys)",
+    ]
 
 
 def _close_rule(limits: Limits) -> str:
@@ -233,26 +316,23 @@ def _close_rule(limits: Limits) -> str:
     return f"- auto-close is off: CLOSE on reversal at your judgement, or {thesis}"
 
 
-def _poor_signals_text(patterns: list[dict] | None) -> str:
+def _poor_signals_text(patterns: list[str] | None) -> str:
+    """The summary lines as given (their maker counts and words them); anything else is shown as its JSON."""
     if not patterns:
-        return "(none recorded)"
-    lines = []
-    for pattern in patterns[:MAX_POOR_PATTERNS]:
-        fields = ", ".join(f"{key}={_fmt(value)}" for key, value in pattern.items())
-        lines.append(f"- {_one_line(fields, REASON_CHARS)}")
-    return "\n".join(lines)
+        return "(none unreviewed)"
+    lines = [pattern if isinstance(pattern, str) else _fmt(pattern) for pattern in patterns[:MAX_POOR_PATTERNS]]
+    return "\n".join(f"- {_one_line(line, POOR_PATTERN_CHARS)}" for line in lines)
 
 
 def _reply_instructions(limits: Limits, positions: list[dict]) -> str:
     blocked = rules_decider.buy_block_reason(limits, rules_decider.in_skip_mode(positions, limits))
     buy_cap = 0 if blocked else _buy_slots(limits)
     return (
-        "Reply with ONE JSON object and nothing else: no prose before or after it (a ```json fence around it is "
-        "allowed). Schema:\n"
+        "Reply with ONE JSON object following the JSON schema attached to this request, and nothing else:\n"
         "{\n"
         '  "market_assessment": string,\n'
-        '  "position_actions": [{"symbol": string, "action": "HOLD" | "CLOSE", "reversal_score": integer, '
-        '"reasoning": string}],\n'
+        '  "position_actions": [{"symbol": string, "action": "HOLD" | "CLOSE", "reversal_score": integer '
+        f'0-{MAX_REVERSAL_SCORE}, "reasoning": string}}],\n'
         '  "candidate_actions": [{"symbol": string, "action": "BUY" | "WATCH" | "SKIP", "score": number, '
         f'"conviction": number from {CONVICTION_MIN} (none) to {CONVICTION_MAX} (highest), "reasoning": string}}],\n'
         '  "execution_plan": {"closes": [symbol], "buys": [symbol], "new_watchlist": [symbol]},\n'
@@ -262,7 +342,8 @@ def _reply_instructions(limits: Limits, positions: list[dict]) -> str:
         "candidates, each once; execution_plan.closes lists exactly the CLOSE actions; execution_plan.buys lists "
         f"exactly the BUY actions, best first, at most {buy_cap}; new_watchlist holds at most "
         f"{rules_decider.WATCHLIST_SIZE} symbols from the candidates or the current watchlist; no symbol twice in a "
-        "list. Do not include quantities, sizes or prices to pay: the risk engine sizes every order."
+        "list; no fields beyond these. Do not include quantities, sizes or prices to pay: the risk engine sizes "
+        "every order."
     )
 
 
@@ -284,7 +365,7 @@ def _post_messages(prompt: str, *, api_key: str, base_url: str, model: str, time
     """One POST /v1/messages; any transport or HTTP failure becomes a _Rejected with a one-line reason."""
     headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION, "content-type": "application/json"}
     body = {"model": model, "max_tokens": MAX_TOKENS, "system": SYSTEM_PROMPT,
-            "messages": [{"role": "user", "content": prompt}], "temperature": 0}
+            "messages": [{"role": "user", "content": prompt}], "temperature": 0, "output_config": OUTPUT_CONFIG}
     poster = session if session is not None else requests
     try:
         response = poster.post(f"{base_url.rstrip('/')}/v1/messages", headers=headers, json=body,
@@ -370,40 +451,54 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
     return dict(pairs)
 
 
-def validate_reply(parsed: dict, candidate_symbols: set[str], held: set[str], watchlist: set[str]) -> list[str]:
-    """Check the reply against the schema and the scan's facts; return the ignored extra fields (dotted paths).
+def validate_reply(parsed: Any, candidate_symbols: set[str], held: set[str], watchlist: set[str]) -> None:
+    """Check the reply against REPLY_SCHEMA, then against the scan's facts.
 
-    Raises _Rejected on the first violation: a wrong type or enum, a symbol that is not held or not a stage-1
-    candidate, a repeated symbol, or an execution plan that disagrees with the actions.
+    Raises _Rejected on the first violation: a field outside the schema or missing, a wrong type or enum, a symbol
+    that is not held or not a stage-1 candidate, a repeated symbol, a conviction out of range, or an execution plan
+    that disagrees with the actions. Structured output makes schema violations rare, not impossible.
     """
-    ignored: list[str] = []
-    _check_fields(parsed, TOP_FIELDS, "reply", ignored)
-    positions = [_check_fields(a, POSITION_FIELDS, f"position_actions[{i}]", ignored)
-                 for i, a in enumerate(parsed["position_actions"])]
-    candidates = [_check_fields(a, CANDIDATE_FIELDS, f"candidate_actions[{i}]", ignored)
-                  for i, a in enumerate(parsed["candidate_actions"])]
-    plan = _check_fields(parsed["execution_plan"], PLAN_FIELDS, "execution_plan", ignored)
-    _check_position_actions(positions, held)
-    _check_candidate_actions(candidates, candidate_symbols)
-    _check_plan(plan, positions, candidates, held, candidate_symbols | watchlist)
-    return ignored
+    _conform(parsed, REPLY_SCHEMA, ())
+    plan = parsed["execution_plan"]
+    _check_position_actions(parsed["position_actions"], held)
+    _check_candidate_actions(parsed["candidate_actions"], candidate_symbols)
+    _check_plan(plan, parsed["position_actions"], parsed["candidate_actions"], held, candidate_symbols | watchlist)
 
 
-def _check_fields(obj: Any, fields: dict[str, str], where: str, ignored: list[str]) -> dict:
-    if not isinstance(obj, dict):
-        raise _Rejected(f"{where} is not an object")
-    missing = [key for key in fields if key not in obj]
-    if missing:
-        raise _Rejected(f"{where} lacks {', '.join(missing)}")
-    for key, kind in fields.items():
-        if not _is_kind(obj[key], kind):
-            raise _Rejected(f"{where}.{key} is not {_KIND_NAMES[kind]}")
-    ignored.extend(f"{where}.{key}" for key in obj if key not in fields)
-    return obj
+_KIND_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "array": "a list",
+               "object": "an object"}
 
 
-_KIND_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "list": "a list",
-               "object": "an object", "symbols": "a list of symbols"}
+def _where(path: tuple[str, ...]) -> str:
+    """'reply', 'reply.execution_plan', then 'execution_plan.buys', 'position_actions[0].action'."""
+    if len(path) < 2:
+        return ".".join(("reply", *path))
+    return "".join(part if part.startswith("[") or i == 0 else f".{part}" for i, part in enumerate(path))
+
+
+def _conform(value: Any, schema: dict, path: tuple[str, ...]) -> None:
+    """`value` against the subset of JSON schema REPLY_SCHEMA uses (type, enum, properties, required,
+    additionalProperties false, items)."""
+    where = _where(path)
+    kind = schema["type"]
+    if not _is_kind(value, kind):
+        raise _Rejected(f"{where} is not {_KIND_NAMES[kind]}")
+    if "enum" in schema and value not in schema["enum"]:
+        choices = schema["enum"]
+        listed = ", ".join(choices[:-1]) + f" or {choices[-1]}" if len(choices) > 1 else choices[0]
+        raise _Rejected(f"{where} {_show(_fmt(value))} is not {listed}")
+    if kind == "object":
+        missing = [key for key in schema["required"] if key not in value]
+        if missing:
+            raise _Rejected(f"{where} lacks {', '.join(missing)}")
+        extra = [key for key in value if key not in schema["properties"]]
+        if extra:
+            raise _Rejected(f"{where} has fields outside the schema: {', '.join(_show(k) for k in extra[:5])}")
+        for key, child in schema["properties"].items():
+            _conform(value[key], child, (*path, key))
+    elif kind == "array":
+        for i, item in enumerate(value):
+            _conform(item, schema["items"], (*path, f"[{i}]"))
 
 
 def _is_kind(value: Any, kind: str) -> bool:
@@ -413,11 +508,9 @@ def _is_kind(value: Any, kind: str) -> bool:
         return isinstance(value, int) and not isinstance(value, bool)
     if kind == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if kind == "list":
+    if kind == "array":
         return isinstance(value, list)
-    if kind == "object":
-        return isinstance(value, dict)
-    return isinstance(value, list) and all(isinstance(s, str) and s for s in value)  # "symbols"
+    return isinstance(value, dict)  # "object"
 
 
 def _show(symbol: str) -> str:
@@ -436,9 +529,6 @@ def _check_unique(symbols: list[str], where: str) -> None:
 def _check_position_actions(actions: list[dict], held: set[str]) -> None:
     _check_unique([a["symbol"] for a in actions], "position_actions")
     for action in actions:
-        if action["action"] not in POSITION_ACTIONS:
-            raise _Rejected(f"position action {_show(action['action'])} for {_show(action['symbol'])} "
-                            f"is not HOLD or CLOSE")
         if action["symbol"] not in held:
             raise _Rejected(f"position_actions names {_show(action['symbol'])}, which is not held")
 
@@ -447,9 +537,6 @@ def _check_candidate_actions(actions: list[dict], candidate_symbols: set[str]) -
     _check_unique([a["symbol"] for a in actions], "candidate_actions")
     for action in actions:
         symbol = action["symbol"]
-        if action["action"] not in CANDIDATE_ACTIONS:
-            raise _Rejected(f"candidate action {_show(action['action'])} for {_show(symbol)} "
-                            f"is not BUY, WATCH or SKIP")
         if symbol not in candidate_symbols:
             raise _Rejected(f"candidate_actions names {_show(symbol)}, which is not a stage-1 candidate")
         if not CONVICTION_MIN <= action["conviction"] <= CONVICTION_MAX:
@@ -459,7 +546,7 @@ def _check_candidate_actions(actions: list[dict], candidate_symbols: set[str]) -
 
 def _check_plan(plan: dict, positions: list[dict], candidates: list[dict], held: set[str],
                 watchable: set[str]) -> None:
-    for key in PLAN_FIELDS:
+    for key in ("closes", "buys", "new_watchlist"):
         _check_unique(plan[key], f"execution_plan.{key}")
     closes, buys = plan["closes"], plan["buys"]
     for symbol in closes:

@@ -1,4 +1,5 @@
-"""The LLM decider against the local fake Messages API: the request, a valid reply, and adversarial replies."""
+"""The LLM decider against the local fake Messages API: the request (structured output), the prompt, a valid reply,
+and adversarial replies, both those breaking the reply schema and those following it with wrong facts."""
 from __future__ import annotations
 
 import copy
@@ -6,13 +7,16 @@ import logging
 import socket
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import requests
 
 from core import rules_decider
+from core.risk import RiskLimits
 from core.rules_decider import Decision, Limits
-from ports.llm_decider import LlmOutcome, decide_with_llm
+from fake_messages_api import schema_violation
+from ports.llm_decider import REPLY_SCHEMA, LlmOutcome, ScanFacts, decide_with_llm
 
 API_KEY = "sk-ant-test-0123456789abcdef"
 MODEL = "claude-test-model"
@@ -30,8 +34,8 @@ CONTEXT = {
     "watchlist": ["CRWD"],
     "limits": {"max_positions": 5},
 }
-POOR_SIGNALS = [{"symbol": "RIVN", "exit_reason": "reversal", "pnl_pct": -0.06,
-                 "entry_signals": "gap_up>8%, rsi 82", "reversal_signals": "volume_climax"}]
+POOR_SIGNALS = ["9 unreviewed trades closed by a reversal (RIVN, ...); average P&L -3.1%",
+                "entry signals present in trades later closed by a reversal: gap_up>=3% 7 of 9, rsi>70 5 of 9"]
 
 
 def _row(score: int, stage2: bool, *, stage1: bool = True, price: float = 50.0) -> dict:
@@ -100,10 +104,21 @@ def test_one_request_with_the_documented_headers_and_body(fake_messages):
     assert sent.headers["x-api-key"] == API_KEY
     assert sent.headers["anthropic-version"] == "2023-06-01"
     assert sent.headers["content-type"] == "application/json"
-    assert set(sent.body) == {"model", "max_tokens", "system", "messages", "temperature"}
+    assert "anthropic-beta" not in sent.headers  # structured output is generally available: no beta header
+    assert set(sent.body) == {"model", "max_tokens", "system", "messages", "temperature", "output_config"}
     assert (sent.body["model"], sent.body["max_tokens"], sent.body["temperature"]) == (MODEL, 2000, 0)
     assert sent.body["messages"] == [{"role": "user", "content": outcome.prompt}]
     assert "JSON" in sent.body["system"]
+    assert sent.body["output_config"] == {"format": {"type": "json_schema", "schema": REPLY_SCHEMA}}
+
+
+def test_the_schema_sent_is_closed_and_names_every_reply_field():
+    assert REPLY_SCHEMA["required"] == ["market_assessment", "position_actions", "candidate_actions",
+                                        "execution_plan", "portfolio_summary"]
+    assert schema_violation(VALID_REPLY, REPLY_SCHEMA) is None
+    assert schema_violation({**VALID_REPLY, "qty": 5}, REPLY_SCHEMA) == "$: unexpected qty"
+    action = REPLY_SCHEMA["properties"]["candidate_actions"]["items"]["properties"]["action"]
+    assert action == {"type": "string", "enum": ["BUY", "WATCH", "SKIP"]}
 
 
 def test_prompt_carries_the_facts_and_the_schema(fake_messages):
@@ -113,9 +128,12 @@ def test_prompt_carries_the_facts_and_the_schema(fake_messages):
     lines = prompt.splitlines()
     assert "NVDA | 15 | 120.00 | +4.1 | 2.50 | +12.0 | +1.0 | 66.00 | 1.80 | Y | Y | Y | N" in lines
     assert "AAPL | 170.00 | 180.00 | +5.9 | 6 | +2.0 | 175.00 | [\"rsi_divergence\",\"volume_climax\"]" in lines
+    assert "## OPEN POSITIONS (reversal score 0-13: higher means the momentum is reversing)" in lines
+    assert "0-10" not in prompt
     assert "JUNK" not in prompt  # not a stage-1 candidate
     assert "- equity: 100000.00" in lines and "- regime: BULL" in lines and "- max_positions: 5" in lines
-    assert "CRWD" in prompt and "RIVN" in prompt and "volume_climax" in prompt
+    assert "CRWD" in prompt and "volume_climax" in prompt
+    assert "- " + POOR_SIGNALS[1] in lines and "(RIVN, ...)" in prompt
     assert "- BUY at most 2 symbols" in lines
     assert "conviction" in prompt and "number from 0 (none) to 10 (highest)" in prompt
     for key in ("market_assessment", "position_actions", "candidate_actions", "execution_plan", "new_watchlist",
@@ -123,11 +141,69 @@ def test_prompt_carries_the_facts_and_the_schema(fake_messages):
         assert f'"{key}"' in prompt
 
 
+GATES = RiskLimits(position_size_frac=0.07, max_exposure_frac=0.45, max_positions=8, max_heat_frac=0.05,
+                   max_positions_by_cap={"large": 3, "mid": 1, "small": 0},
+                   max_buys_by_cap={"large": 2, "mid": 1, "small": 0})
+
+
+def test_prompt_states_the_gates_limits_and_the_scan_type_it_is_given(fake_messages):
+    fake_messages.reply_conforming(VALID_REPLY)
+    lines = _decide(fake_messages, scan=ScanFacts(GATES, "midday", "mid")).prompt.splitlines()
+    assert "- this is the midday scan of the mid caps" in lines
+    assert "  - position size 7% of equity (fixed sizing; the engine sizes every order)" in lines
+    assert "  - invested exposure at most 45% of equity times the regime factor; at most 8 open positions" in lines
+    assert ("  - per cap: large 3 positions, 2 buys per scan; mid 1 positions, 1 buys per scan; small 0 positions, "
+            "0 buys per scan") in lines
+    assert any(line.startswith("  - open risk to stops at most 5% of equity") for line in lines)
+
+
+def test_prompt_says_when_the_gates_and_scan_type_are_not_given(fake_messages):
+    fake_messages.reply_conforming(VALID_REPLY)
+    prompt = _decide(fake_messages).prompt
+    assert "- this is the scan (type not given)" in prompt
+    assert "- risk gates: not given here; the executor still checks every order against them" in prompt
+    assert "60%" not in prompt  # nothing hard-coded stands in for the configured limits
+
+
+def test_the_learned_figure_sits_beside_the_score_with_its_explanation(fake_messages):
+    candidates = CANDIDATES.assign(learned=[0.031, 0.0125, np.nan, -0.02, 0.9])
+    fake_messages.reply_conforming(VALID_REPLY)
+    lines = _decide(fake_messages, candidates=candidates).prompt.splitlines()
+    header = lines.index("symbol | score | learned | price | change% | rvol | roc_10d% | gap_up% | rsi_14 | atr_14 | "
+                         "sma_aligned | momentum_breakout | stage2 | held")
+    assert lines[header + 1].startswith("NVDA | 15 | 0.031 | 120.00 |")
+    assert lines[header + 3].startswith("TSLA | 10 | - | 50.00 |")  # no estimate for this row
+    assert lines[header + 5].startswith("learned: ") and "higher is better" in lines[header + 5]
+
+
+@pytest.mark.parametrize("learned", [None, np.nan], ids=["no column", "no model active"])
+def test_without_learned_figures_the_table_is_unchanged(fake_messages, learned):
+    candidates = CANDIDATES if learned is None else CANDIDATES.assign(learned=learned)
+    fake_messages.reply_conforming(VALID_REPLY)
+    prompt = _decide(fake_messages, candidates=candidates).prompt
+    assert "| learned |" not in prompt and "\nlearned: " not in prompt
+    assert "NVDA | 15 | 120.00 | +4.1 | 2.50 | +12.0 | +1.0 | 66.00 | 1.80 | Y | Y | Y | N" in prompt.splitlines()
+
+
+def test_the_learned_explanation_can_come_with_the_frame(fake_messages):
+    candidates = CANDIDATES.assign(learned=0.5)
+    candidates.attrs["learned_note"] = "learned: probability of gaining more than the stop risks; higher is better"
+    fake_messages.reply_conforming(VALID_REPLY)
+    assert "\nlearned: probability of gaining more" in _decide(fake_messages, candidates=candidates).prompt
+
+
+def test_without_poor_signal_patterns_the_prompt_says_so(fake_messages):
+    fake_messages.reply_conforming(VALID_REPLY)
+    outcome = decide_with_llm(CANDIDATES, POSITIONS, HELD, LIMITS, CONTEXT, api_key=API_KEY,
+                              base_url=fake_messages.url, model=MODEL, timeout=5.0)
+    assert "unreviewed trades closed on a reversal; avoid repeating these setups)\n(none unreviewed)" in outcome.prompt
+
+
 # ---- valid replies ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fenced", [False, True])
 def test_valid_reply_becomes_the_decision(fake_messages, fenced):
-    fake_messages.reply_decision(VALID_REPLY, fenced=fenced)
+    fake_messages.reply_conforming(VALID_REPLY, fenced=fenced)
     outcome = _decide(fake_messages)
 
     assert outcome.valid and outcome.fallback_reason is None
@@ -199,21 +275,6 @@ def test_buy_of_a_held_candidate_is_skipped(fake_messages):
     assert outcome.decision.candidate_decisions["MSFT"] == ("SKIP", "already held")
 
 
-def test_sizing_fields_from_the_model_are_ignored_and_logged(fake_messages, caplog):
-    reply = _reply(position_size={"AMD": 10_000_000}, leverage=10)
-    reply["candidate_actions"][0]["qty"] = 1000
-    reply["execution_plan"]["position_size_pct"] = 100
-    fake_messages.reply_decision(reply)
-
-    with caplog.at_level(logging.WARNING, logger="llm_decider"):
-        outcome = _decide(fake_messages)
-
-    assert outcome.valid and outcome.decision == EXPECTED
-    for path in ("reply.position_size", "reply.leverage", "candidate_actions[0].qty",
-                 "execution_plan.position_size_pct"):
-        assert path in caplog.text
-
-
 # ---- fallbacks ----------------------------------------------------------------------------------------------------
 
 def _without(key: str) -> dict:
@@ -234,7 +295,8 @@ def _plan(**changes) -> dict:
 
 FIFTY_FOREIGN = [f"X{i:02d}" for i in range(48)] + ["AMD", "NVDA"]
 
-INVALID_DECISIONS = {
+# Replies that follow the schema (what structured output lets through) but are wrong about the scan's facts.
+WRONG_FACTS = {
     "buy not a candidate": (_reply(candidate_actions=VALID_REPLY["candidate_actions"] + [
         {"symbol": "GME", "action": "BUY", "score": 20, "conviction": 10, "reasoning": "squeeze"}],
         execution_plan={**VALID_REPLY["execution_plan"], "buys": ["AMD", "NVDA", "GME"]}),
@@ -256,30 +318,72 @@ INVALID_DECISIONS = {
                                       "execution_plan.closes names 'GOOG', which is not held"),
     "plan closes a HOLD": (_plan(closes=["AAPL", "MSFT"]), "closes disagrees with the CLOSE position actions"),
     "BUY action missing from the plan": (_plan(buys=["AMD"]), "buys leaves out candidates with action BUY"),
-    "reversal_score as text": (_nested("position_actions", 0, "reversal_score", "high"),
-                               "position_actions[0].reversal_score is not an integer"),
-    "reversal_score as bool": (_nested("position_actions", 0, "reversal_score", True), "is not an integer"),
-    "score as text": (_nested("candidate_actions", 0, "score", "14"), "candidate_actions[0].score is not a number"),
     "conviction out of range": (_nested("candidate_actions", 0, "conviction", 11), "conviction 11 for 'AMD'"),
-    "conviction as word": (_nested("candidate_actions", 0, "conviction", "high"), "conviction is not a number"),
-    "unknown action": (_nested("candidate_actions", 0, "action", "STRONG_BUY"), "is not BUY, WATCH or SKIP"),
-    "lower-case action": (_nested("position_actions", 0, "action", "close"), "is not HOLD or CLOSE"),
-    "plan as a list": (_reply(execution_plan=[["AAPL"], ["AMD"]]), "reply.execution_plan is not an object"),
-    "buys as a string": (_plan(buys="AMD,NVDA"), "execution_plan.buys is not a list of symbols"),
-    "missing key": (_without("portfolio_summary"), "reply lacks portfolio_summary"),
+    "negative conviction": (_nested("candidate_actions", 0, "conviction", -1), "conviction -1 for 'AMD'"),
     "duplicate buy": (_plan(buys=["AMD", "NVDA", "AMD"]), "execution_plan.buys names 'AMD' twice"),
     "duplicate candidate action": (_reply(candidate_actions=VALID_REPLY["candidate_actions"]
                                           + [VALID_REPLY["candidate_actions"][0]]),
                                    "candidate_actions names 'AMD' twice"),
     "watchlist symbol from nowhere": (_plan(new_watchlist=["TSLA", "DOGE"]),
                                       "new_watchlist names 'DOGE', which is neither a candidate"),
+    "empty symbol": (_plan(new_watchlist=[""]), "new_watchlist names '', which is neither a candidate"),
+}
+
+
+@pytest.mark.parametrize("reply, reason", WRONG_FACTS.values(), ids=WRONG_FACTS.keys())
+def test_a_reply_following_the_schema_with_wrong_facts_falls_back(fake_messages, reply, reason):
+    fake_messages.reply_conforming(reply)
+    outcome = _decide(fake_messages)
+    assert not outcome.valid
+    assert reason in outcome.fallback_reason
+    assert outcome.decision == _rules()
+    assert outcome.parsed == reply
+    assert fake_messages.count() == 1
+
+
+def _sizing_fields() -> dict:
+    reply = _reply(position_size={"AMD": 10_000_000})
+    reply["candidate_actions"][0]["qty"] = 1000
+    return reply
+
+
+def _plan_field() -> dict:
+    reply = _reply()
+    reply["execution_plan"]["position_size_pct"] = 100
+    return reply
+
+
+# Replies breaking the schema sent with the request: structured output should never let these through, and the
+# decider does not trust that it never will.
+SCHEMA_BREAKS = {
+    "sizing fields beside the schema's": (_sizing_fields(), "reply has fields outside the schema: a 13-character"),
+    "leverage asked for": (_reply(leverage=10), "reply has fields outside the schema: 'leverage'"),
+    "a quantity in an action": (_nested("candidate_actions", 0, "qty", 1000),
+                                "candidate_actions[0] has fields outside the schema: 'qty'"),
+    "a size in the plan": (_plan_field(), "execution_plan has fields outside the schema"),
+    "reversal_score as text": (_nested("position_actions", 0, "reversal_score", "high"),
+                               "position_actions[0].reversal_score is not an integer"),
+    "reversal_score as bool": (_nested("position_actions", 0, "reversal_score", True), "is not an integer"),
+    "reversal_score as a fraction": (_nested("position_actions", 0, "reversal_score", 6.5), "is not an integer"),
+    "score as text": (_nested("candidate_actions", 0, "score", "14"), "candidate_actions[0].score is not a number"),
+    "conviction as word": (_nested("candidate_actions", 0, "conviction", "high"), "conviction is not a number"),
+    "unknown action": (_nested("candidate_actions", 0, "action", "STRONG_BUY"),
+                       "candidate_actions[0].action 'STRONG_BUY' is not BUY, WATCH or SKIP"),
+    "lower-case action": (_nested("position_actions", 0, "action", "close"),
+                          "position_actions[0].action 'close' is not HOLD or CLOSE"),
+    "plan as a list": (_reply(execution_plan=[["AAPL"], ["AMD"]]), "reply.execution_plan is not an object"),
+    "buys as a string": (_plan(buys="AMD,NVDA"), "execution_plan.buys is not a list"),
+    "a number for a symbol": (_plan(closes=[7]), "execution_plan.closes[0] is not a string"),
+    "missing key": (_without("portfolio_summary"), "reply lacks portfolio_summary"),
+    "missing key in an action": (_reply(position_actions=[{"symbol": "AAPL", "action": "CLOSE"}]),
+                                 "position_actions[0] lacks reversal_score, reasoning"),
     "a list instead of an object": ([VALID_REPLY], "JSON but not an object"),
 }
 
 
-@pytest.mark.parametrize("reply, reason", INVALID_DECISIONS.values(), ids=INVALID_DECISIONS.keys())
-def test_invalid_decision_falls_back_to_the_rules(fake_messages, reply, reason):
-    fake_messages.reply_decision(reply)
+@pytest.mark.parametrize("reply, reason", SCHEMA_BREAKS.values(), ids=SCHEMA_BREAKS.keys())
+def test_a_reply_breaking_the_schema_falls_back(fake_messages, reply, reason):
+    fake_messages.reply_nonconforming(reply)
     outcome = _decide(fake_messages)
     assert not outcome.valid
     assert reason in outcome.fallback_reason
@@ -310,6 +414,13 @@ def test_stop_reason_max_tokens_is_invalid_even_with_complete_json(fake_messages
     fake_messages.reply_decision(VALID_REPLY, stop_reason="max_tokens")
     outcome = _decide(fake_messages)
     assert not outcome.valid and outcome.fallback_reason == "model reply cut off at max_tokens (2000)"
+    assert outcome.decision == _rules()
+
+
+def test_a_refusal_is_not_an_answer(fake_messages):
+    fake_messages.reply_conforming(VALID_REPLY, stop_reason="refusal")
+    outcome = _decide(fake_messages)
+    assert not outcome.valid and outcome.fallback_reason == "model reply stopped with stop_reason 'refusal'"
     assert outcome.decision == _rules()
 
 
@@ -417,3 +528,65 @@ def test_no_candidates_and_no_positions(fake_messages):
     assert outcome.valid
     assert outcome.decision == Decision(watch=["CRWD"])
     assert "(no candidates this scan)" in outcome.prompt and "(no open positions)" in outcome.prompt
+
+
+# ---- the fake holds the decider to structured output --------------------------------------------------------------
+
+def _post(fake, body: dict) -> requests.Response:
+    headers = {"x-api-key": API_KEY, "anthropic-version": "2023-06-01"}
+    return requests.post(f"{fake.url}/v1/messages", json=body, headers=headers, timeout=5)
+
+
+BASE_BODY = {"model": MODEL, "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
+CLOSED = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False}
+
+
+def _format(schema: dict, kind: str = "json_schema") -> dict:
+    return {"output_config": {"format": {"type": kind, "schema": schema}}}
+
+
+REFUSED_REQUESTS = {
+    "no output_config": ({}, "output_config.format: a json_schema format is required"),
+    "the retired beta parameter": ({"output_format": {"type": "json_schema", "schema": CLOSED}},
+                                   "output_format: this parameter moved to output_config.format"),
+    "another format type": (_format(CLOSED, "json"), "expected 'json_schema'"),
+    "an open object": (_format({**CLOSED, "additionalProperties": True}), "schema: additionalProperties must be false"),
+    "a numeric range": (_format({**CLOSED, "properties": {"a": {"type": "integer", "minimum": 0}}}),
+                        "schema.properties.a: unsupported keyword 'minimum'"),
+}
+
+
+@pytest.mark.parametrize("extra, message", REFUSED_REQUESTS.values(), ids=REFUSED_REQUESTS.keys())
+def test_the_fake_refuses_a_request_without_a_usable_schema(fake_messages, extra, message):
+    fake_messages.reply_text("{}")
+    response = _post(fake_messages, {**BASE_BODY, **extra})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and message in error["message"]
+
+
+def test_the_fake_lets_a_plain_request_through_when_told_to(fake_messages):
+    fake_messages.require_schema = False
+    fake_messages.reply_text("plain")
+    assert _post(fake_messages, BASE_BODY).json()["content"][0]["text"] == "plain"
+
+
+def test_the_decider_without_structured_output_would_be_refused(fake_messages, monkeypatch):
+    monkeypatch.setattr("ports.llm_decider.OUTPUT_CONFIG", {"format": {"type": "json_schema", "schema": {
+        **REPLY_SCHEMA, "additionalProperties": True}}})
+    fake_messages.reply_conforming(VALID_REPLY)
+    outcome = _decide(fake_messages)
+    assert not outcome.valid
+    assert outcome.fallback_reason == ("model API answered HTTP 400 invalid_request_error: "
+                                       "schema: additionalProperties must be false")
+
+
+@pytest.mark.parametrize("queue, label", [
+    (lambda fake: fake.reply_conforming(_reply(leverage=10)), "labelled conforming but it breaks the schema"),
+    (lambda fake: fake.reply_nonconforming(VALID_REPLY), "labelled non-conforming but it follows the schema"),
+])
+def test_the_fake_refuses_a_mislabelled_body(fake_messages, queue, label):
+    queue(fake_messages)
+    outcome = _decide(fake_messages)
+    assert not outcome.valid and "HTTP 500 api_error: fake: the queued decision was" in outcome.fallback_reason
+    assert label in outcome.fallback_reason

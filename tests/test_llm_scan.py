@@ -1,5 +1,6 @@
-"""Trading scans with DECIDER=llm against the local fake Messages API: whatever the model says, no limit is
-exceeded; invalid replies fall back to the rules decider with a critical alert; prompt and reply are stored."""
+"""Trading scans with DECIDER=llm against the local fake Messages API: the scan asks for structured output; whatever
+the model says, no limit is exceeded; invalid replies fall back to the rules decider with a critical alert; prompt
+and reply are stored."""
 from __future__ import annotations
 
 import sqlite3
@@ -45,7 +46,7 @@ def reply(buys: list[str], candidates: list[str], **extra) -> dict:
 def test_a_buy_of_every_candidate_is_held_to_the_limits(llm_env, fake_messages, tmp_path, monkeypatch):
     candidates = stage1_candidates(llm_env, tmp_path, monkeypatch)
     assert len(candidates) >= 10
-    fake_messages.reply_decision(reply(candidates, candidates, qty=100000))  # 10x size fields are ignored
+    fake_messages.reply_conforming(reply(candidates, candidates))
     result = cli("--asof", ASOF, "scan", "--cap", "mid")
     assert result.exit_code == 0, result.output
     trades = rows(llm_env, "SELECT * FROM trades WHERE status = 'open'")
@@ -56,11 +57,14 @@ def test_a_buy_of_every_candidate_is_held_to_the_limits(llm_env, fake_messages, 
     assert decision["decider"] == "llm" and decision["valid"] == 1
     assert candidates[0] in decision["prompt"] and '"market_assessment"' in decision["reply"]
     assert "sk-ant-test-key" not in decision["prompt"]
+    assert "reversal score 0-13" in decision["prompt"]
     assert fake_messages.count() == 1
+    assert fake_messages.requests[0].body["output_config"]["format"]["type"] == "json_schema"
 
 
 @pytest.mark.parametrize("arrange, fragment", [
-    (lambda fake, c: fake.reply_decision(reply(["ZZZZ"], c + ["ZZZZ"])), "ZZZZ"),
+    (lambda fake, c: fake.reply_conforming(reply(["ZZZZ"], c + ["ZZZZ"])), "ZZZZ"),
+    (lambda fake, c: fake.reply_nonconforming(reply(c, c, qty=100000)), "outside the schema: 'qty'"),
     (lambda fake, c: fake.reply_text("I think you should buy everything."), "JSON"),
     (lambda fake, c: fake.stall(3.0), "timed out"),
     (lambda fake, c: fake.reply_error(529), "529"),

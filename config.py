@@ -128,6 +128,10 @@ VARIABLES: tuple[Var, ...] = (
     _v("PROFIT_TARGET_R", "float", 6.0, "momentum: profit target at entry x (1 + R x TRAILING_STOP_PCT); 6 x 5% = +30%, "
        "beyond both partial exits; 0 = none", low=0, high=100),
     _v("MAX_HOLDING_PCT", "float", 25.0, "warn when one holding exceeds this share of equity, %", low=1, high=100),
+    # the market regime (core/regime/classify.py)
+    _v("REGIME_CRASH_RULE", "choice", "shock", "regime: what starts the CRASH override: shock = a VIX spike (+20% in "
+       "a session or +50% in three) with VIX in the top decile of its history and SPY 5% under its 63-session high; "
+       "seed = any such spike", choices=("shock", "seed")),
     # the 52-week-high rebalance system
     _v("REBALANCE_TOP_N", "int", 20, "rebalance: names held, the top N by previous close / 52-week high", low=1,
        high=100),
@@ -349,6 +353,13 @@ def _threshold(raw: str) -> str:
     return str(value)
 
 
+def _ranking(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in ("score", "learned"):
+        raise ValueError("expected score or learned")
+    return value
+
+
 @dataclass(frozen=True)
 class RuntimeSetting:
     default: str
@@ -363,6 +374,8 @@ RUNTIME_SETTINGS: dict[str, RuntimeSetting] = {
     "skip_buys": RuntimeSetting("on", _on_off, "skip-buy mode: no new buys while every holding is healthy"),
     "halt": RuntimeSetting("off", _on_off, "stop buying (set by `halt`, cleared by `resume`)"),
     "options_trading": RuntimeSetting("off", _on_off, "execute STRAT signals as options (off: alerts only)"),
+    "ranking": RuntimeSetting("score", _ranking, "rank candidates by the fixed 0-20 score or by the learned model "
+                              "(`learn fit`; used only once a model is usable on the scan's session)"),
 }
 
 
@@ -387,7 +400,7 @@ _NOT_STRATEGY = {"FILL_TIMEOUT_S", "MAX_HOLDING_PCT", "REBALANCE_TIME", "OPTIONS
 STRATEGY_VARIABLES: dict[str, Var] = {
     v.name.lower(): v for v in VARIABLES[[v.name for v in VARIABLES].index("POSITION_SIZING"):]
     if v.name not in _NOT_STRATEGY and v.kind in ("int", "float", "choice", "bool")}
-STRATEGY_RUNTIME_SETTINGS = ("autoclose", "autoclose_threshold", "skip_buys")
+STRATEGY_RUNTIME_SETTINGS = ("autoclose", "autoclose_threshold", "skip_buys", "ranking")
 
 
 @dataclass(frozen=True)

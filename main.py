@@ -2,8 +2,8 @@
 cli/, one module per side of the product; importing them registers them on the group."""
 from __future__ import annotations
 
-from cli import (alerts, backtest, dashboard, data, deploy, operator, options, reports,  # noqa: F401 - registers
-                 research, schedule)  # noqa: F401
+from cli import (alerts, backtest, dashboard, data, deploy, learn, operator, options,  # noqa: F401 - registers
+                 reports, research, schedule)  # noqa: F401
 from cli.app import cli
 
 __all__ = ["cli", "main"]

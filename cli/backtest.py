@@ -40,11 +40,13 @@ def _day(text: str, option: str) -> date:
                    "runtime setting (autoclose=off); repeatable.")
 @click.option("--data-until", help="The data source knows nothing after this date (YYYY-MM-DD): a walk-forward's "
               "training runs see their window and nothing later.")
+@click.option("--models-from", type=click.Path(dir_okay=False), help="A journal or model file whose learned-ranking "
+              "models the run may use (each from its usable-from day); with --set ranking=learned.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout (docs/json.md).")
 @click.pass_context
 def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system: str, data_source: str | None,
                      out_dir: str, check_lookahead: bool, cuts: int, assignments: tuple[str, ...],
-                     data_until: str | None, as_json: bool) -> None:
+                     data_until: str | None, models_from: str | None, as_json: bool) -> None:
     """Replay the live scan, monitor and job functions over history on the sim broker; write metrics beside SPY
     total return, SPY price return (when the data carries it) and the equal-weighted universe, each from the
     system's first tradable session (DIR/metrics.txt, DIR/metrics.json), an equity chart (DIR/equity.png) and the
@@ -77,6 +79,10 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
     rt = replay.backtest_runtime(config, Path(out_dir), system=system, cut=cut)
     try:
         rt.journal.start_run("backtest")
+        if models_from:
+            from flows import learn
+
+            learn.import_models(rt, models_from)
         result = replay.run_backtest(rt, first, last, system=system, cap=cap, progress=progress, settings=settings,
                                      data_through=cut)
         rt.journal.finish_run("done", 0)

@@ -49,7 +49,7 @@ def study_options(function):
     return function
 
 
-def _spec(ctx: click.Context, options: dict, extra: dict | None = None):
+def _spec(ctx: click.Context, options: dict, extra: dict | None = None, allow_no_params: bool = False):
     """The study's spec with every path absolute (the workers may start elsewhere), or ConfigError."""
     from research.params import check_objective, parse_params
     from research.sweep import StudySpec
@@ -72,7 +72,8 @@ def _spec(ctx: click.Context, options: dict, extra: dict | None = None):
         raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
     market = str(Path(config.market_data).expanduser().resolve()) if config.market_data else ""
     return StudySpec(system=options["system"], cap=options["cap"], start=first, end=last,
-                     objective=check_objective(options["objective"]), params=parse_params(options["params"]),
+                     objective=check_objective(options["objective"]),
+                     params=[] if allow_no_params and not options["params"] else parse_params(options["params"]),
                      trials=options["trials"], seed=options["seed"], data=f"csv:{bars}", universe=str(universe),
                      market=market, cache_dir=str(Path(config.cache_dir).expanduser().resolve()), extra=extra or {})
 

@@ -29,6 +29,7 @@ class Limits:
     skip_buys: bool = True
     halted: bool = False
     regime_blocks_buys: bool = False
+    ranking: str = "score"  # or "learned": rank by the learned figure (a `learned` column) where the scan has one
 
 
 @dataclass
@@ -84,6 +85,10 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     BUY needs score >= buy_score_min and a passed stage 2 (momentum breakout plus the cap's ROC minimum), ranked
     by score, then volume surge, then symbol; WATCH takes scores from watch_score_min up and strong setups left
     without a slot; everything else is SKIP with the reason.
+
+    With the learned ranking (limits.ranking "learned" and a `learned` column from an active model), candidates
+    are ranked by the learned figure (the model's forward-return estimate) instead, and a buy needs a passed stage
+    2, a score from watch_score_min up and a positive learned figure.
     """
     decision = Decision()
     decision.closes, decision.holds = decide_positions(positions, limits)
@@ -92,12 +97,14 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     block = buy_block_reason(limits, decision.skip_mode)
     slots = max(0, min(limits.free_slots, limits.free_cap_slots, limits.max_buys))
     # Only the score and the stage-2 flag decide; reading the columns once is much cheaper than a Series a row.
-    order = rank_stage1(candidates)
+    learned = uses_learned(candidates, limits)
+    order = rank_stage1(candidates, by_learned=learned)
     symbols, scores, stage2s = (np.asarray(candidates.index)[order].tolist(),
                                 candidates["score"].to_numpy()[order].tolist(),
                                 candidates["stage2"].to_numpy()[order].tolist())
-    for symbol, score, stage2 in zip(symbols, scores, stage2s):
-        row = {"score": score, "stage2": stage2}
+    figures = candidates["learned"].to_numpy(dtype=float)[order].tolist() if learned else [None] * len(symbols)
+    for symbol, score, stage2, figure in zip(symbols, scores, stage2s, figures):
+        row = {"score": score, "stage2": stage2, "learned": figure}
         decision.candidate_decisions[symbol] = _decide_one(symbol, row, held, block, slots - len(decision.buys),
                                                            limits)
         if decision.candidate_decisions[symbol][0] == "BUY":
@@ -109,14 +116,34 @@ def decide(candidates: pd.DataFrame, positions: list[dict], held: set[str], limi
     return decision
 
 
-def rank_stage1(candidates: pd.DataFrame) -> np.ndarray:
-    """Row positions of the stage-1 candidates by score, then volume surge (both highest first, a missing surge
-    last), ties in their original order."""
+def uses_learned(candidates: pd.DataFrame, limits: Limits) -> bool:
+    """The learned ranking is on and the scan has learned figures (a model was usable on its session)."""
+    return (limits.ranking == "learned" and "learned" in candidates.columns
+            and bool(np.isfinite(candidates["learned"].to_numpy(dtype=float)).any()))
+
+
+def _decide_learned(score: int, row: Mapping[str, Any], block: str | None, slots_left: int,
+                    limits: Limits) -> tuple[str, str]:
+    figure = row["learned"]
+    said = "learned -" if figure != figure else f"learned {figure * 100:+.2f}%"
+    strong = bool(row["stage2"]) and score >= limits.watch_score_min and figure == figure and figure > 0
+    if strong and block is None and slots_left > 0:
+        return "BUY", f"{said}, score {score}, momentum breakout"
+    if strong:
+        return "WATCH", f"{said}, score {score} but {block or 'no free slot'}"
+    if not row["stage2"]:
+        return ("WATCH" if score >= limits.watch_score_min else "SKIP"), f"{said}, score {score}; stage 2 not passed"
+    return ("WATCH" if score >= limits.watch_score_min else "SKIP"), f"{said}, score {score}"
+
+
+def rank_stage1(candidates: pd.DataFrame, *, by_learned: bool = False) -> np.ndarray:
+    """Row positions of the stage-1 candidates by score (or by the learned figure), then volume surge (both highest
+    first, a missing value last), ties in their original order."""
     rows = np.flatnonzero(candidates["stage1"].to_numpy(dtype=bool))
-    score = candidates["score"].to_numpy(dtype=float)[rows]
+    key = candidates["learned" if by_learned else "score"].to_numpy(dtype=float)[rows]
     surge = candidates["volume_surge"].to_numpy(dtype=float)[rows]
     # np.lexsort is stable and sorts by its last key first; negating makes both descending and leaves NaN last
-    return rows[np.lexsort((-surge, -score))]
+    return rows[np.lexsort((-surge, np.where(np.isnan(key), np.inf, -key)))]
 
 
 def _decide_one(symbol: str, row: Mapping[str, Any], held: set[str], block: str | None, slots_left: int,
@@ -124,6 +151,8 @@ def _decide_one(symbol: str, row: Mapping[str, Any], held: set[str], block: str 
     score = int(row["score"])
     if symbol in held:
         return "SKIP", "already held"
+    if row.get("learned") is not None:
+        return _decide_learned(score, row, block, slots_left, limits)
     strong = score >= limits.buy_score_min and bool(row["stage2"])
     if strong and block is None and slots_left > 0:
         return "BUY", f"score {score}, momentum breakout"

@@ -30,7 +30,7 @@ from common.render import table
 from common.types import DAILY, INTRADAY, Panel, Snapshot, finite
 from common.universe import UNKNOWN_REASON, unknown_symbols, unknown_text
 from core import reversal, rules_decider, systems
-from flows import scan_orders
+from flows import learn, scan_orders
 from flows.operator import require_market_open
 from flows.prepared_history import market_snapshot, prepared, scan_frame
 from journal import reconcile, regime_labels
@@ -59,6 +59,7 @@ class CapScan:
     view: str = INTRADAY  # what the snapshot was built from (common/types.py)
     unknown: list[str] = field(default_factory=list)  # universe symbols the data source has no data for
     earlier_session: bool = False  # run outside today's session (before the open, a holiday): the last one was used
+    model_version: int | None = None  # the learned-ranking model that gave the frame's `learned` figures
 
 
 class Timer:
@@ -216,7 +217,7 @@ def limits_for(rt: Runtime, cap: str, trades: list[dict], max_buys: int | None) 
         max_buys=min(cap_max_buys, max_buys) if max_buys is not None else cap_max_buys,
         buy_score_min=config.buy_score_min, watch_score_min=config.watch_score_min,
         autoclose=settings["autoclose"] == "on", autoclose_threshold=int(settings["autoclose_threshold"]),
-        skip_buys=settings["skip_buys"] == "on", halted=settings["halt"] == "on")
+        skip_buys=settings["skip_buys"] == "on", halted=settings["halt"] == "on", ranking=settings["ranking"])
 
 
 def decide(rt: Runtime, scan_id: int, frame: pd.DataFrame, positions: list[dict], held: set[str],
@@ -260,7 +261,7 @@ def _ask_model(rt: Runtime, frame, positions, held, limits, context):
 # --- recording ----------------------------------------------------------------------------------------------------
 
 CANDIDATE_FLOATS = ("price", "prev_close", "change_pct", "rvol", "volume_surge", "gap_up", "roc_10d", "sma20",
-                    "sma50", "intraday_strength", "rsi_14", "atr_14")
+                    "sma50", "intraday_strength", "rsi_14", "atr_14", "learned")
 CANDIDATE_FLAGS = ("stage1", "stage2", "follow_through", "breakout_5d", "sma_aligned", "momentum_breakout")
 
 
@@ -288,7 +289,8 @@ def candidate_rows(result: CapScan, asof: str) -> list[dict]:
         len(CANDIDATE_FLAGS), len(at)).astype(int)
     columns = dict(zip(CANDIDATE_FLOATS, stored.tolist())) | dict(zip(CANDIDATE_FLAGS, flags.tolist()))
     scores = frame["score"].to_numpy()[at].tolist()
-    common = {"scan_id": result.scan_id, "cap": result.cap, "session": str(result.session), "asof": asof}
+    common = {"scan_id": result.scan_id, "cap": result.cap, "session": str(result.session), "asof": asof,
+              "model_version": result.model_version}
     return [{**common, "symbol": symbol, "score": int(scores[k]), "decision": choice, "reason": reason,
              **{name: values[k] for name, values in columns.items()}}
             for k, (symbol, (choice, reason)) in enumerate(decisions.items())]
@@ -434,6 +436,8 @@ def _scan_cap(rt: Runtime, timer: Timer, scan_id: int, cap: str, session: Sessio
         universe_frame = frame.iloc[:len(universe)] if len(universe) == len(set(universe)) else frame.loc[universe]
         limits = limits_for(rt, cap, trades, max_buys)
         limits = dataclasses.replace(limits, regime_blocks_buys=context["regime"] == "CRASH")
+        figures, model_version = learn.learned_figures(rt, universe_frame, cap, session.day)
+        universe_frame = universe_frame.assign(learned=figures)
         decision = decide(rt, scan_id, universe_frame, positions, set(held) | symbols_held(rt.journal), limits,
                           context)
         explain_stage2(decision, universe_frame, cap_rules(rt.config, cap))
@@ -441,7 +445,7 @@ def _scan_cap(rt: Runtime, timer: Timer, scan_id: int, cap: str, session: Sessio
     skipped = {s: r for s, r in universe_frame["skip_reason"].drop(unknown).items() if r is not None}
     result = CapScan(scan_id, cap, session.day, fraction, context, universe_frame, decision, positions, skipped,
                      unknown=unknown)
-    result.timings, result.view = timer.timings, snap.view
+    result.timings, result.view, result.model_version = timer.timings, snap.view, model_version
     result.earlier_session = not rt.calendar.is_open(rt.clock.now())
     if not dry_run:
 

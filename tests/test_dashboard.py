@@ -132,6 +132,13 @@ def test_a_failing_dashboard_is_a_warning_event_and_the_run_still_succeeds(env, 
     assert runs == [("done", 0)]
 
 
+def test_a_failed_run_writes_the_dashboard_too_with_its_failure(env):
+    result = run("close", "NOPE", "--force")
+    assert result.exit_code == 2
+    runs = page_of(env)[page_of(env).index('id="run-list"'):]
+    assert "<tr class=\"alert\">" in runs and " close</td>" in runs and "no open position in NOPE" in runs
+
+
 def test_markup_from_data_is_text_and_secrets_are_masked(env):
     register_secrets([SECRET])
     path = dashboard.write_dashboard(crafted_runtime())

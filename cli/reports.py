@@ -116,15 +116,42 @@ def report_monthly(ctx: click.Context, as_json: bool, month: str | None) -> None
 
 @report_group.command(name="poor-signals")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--review", "review_ids", metavar="ID[,ID...]",
+              help="Mark these poor signals reviewed: they leave the patterns the LLM decider is shown.")
+@click.option("--review-all", is_flag=True, help="Mark every unreviewed poor signal reviewed.")
 @click.pass_context
-def report_poor_signals(ctx: click.Context, as_json: bool) -> None:
-    """Most common reversal triggers and entry signals among trades closed on a reversal."""
+def report_poor_signals(ctx: click.Context, as_json: bool, review_ids: str | None, review_all: bool) -> None:
+    """Most common reversal triggers and entry signals among trades closed on a reversal, the patterns the LLM
+    decider is shown (unreviewed poor signals only); --review / --review-all mark poor signals reviewed first."""
     from flows import reports
 
+    if review_ids is not None and review_all:
+        raise ConfigError("--review and --review-all: give one of them")
+    ids = _parse_ids(review_ids) if review_ids is not None else None
     rt = start(ctx)
+    review = reports.review_poor_signals(rt.journal, ids) if review_ids is not None or review_all else None
     data = reports.poor_signals(rt)
-    _emit(data, as_json, reports.poor_signals_text(data))
+    text = reports.poor_signals_text(data)
+    if review is not None:
+        data = {"review": review, **data}
+        text = f"{_review_line(review)}\n\n{text}"
+    _emit(data, as_json, text)
     done(rt, deliver=False)
+
+
+def _parse_ids(text: str) -> list[int]:
+    """'3,7, 9' -> [3, 7, 9]; anything else is one line and exit 2."""
+    parts = [part.strip() for part in text.split(",")]
+    if not all(part.isdigit() and int(part) > 0 for part in parts):
+        raise ConfigError(f"--review: expected poor-signal ids like 3 or 3,7, got {text!r}")
+    return [int(part) for part in parts]
+
+
+def _review_line(review: dict[str, list[int]]) -> str:
+    marked, already = review["marked"], review["already_reviewed"]
+    line = (f"marked {len(marked)} poor signal(s) reviewed: {', '.join(map(str, marked))}" if marked
+            else "no poor signal newly marked reviewed")
+    return line + (f" (already reviewed: {', '.join(map(str, already))})" if already else "")
 
 
 def _parse_day(text: str, option: str) -> date:

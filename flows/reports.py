@@ -224,7 +224,8 @@ def _json_list(text: str | None) -> list:
 
 
 def poor_signals(rt: Runtime, top: int = 10) -> dict[str, Any]:
-    """Trades closed on a reversal: the reversal triggers and entry signals they most often had."""
+    """Trades closed on a reversal: the reversal triggers and entry signals they most often had, and the pattern
+    lines the LLM decider is shown (unreviewed ones only)."""
     rows = rt.journal.query("SELECT * FROM poor_signals ORDER BY id")
     triggers = Counter(name for row in rows for name in _json_list(row["reversal_signals"]))
     entries = Counter(name for row in rows for name in _json_list(row["entry_signals"]))
@@ -235,9 +236,120 @@ def poor_signals(rt: Runtime, top: int = 10) -> dict[str, Any]:
         "count": len(rows), "unreviewed": sum(1 for row in rows if not row["reviewed"]),
         "avg_pnl_pct": sum(pnls) / len(pnls) if pnls else None,
         "reversal_triggers": ranked(triggers), "entry_signals": ranked(entries), "exit_reasons": ranked(reasons),
-        "recent": [{k: row[k] for k in ("symbol", "entry_date", "exit_date", "pnl_pct", "reversal_score")}
-                   for row in rows[-top:][::-1]],
+        "recent": [{k: row[k] for k in ("id", "symbol", "entry_date", "exit_date", "pnl_pct", "reversal_score",
+                                        "reviewed")} for row in rows[-top:][::-1]],
+        "patterns": poor_signal_patterns(rt.journal),
     }
+
+
+# --- poor-signal patterns (what the LLM decider is shown) ----------------------------------------------------------
+
+PATTERN_TOP = 6  # conditions named per line: the prompt wants the strongest few, not every one
+# Entry conditions looked for in a trade's entry_signals (the scanner row it was bought from), named as the prompt
+# shows them. Fractions as the scanner stores them. stage1 and stage2 are left out: every bought trade has both.
+ENTRY_CONDITIONS: tuple[tuple[str, Any], ...] = (
+    ("gap_up>=3%", lambda s: _signal(s, "gap_up") >= 0.03),
+    ("change>=5%", lambda s: _signal(s, "change_pct") >= 0.05),
+    ("rsi>70", lambda s: _signal(s, "rsi_14") > 70),
+    ("rvol>=3", lambda s: _signal(s, "rvol") >= 3),
+    ("roc_10d>=20%", lambda s: _signal(s, "roc_10d") >= 0.20),
+    ("price>10% over sma20", lambda s: _signal(s, "price") > 1.10 * _signal(s, "sma20")),
+    ("score>=15", lambda s: _signal(s, "score") >= 15),
+    *((flag, lambda s, flag=flag: s.get(flag) is True)
+      for flag in ("follow_through", "breakout_5d", "sma_aligned", "momentum_breakout")),
+)
+
+
+def _signal(signals: dict, name: str) -> float:
+    """A numeric entry signal, NaN when missing (every comparison with NaN is False: a missing value counts as
+    absent)."""
+    value = signals.get(name)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def entry_conditions(entry_signals: str | None) -> set[str]:
+    """The named conditions a trade's entry met: ENTRY_CONDITIONS over the stored scanner row, or the names
+    themselves when the signals were stored as a list."""
+    try:
+        value = json.loads(entry_signals) if entry_signals else None
+    except ValueError:
+        return set()
+    if isinstance(value, list):
+        return {str(name) for name in value}
+    if not isinstance(value, dict):
+        return set()
+    return {name for name, test in ENTRY_CONDITIONS if test(value)}
+
+
+def _of(counts: Counter, total: int, base: Counter | None = None, base_total: int = 0) -> str:
+    """'gap_up>=3% 7 of 9 (other closed trades 3 of 20), rsi>70 5 of 9 (...)', strongest first."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:PATTERN_TOP]
+    return ", ".join(f"{name} {n} of {total}" + (f" (other closed trades {base[name]} of {base_total})"
+                                                 if base is not None and base_total else "")
+                     for name, n in ranked)
+
+
+def summarise_poor_signals(rows: list[dict], others: list[str | None]) -> list[str]:
+    """Pattern lines from poor-signal rows: how many, their P&L, the entry conditions they shared (beside how often
+    the other closed trades met them, so a condition every trade has does not look like a warning) and the reversal
+    signals that closed them. `others` are the entry_signals of closed trades not closed by a reversal."""
+    if not rows:
+        return []
+    total = len(rows)
+    pnls = [row["pnl_pct"] for row in rows if row.get("pnl_pct") is not None]
+    days = [row["holding_days"] for row in rows if row.get("holding_days") is not None]
+    head = f"{total} unreviewed trade{'s' if total != 1 else ''} closed by a reversal"
+    if pnls:
+        head += f"; average P&L {sum(pnls) / len(pnls):+.1f}%"
+    if days:
+        head += f", held {sum(days) / len(days):.1f} sessions on average"
+    lines = [head + f" (latest: {', '.join(row['symbol'] for row in rows[::-1][:PATTERN_TOP])})"]
+    entries = Counter(name for row in rows for name in entry_conditions(row.get("entry_signals")))
+    if entries:
+        base = Counter(name for signals in others for name in entry_conditions(signals))
+        lines.append("entry signals present in trades later closed by a reversal: "
+                     + _of(entries, total, base, len(others)))
+    triggers = Counter(name for row in rows for name in set(_json_list(row.get("reversal_signals"))))
+    if triggers:
+        lines.append("reversal signals that closed them: " + _of(triggers, total))
+    scores = [row["composite_score"] for row in rows if row.get("composite_score") is not None]
+    if scores:
+        lines.append(f"composite score at entry: {sum(scores) / len(scores):.1f} on average "
+                     f"({min(scores):g}-{max(scores):g})")
+    return lines
+
+
+def poor_signal_patterns(journal) -> list[str]:
+    """The unreviewed poor signals of the journal as pattern lines, for the LLM decider's prompt (and the report).
+
+    A poor signal marked reviewed (`report poor-signals --review`) has been dealt with and no longer counts."""
+    rows = journal.query("SELECT * FROM poor_signals WHERE reviewed = 0 ORDER BY id")
+    if not rows:
+        return []
+    others = [row["entry_signals"] for row in journal.query(
+        "SELECT entry_signals FROM trades WHERE status = 'closed' AND entry_signals IS NOT NULL "
+        "AND COALESCE(exit_reason, '') != 'reversal' AND strategy = 'momentum'")]
+    return summarise_poor_signals(rows, others)
+
+
+def review_poor_signals(journal, ids: list[int] | None) -> dict[str, list[int]]:
+    """Mark poor signals reviewed (all unreviewed ones when `ids` is None); their patterns leave the prompt.
+
+    An id that names no poor signal is refused (ConfigError) before anything is marked; one already reviewed is
+    reported as such. One transaction: a poor signal recorded meanwhile is neither lost nor half-marked."""
+    with journal.atomic():
+        rows = journal.query("SELECT id, reviewed FROM poor_signals ORDER BY id")
+        known = {row["id"]: bool(row["reviewed"]) for row in rows}
+        wanted = [i for i, reviewed in known.items() if not reviewed] if ids is None else sorted(set(ids))
+        unknown = [i for i in wanted if i not in known]
+        if unknown:
+            raise ConfigError(f"--review: no poor signal with id {', '.join(map(str, unknown))} "
+                              "(`report poor-signals` lists them)")
+        marked = [i for i in wanted if not known[i]]
+        if marked:
+            journal.db.execute(f"UPDATE poor_signals SET reviewed = 1 WHERE id IN ({', '.join('?' * len(marked))})",
+                               marked)
+    return {"marked": marked, "already_reviewed": [i for i in wanted if known[i]]}
 
 
 # --- text ----------------------------------------------------------------------------------------------------------
@@ -309,4 +421,10 @@ def poor_signals_text(data: dict[str, Any]) -> str:
     for title, key in (("reversal triggers", "reversal_triggers"), ("entry signals", "entry_signals"),
                        ("exit reasons", "exit_reasons")):
         lines += ["", title, render.table(data[key], ["name", "count"])]
+    lines += ["", "patterns the LLM decider is shown (unreviewed poor signals)"]
+    lines += [f"- {line}" for line in data["patterns"]] or ["(none: every poor signal is reviewed)"]
+    recent = [{**row, "reviewed": "yes" if row["reviewed"] else "no"} for row in data["recent"]]
+    lines += ["", "recent (mark reviewed: report poor-signals --review ID[,ID] or --review-all)",
+              render.table(recent, ["id", "symbol", "entry_date", "exit_date", "pnl_pct", "reversal_score",
+                                    "reviewed"])]
     return "\n".join(lines)

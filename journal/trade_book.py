@@ -12,6 +12,7 @@ from typing import Any
 
 from common.clock import NY
 from common.types import Position
+from core import systems
 from core.option_math import multiplier
 
 log = logging.getLogger(__name__)
@@ -39,12 +40,49 @@ def close_trade(rt, trade: dict, *, price: float | None, reason: str, priority: 
     pnl = realized if realized is not None else (
         (price - entry) * trade["qty"] * size if price is not None and entry else None)
     pnl_pct = pnl / (entry * trade["qty"] * size) * 100 if pnl is not None and entry and trade["qty"] else None
+    reward = trade_reward(rt, trade, pnl_pct)
     update = {"status": status, "qty": trade["qty"], "exit_time": when, "exit_price": price, "exit_reason": reason,
               "exit_priority": priority, "pnl": round(pnl, 2) if pnl is not None else None,
               "pnl_pct": round(pnl_pct, 4) if pnl_pct is not None else None,
+              "reward": round(reward, 4) if reward is not None else None,
               "holding_days": holding_sessions(rt, trade["entry_time"], when), "last_update": when}
     rt.journal.update_row("trades", "id", trade["id"], update)
     return update
+
+
+def trade_reward(rt, trade: dict, pnl_pct: float | None) -> float | None:
+    """The trade's `reward`, the learning data's label: its realised return in R, multiples of the risk taken at
+    entry, i.e. pnl_pct / the stop distance in percent (+1.0: won what the stop risked; -1.0: lost it).
+
+    1R is the distance to the broker trailing stop the trade's system put under it at entry (TRAILING_STOP_PCT for
+    momentum and adopted positions, REBALANCE_STOP_PCT for the rebalance), as set when the trade was entered (its
+    `configs` snapshot) or, without one, as set now. An option has no stop: its whole premium is at risk, so its R
+    is its return on premium. Why R rather than pnl_pct (which the trade keeps anyway): the systems risk different
+    distances, and the risk engine budgets risk as exactly this distance (the portfolio-heat gate), so a learner
+    that maximises R maximises return per unit of the risk the product spends. Not HARD_STOP_PCT: that stop sits
+    beyond the trailing stop at entry, so it is not the loss the trade was first exposed to. None when the P&L or
+    the stop is unknown (a trade closed as unknown)."""
+    if pnl_pct is None:
+        return None
+    stop_pct = _stop_pct_at_entry(rt, trade)
+    return pnl_pct / stop_pct if stop_pct else None
+
+
+def _stop_pct_at_entry(rt, trade: dict) -> float | None:
+    system = systems.of_trade(trade)
+    if system == systems.OPTIONS:
+        return 100.0
+    name = "REBALANCE_STOP_PCT" if system == systems.REBALANCE else "TRAILING_STOP_PCT"
+    if trade.get("config_id") is not None:
+        row = rt.journal.one("SELECT settings FROM configs WHERE id = ?", [trade["config_id"]])
+        try:
+            value = json.loads(row["settings"]).get(name) if row else None
+        except (ValueError, AttributeError):
+            value = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+            return float(value)
+    value = rt.config.get(name)
+    return float(value) if value else None
 
 
 def _cancel_unfilled_entry(rt, trade: dict, order: dict) -> None:

@@ -199,7 +199,7 @@ def held_positions(journal: Reader) -> list[dict[str, Any]]:
             "stop": None if option else stop, "stop_type": stop_order["type"] if stop_order else None,
             "stop_distance_pct": (price - stop) / price * 100 if price and stop and not option else None,
             "reversal": check.get("reversal_score"), "checked_at": check.get("checked_at"),
-            "signals": _json_list(check.get("signals")), "action": check.get("action"),
+            "signals": signal_text(check.get("signals")), "action": check.get("action"),
             "target": t["target_price"], "option": option, "alert": unprotected,
             "why": ("the journal flags it UNPROTECTED" if t["status"] == "unprotected"
                     else f"its stop covers {stop_order['qty']} of {t['qty']} shares" if short
@@ -393,7 +393,7 @@ def recent_checks(journal: Reader) -> list[dict[str, Any]]:
     if not rows:
         return []
     last_run = rows[0]["run_id"]
-    return [{**row, "signals": _json_list(row["signals"])} for row in reversed(rows) if row["run_id"] == last_run]
+    return [{**row, "signals": signal_text(row["signals"])} for row in reversed(rows) if row["run_id"] == last_run]
 
 
 def alert_events(journal: Reader) -> list[dict[str, Any]]:
@@ -459,7 +459,12 @@ def tearsheet(out_dir: Path, journal: Reader) -> dict[str, Any]:
                            "WHERE status IN ('closed', 'unknown') AND exit_time IS NOT NULL ORDER BY exit_time, id")
     held = journal.query(f"SELECT id, symbol, strategy, qty, entry_time, entry_price, current_price, "
                          f"unrealized_pnl FROM trades WHERE {HELD} ORDER BY id")
-    return {"out_dir": str(out_dir), "metrics": metrics, "comparison": comparison(metrics),
+    from flows.reports import MIN_ANNUALISED_DAYS
+
+    sessions = metrics.get("measured_sessions") or metrics.get("sessions") or len(daily)
+    caution = (f"CAGR, volatility, Sharpe and Sortino are annualised from {sessions} sessions: too few to mean much"
+               if sessions and sessions < MIN_ANNUALISED_DAYS else None)
+    return {"out_dir": str(out_dir), "metrics": metrics, "comparison": comparison(metrics), "caution": caution,
             "systems": system_metrics(metrics), "performance": performance(daily, closed),
             "trades": closed[-TRADES_SHOWN:][::-1], "trades_left_out": max(0, len(closed) - TRADES_SHOWN),
             "open_at_end": held}
@@ -591,12 +596,18 @@ def walk_forward_curves(db: Reader, trials: list[dict], folds: list[dict]) -> di
 
 # --- small helpers ----------------------------------------------------------------------------------------------
 
-def _json_list(text: str | None) -> list:
+def signal_text(text: str | None) -> str:
+    """A position check's signals (JSON: a list, or names to lists such as reversal and triggered) for people:
+    `reversal: down_day_high_volume; triggered: trailing_stop`, empty lists left out."""
     try:
         value = json.loads(text) if text else []
     except ValueError:
-        return [text]
-    return value if isinstance(value, list) else [value]
+        return str(text)
+    if isinstance(value, dict):
+        parts = [f"{key}: {', '.join(map(str, items)) if isinstance(items, list) else items}"
+                 for key, items in value.items() if items not in ([], None, "")]
+        return "; ".join(parts)
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def _json_dict(text: str | None) -> dict:

@@ -159,7 +159,7 @@ def performance_charts(perf: dict[str, Any]) -> dict[str, str]:
     if systems["curves"]:
         charts["systems"] = line_chart(systems["days"], list(systems["curves"].items()),
                                        title="Realised P&L by system (cumulative, by exit day)", unit="$",
-                                       height=200, name="systems")
+                                       height=200, name="systems", legend=True)
     return charts
 
 
@@ -231,6 +231,17 @@ class _Frame:
     def y(self, value: float) -> float:
         return self.y0 - (value - self.low) / (self.high - self.low) * (self.y0 - self.y1)
 
+    def label_indexes(self, count: int) -> list[int]:
+        """Evenly spaced indexes of the day labels, as many as fit without touching (about 120 px each)."""
+        fits = max(2, int((self.x1 - self.x0) // 120))
+        if count <= fits:
+            return list(range(count))
+        step = math.ceil((count - 1) / (fits - 1))
+        picks = list(range(0, count, step))
+        if (count - 1 - picks[-1]) * (self.x1 - self.x0) / (count - 1) < 120:
+            picks.pop()  # too close to the last day's label, which is always shown
+        return [*picks, count - 1]
+
     def grid(self, labels: Sequence[str]) -> list[str]:
         parts = []
         for tick in nice_ticks(self.low, self.high):
@@ -239,8 +250,7 @@ class _Frame:
                          f'<text class="axis" x="{self.x0 - 6}" y="{y + 4:.1f}" text-anchor="end">'
                          f'{_text(_tick_label(tick, self.unit))}</text>')
         if labels:
-            picks = sorted({round(i * (len(labels) - 1) / 5) for i in range(6)}) if len(labels) > 1 else [0]
-            for i in picks:
+            for i in self.label_indexes(len(labels)):
                 edge = "start" if i == 0 else "end" if i == len(labels) - 1 else "middle"
                 anchor = "middle" if self.centred else edge
                 parts.append(f'<text class="axis" x="{self.x(i):.1f}" y="{self.height - 8}" '
@@ -256,7 +266,7 @@ def _svg(name: str, title: str, height: int, body: list[str], legend: Sequence[t
     for label, css in legend:
         items.append(f'<rect class="{css} key" x="{x:.0f}" y="7" width="12" height="10"/>'
                      f'<text class="legend" x="{x + 16:.0f}" y="16">{_text(label)}</text>')
-        x += 30 + 7 * len(str(label))
+        x += 34 + 7.5 * len(str(label))
     return (f'<svg class="chart" id="chart-{_text(name)}" viewBox="0 0 {width} {height}" role="img" '
             f'aria-label="{_text(title)}" xmlns="http://www.w3.org/2000/svg"><title>{_text(title)}</title>'
             + "".join(body) + "".join(items) + "</svg>")
@@ -273,8 +283,9 @@ def _finite(values: Sequence[Any]) -> list[float]:
 
 def line_chart(days: Sequence[str], series: Sequence[tuple[str, Sequence[Any]]], *, title: str, unit: str = "%",
                height: int = 260, fill: bool = False, zero: bool = True, name: str = "line",
-               classes: Sequence[str] = SERIES_CLASSES, width: int = WIDTH):
-    """Lines over a shared day axis (a gap where a value is missing); `fill` shades down to zero (drawdown)."""
+               classes: Sequence[str] = SERIES_CLASSES, width: int = WIDTH, legend: bool | None = None):
+    """Lines over a shared day axis (a gap where a value is missing); `fill` shades down to zero (drawdown). The
+    legend names the series when there are several (or when `legend` says so)."""
     values = [v for _, points in series for v in _finite(points)]
     if len(days) < 2 or not values:
         return _empty(name, title)
@@ -286,7 +297,7 @@ def line_chart(days: Sequence[str], series: Sequence[tuple[str, Sequence[Any]]],
     if zero and frame.low < 0 < frame.high:
         body.append(f'<line class="zero" x1="{frame.x0}" x2="{frame.x1}" y1="{frame.y(0):.1f}" '
                     f'y2="{frame.y(0):.1f}"/>')
-    legend = []
+    keys = []
     for number, (label, points) in enumerate(series):
         css = classes[number % len(classes)]
         path, pen = [], "M"
@@ -304,8 +315,9 @@ def line_chart(days: Sequence[str], series: Sequence[tuple[str, Sequence[Any]]],
             start, end = path[0][1:].split(",")[0], path[-1][1:].split(",")[0]
             body.append(f'<path class="area {css}" d="{line}L{end},{base:.1f}L{start},{base:.1f}Z"/>')
         body.append(f'<path class="line {css}" d="{line}"/>')
-        legend.append((label, css))
-    return _markup(_svg(name, title, height, body, legend if len(series) > 1 else [], width))
+        keys.append((label, css))
+    shown = legend if legend is not None else len(series) > 1
+    return _markup(_svg(name, title, height, body, keys if shown else [], width))
 
 
 def bar_chart(days: Sequence[str], values: Sequence[Any], *, title: str, height: int = 180, name: str = "bars",

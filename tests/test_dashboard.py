@@ -224,7 +224,7 @@ def write_backtest_folder(folder: Path) -> None:
     j.db.conn.commit()
     rt.close()
     (folder / "metrics.json").write_text(json.dumps({
-        "system": "all", "start": "2016-01-04", "end": "2016-04-29", "sessions": 82,
+        "system": "all", "start": "2016-01-04", "end": "2016-04-29", "sessions": 82, "measured_sessions": 20,
         "metrics": {"total_return_pct": 4.87, "cagr_pct": 15.2, "sharpe": 1.1, "max_drawdown_pct": -3.0,
                     "trades": 3, "win_rate_pct": 100.0, "end_value": 104_870.0},
         "benchmarks": {"spy_total_return": {"label": "SPY total return", "available": True,
@@ -240,6 +240,7 @@ def test_a_backtest_tearsheet_shows_metrics_beside_spy_months_systems_and_trades
     assert (tmp_path / "dashboard" / "index.html").exists()
     assert "<th class=\"n\">strategy</th><th class=\"n\">SPY total return</th>" in html
     assert "+4.87%" in html and "+3.00%" in html and "SPY price return: not in the data" in html
+    assert "annualised from 20 sessions: too few to mean much" in html
     heat = html[html.index('id="monthly-returns"'):]
     assert "<th>2016</th>" in heat and ">2.0</td>" in heat and ">-3.0</td>" in heat and ">5.0</td>" in heat
     assert 'id="chart-equity"' in html and 'id="chart-drawdown"' in html and 'id="trades"' in html

@@ -528,6 +528,15 @@ def write_study_page(out_dir: str | Path, config=None) -> Path | None:
     return dashboard_html.write_study(out_dir / "dashboard" / PAGE, data)
 
 
+def study_page_after_run(out_dir: str | Path, config=None) -> Path | None:
+    """write_study_page for the end of a study: never raises (a failure is logged; the study's results in
+    research.db and its summary are what counts)."""
+    try:
+        return write_study_page(out_dir, config)
+    except Exception as err:  # noqa: BLE001 - the page is a view of results already kept
+        log.warning("study page not written: %s", err, exc_info=True)
+        return None
+
 def study(db: Reader) -> dict[str, Any]:
     found = db.query("SELECT * FROM study WHERE id = 1")
     spec = json.loads(found[0]["spec"]) if found else {}

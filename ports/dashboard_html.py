@@ -77,7 +77,8 @@ def environment():
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATES), autoescape=True, finalize=_finalize,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              bytecode_cache=compiled)
-    env.filters.update(money=render.money, pct=_pct, frac=_fraction, num=_num, sign=_sign, when=when, heat=heat)
+    env.filters.update(money=render.money, pct=_pct, frac=_fraction, num=_num, sign=_sign, when=when, heat=heat,
+                       setting=_setting)
     return env
 
 
@@ -102,6 +103,11 @@ def _fraction(value: Any, digits: int = 1, signed: bool = True) -> str:
     if not isinstance(value, (int, float)) or not math.isfinite(value):
         return "-"
     return _pct(value * 100, digits) if signed else f"{value * 100:.{digits}f}%"
+
+
+def _setting(value: Any) -> Any:
+    """A parameter's value as people read it: 7.939321535 as 7.939 (four significant digits), the rest as it is."""
+    return f"{value:.4g}" if isinstance(value, float) else value
 
 
 def _sign(value: Any) -> str:
@@ -343,17 +349,20 @@ def bar_chart(days: Sequence[str], values: Sequence[Any], *, title: str, height:
 
 def scatter_chart(points: Sequence[tuple[float, float]], *, x_label: str, y_label: str,
                   categories: Sequence[str] | None = None, reference: float | None = None, name: str = "scatter",
-                  height: int = 240):
+                  height: int = 260, width: int = HALF):
     """Each trial's value of one parameter against its objective; the defaults' objective as a dashed line."""
     title = f"{y_label} by {x_label}"
     if not points:
         return _empty(name, title)
     ys = [y for _, y in points] + ([reference] if reference is not None else [])
     xs = [x for x, _ in points]
-    frame = _Frame(2, min(ys), max(ys), height, "")
+    pad = (max(ys) - min(ys)) * 0.06 or 1.0  # room for the dots at the top and bottom
+    frame = _Frame(2, min(ys) - pad, max(ys) + pad, height, "", width=width)
     x_low, x_high = (-0.5, len(categories) - 0.5) if categories else (min(xs), max(xs))
     if x_high == x_low:
         x_low, x_high = x_low - 1, x_high + 1
+    if not categories:
+        x_low, x_high = x_low - (x_high - x_low) * 0.04, x_high + (x_high - x_low) * 0.04
     to_x = lambda x: frame.x0 + (x - x_low) / (x_high - x_low) * (frame.x1 - frame.x0)  # noqa: E731
     body = frame.grid([])
     ticks = list(enumerate(categories)) if categories else [(t, _tick_label(t, "")) for t in nice_ticks(x_low, x_high)]
@@ -365,5 +374,5 @@ def scatter_chart(points: Sequence[tuple[float, float]], *, x_label: str, y_labe
                     f'y2="{frame.y(reference):.1f}"/>')
     for x, y in points:
         body.append(f'<circle class="dot s0" cx="{to_x(x):.1f}" cy="{frame.y(y):.1f}" r="4"/>')
-    legend = [(x_label, "s0")] + ([("defaults", "reference")] if reference is not None else [])
-    return _markup(_svg(name, title, height, body, legend))
+    legend = [("defaults", "reference")] if reference is not None else []
+    return _markup(_svg(name, title, height, body, legend, width))

@@ -270,6 +270,7 @@ def test_a_research_study_page_shows_trials_effects_and_the_stitched_walk_forwar
     assert 'id="chart-effect-trailing_stop_pct"' in html and 'class="reference"' in html
     assert 'id="chart-walk-forward"' in html and "chosen settings (out of sample)" in html
     assert "trailing_stop_pct=6" in html  # the fold's choice
+    assert dashboard.study_page_after_run(tmp_path / "nothing here") is None  # no research.db: logged, not raised
 
 
 def test_nice_ticks_and_gaps_in_a_line():

@@ -96,7 +96,8 @@ def fit_model(rt: Runtime, until: date, *, since: date | None = None, source: st
            "horizon": lr.HORIZON, "features": json.dumps(list(fitted.features)),
            "train_start": str(rows["session"].iloc[0]), "train_end": str(rows["session"].iloc[-1]),
            "rows": fitted.rows, "validation": json.dumps(fitted.validation),
-           "library": f"scikit-learn {sklearn.__version__}", "model": pickle.dumps(fitted.model), "source": source}
+           "library": f"scikit-learn {sklearn.__version__}", "model": pickle.dumps(fitted.model),
+           "source": str(source) if source else None}
     if not store:
         return row
     row["version"] = rt.journal.insert_row("models", row)

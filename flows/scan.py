@@ -226,7 +226,7 @@ def decide(rt: Runtime, scan_id: int, frame: pd.DataFrame, positions: list[dict]
     journal = rt.journal
     row = {"scan_id": scan_id, "created_at": journal.now(), "decider": rt.config.decider, "valid": 1}
     if rt.config.decider == "llm":
-        outcome = _ask_model(rt, frame, positions, held, limits, context)
+        outcome = _ask_model(rt, scan_id, frame, positions, held, limits, context)
         decision = outcome.decision
         row.update(prompt=outcome.prompt, reply=outcome.reply, valid=int(outcome.valid),
                    fallback_reason=outcome.fallback_reason,
@@ -242,20 +242,23 @@ def decide(rt: Runtime, scan_id: int, frame: pd.DataFrame, positions: list[dict]
     return decision
 
 
-def _ask_model(rt: Runtime, frame, positions, held, limits, context):
+def _ask_model(rt: Runtime, scan_id: int, frame, positions, held, limits, context):
+    from core.risk import RiskLimits
+    from flows.reports import poor_signal_patterns
     from ports import llm_decider  # lazy: only with DECIDER=llm
 
     journal, config = rt.journal, rt.config
     account = rt.broker.account()
-    patterns = journal.query("SELECT symbol, exit_reason, reversal_signals, entry_signals, pnl_pct FROM poor_signals "
-                             "ORDER BY id DESC LIMIT 20")
+    patterns = poor_signal_patterns(journal)  # unreviewed poor signals, summarised
+    scan_row = journal.one("SELECT type, cap FROM scans WHERE id = ?", [scan_id]) or {}
+    facts = llm_decider.ScanFacts(RiskLimits.from_config(config), scan_row.get("type"), scan_row.get("cap"))
     watchlist = [r["symbol"] for r in journal.query("SELECT symbol FROM watchlist ORDER BY score DESC")]
     model_context = {"account": {"equity": account.equity, "cash": account.cash}, "market": context,
                      "watchlist": watchlist, "limits": vars(limits)}
     return llm_decider.decide_with_llm(frame, positions, held, limits, model_context,
                                        api_key=config.anthropic_api_key, base_url=config.anthropic_base_url,
                                        model=config.anthropic_model, timeout=config.llm_timeout,
-                                       poor_signal_patterns=patterns)
+                                       poor_signal_patterns=patterns, scan=facts)
 
 
 # --- recording ----------------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ def test_bad_arguments_are_refused_without_asking_for_confirmation(env, fake_tel
     poll()
     assert fake_telegram.sent_texts(OWNER) == [
         "error: set: unknown setting 'volume' (known: autoclose, autoclose_threshold, alerts, skip_buys, halt, "
-        "options_trading)",
+        "options_trading, ranking)",
         "error: set autoclose_threshold: must be between 3 and 10 (got '2')",
         "error: close: no open position in AAPL",
         "Nothing to confirm."]

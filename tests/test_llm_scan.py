@@ -3,6 +3,7 @@ the model says, no limit is exceeded; invalid replies fall back to the rules dec
 and reply are stored."""
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -82,3 +83,22 @@ def test_invalid_replies_fall_back_to_the_rules_with_a_critical_alert(llm_env, f
     rules_buys = rows(llm_env, "SELECT COUNT(*) AS n FROM candidates WHERE decision = 'BUY'")[0]["n"]
     assert rules_buys <= 2
     assert len(rows(llm_env, "SELECT * FROM trades WHERE status = 'open'")) <= 2
+
+
+def test_the_prompt_carries_the_gates_the_scan_type_and_only_unreviewed_patterns(llm_env, fake_messages, tmp_path,
+                                                                                monkeypatch):
+    candidates = stage1_candidates(llm_env, tmp_path, monkeypatch)
+    monkeypatch.setenv("MAX_EXPOSURE_PCT", "45")
+    monkeypatch.setenv("MAX_BUYS_MID", "1")
+    with sqlite3.connect(llm_env["MOMENTUM_DB"]) as conn:
+        for n, reviewed in enumerate([0, 0, 1]):
+            conn.execute("INSERT INTO poor_signals (symbol, exit_reason, pnl_pct, reversal_signals, entry_signals, "
+                         "reviewed) VALUES (?, 'reversal', -3.0, ?, ?, ?)",
+                         (f"P{n}", json.dumps(["below_sma20"]), json.dumps({"rsi_14": 75.0}), reviewed))
+    fake_messages.reply_conforming(reply([], candidates))
+    assert cli("--asof", ASOF, "scan", "--cap", "mid", "--type", "midday").exit_code == 0
+    prompt = rows(llm_env, "SELECT prompt FROM decisions")[0]["prompt"]
+    assert "- this is the midday scan of the mid caps" in prompt
+    assert "invested exposure at most 45% of equity" in prompt and "mid 2 positions, 1 buys per scan" in prompt
+    assert "- 2 unreviewed trades closed by a reversal; average P&L -3.0%" in prompt
+    assert "rsi>70 2 of 2" in prompt

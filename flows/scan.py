@@ -441,6 +441,9 @@ def _scan_cap(rt: Runtime, timer: Timer, scan_id: int, cap: str, session: Sessio
         limits = dataclasses.replace(limits, regime_blocks_buys=context["regime"] == "CRASH")
         figures, model_version = learn.learned_figures(rt, universe_frame, cap, session.day)
         universe_frame = universe_frame.assign(learned=figures)
+        if model_version is not None:
+            universe_frame.attrs["learned_note"] = (
+                f"learned: model version {model_version}'s estimate of the {learn.lr.TARGET} (higher is better)")
         decision = decide(rt, scan_id, universe_frame, positions, set(held) | symbols_held(rt.journal), limits,
                           context)
         explain_stage2(decision, universe_frame, cap_rules(rt.config, cap))

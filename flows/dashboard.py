@@ -90,7 +90,7 @@ def write_after_run(rt, *, ask_broker: bool = True) -> Path | None:
         return None
     started = time.perf_counter()
     try:
-        account = current_account(rt) if ask_broker and "broker" in rt.__dict__ else None
+        account = current_account(rt) if ask_broker and "broker" in rt.__dict__ and budget_has_room(rt) else None
         path = write_dashboard(rt, account=account)
     except Exception as err:  # noqa: BLE001 - the page is a view: it must never change how a run ends
         from config import redact
@@ -104,6 +104,17 @@ def write_after_run(rt, *, ask_broker: bool = True) -> Path | None:
         return None
     log.info("dashboard %s written in %.3f s", path, time.perf_counter() - started)
     return path
+
+
+def budget_has_room(rt) -> bool:
+    """Whether one more Alpaca request fits the shared request budget without waiting (the sim broker has none): the
+    end of a run never waits for the page's sake, and the scans and monitors of other processes keep their share."""
+    if rt.config.broker != "alpaca":
+        return True
+    try:
+        return rt._budget().used() < rt.config.alpaca_requests_per_min * 0.8
+    except Exception:  # noqa: BLE001 - an unreadable budget file: do not add to the trouble
+        return False
 
 
 def current_account(rt):

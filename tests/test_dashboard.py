@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -137,6 +138,25 @@ def test_a_failed_run_writes_the_dashboard_too_with_its_failure(env):
     assert result.exit_code == 2
     runs = page_of(env)[page_of(env).index('id="run-list"'):]
     assert "<tr class=\"alert\">" in runs and " close</td>" in runs and "no open position in NOPE" in runs
+
+
+def test_a_paper_account_is_asked_for_equity_only_while_the_request_budget_has_room(env, monkeypatch, fake_alpaca):
+    for name, value in {"BROKER": "alpaca", "ALPACA_API_KEY": "PKDASHBOARD1234567",
+                        "ALPACA_SECRET_KEY": "dashboardsecret1234567890", "ALPACA_TRADING_URL": fake_alpaca.url,
+                        "ALPACA_REQUESTS_PER_MIN": "10"}.items():
+        monkeypatch.setenv(name, value)
+    fake_alpaca.set_position("AAPL", 10, 100.0)
+    assert run("reconcile").exit_code == 0  # adopts AAPL, protects it: the broker is reached
+    html = page_of(env)
+    assert '<span class="mode">PAPER</span>' in html and "from the broker, at the end of this run" in html
+    assert 'data-symbol="AAPL"' in html and "PKDASHBOARD1234567" not in html and "dashboardsecret" not in html
+    with sqlite3.connect(env / "alpaca_budget.db") as conn:  # the minute's budget spent by other processes
+        conn.executemany("INSERT INTO request_log (ts) VALUES (?)", [(time.time(),)] * 9)
+    asked = []
+    rt = Runtime(load_config(), "reconcile")
+    rt.__dict__["broker"] = SimpleNamespace(account=lambda: asked.append(1))  # as if the run had reached it
+    assert dashboard.write_after_run(rt) is not None and asked == []
+    assert "from the broker" not in page_of(env) and "nothing yet (no daily snapshot" in page_of(env)
 
 
 def test_markup_from_data_is_text_and_secrets_are_masked(env):

@@ -187,3 +187,30 @@ def import_models(rt: Runtime, path) -> int:
         raise ConfigError(f"--models-from {source}: not a journal or model file ({err})") from None
     rt.journal.insert_rows("models", [dict(zip(MODEL_COLUMNS, row)) for row in rows])
     return len(rows)
+
+
+def signal_effects(rt: Runtime, start: date, end: date) -> dict[str, Any] | None:
+    """How the model active at `end` weighs each entry signal on the candidates scanned start..end: for every flag,
+    the mean learned figure of candidates with it minus those without. A negative effect is a signal the model now
+    distrusts (the poor-signal loop in numbers). None without a model or candidates."""
+    model = active_model(rt, end)
+    if model is None:
+        return None
+    check_point_in_time(rt, model, end)
+    rows = rt.journal.query(
+        f"SELECT {', '.join(c for c in CANDIDATE_COLUMNS if c != f'price_{lr.HORIZON}d')} FROM candidates "
+        "WHERE stage1 = 1 AND session >= ? AND session <= ? AND price > 0", [start.isoformat(), end.isoformat()])
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    x = lr.features(frame)
+    figure = model.predict(x)
+    effects = []
+    for flag in lr.FLAGS:
+        on = x[flag].to_numpy() == 1
+        if on.any() and (~on).any():
+            effects.append({"signal": flag, "with": int(on.sum()), "effect": float(figure[on].mean()
+                                                                                  - figure[~on].mean())})
+    return {"version": model.version, "candidates": len(frame),
+            "distrusted": sorted((e for e in effects if e["effect"] < 0), key=lambda e: e["effect"]),
+            "trusted": sorted((e for e in effects if e["effect"] >= 0), key=lambda e: -e["effect"])}

@@ -171,6 +171,9 @@ def weekly(rt: Runtime, week_of: date | None = None) -> dict[str, Any]:
         monday = week_of - timedelta(days=week_of.weekday())
         sunday = monday + timedelta(days=6)
     out = period_summary(rt, monday, sunday)
+    from flows import learn
+
+    out["model_signals"] = learn.signal_effects(rt, monday, sunday)
     out["days"] = [{k: row[k] for k in ("date", "equity", "day_pnl", "day_pnl_pct", "spy_change_pct")}
                    for row in performance_rows(rt, monday, sunday)]
     return out
@@ -397,6 +400,11 @@ def _period_pairs(data: dict[str, Any]) -> list[tuple[str, Any]]:
 def weekly_text(data: dict[str, Any]) -> str:
     lines = [f"week {data['start']} .. {data['end']} ({data['snapshots']} snapshots)",
              render.key_values(_period_pairs(data))]
+    signals = data.get("model_signals")
+    if signals:
+        distrusted = ", ".join(f"{e['signal']} ({e['effect'] * 100:+.2f}%)" for e in signals["distrusted"]) or "none"
+        lines.append(f"learned model v{signals['version']} on this week's {signals['candidates']} candidates: entry "
+                     f"signals it distrusts (mean learned figure with the signal minus without): {distrusted}")
     if data["days"]:
         lines += ["", render.table(data["days"], ["date", "equity", "day_pnl", "day_pnl_pct", "spy_change_pct"])]
     if data["closed"]:

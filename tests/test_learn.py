@@ -90,6 +90,8 @@ def test_a_scan_ranks_by_the_active_model_and_records_its_version_and_a_planted_
     assert all(reason.startswith("learned ") for *_, reason in rows if reason != "already held")
     ranked = [learned for _, learned, *_ in rows]  # recorded in the order the ranking decided them
     assert ranked == sorted(ranked, reverse=True)
+    weekly = cli("--asof", "2016-04-18T10:00", "report", "weekly")
+    assert f"learned model v1 on this week's {len(rows)} candidates: entry signals it distrusts" in weekly.output
     # the planted leak: a model claiming to be usable the day after its last training day
     with sqlite3.connect(real_env["MOMENTUM_DB"]) as db:
         db.execute("INSERT INTO models SELECT 2, created_at, kind, target, '2016-04-08', '2016-04-11', horizon, "

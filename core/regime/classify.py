@@ -3,38 +3,72 @@
 How a day's label is made (every step uses rows up to and including that day only):
 
 1. Features of SPY daily log returns: log EWM downside deviation (half-lives 10 and 20 sessions) and EWM Sortino
-   ratios (half-lives 10, 20 and 60). The first `FEATURE_WARMUP_DAYS` returns only seed the averages: a Sortino ratio
-   over a handful of returns is huge and would dominate the standardisation for ever after.
+   ratios (half-lives 10, 20 and 60): risk and return from SPY's returns alone, after Shu, Yu and Mulvey (2024),
+   the jump-model study this model follows. The first `FEATURE_WARMUP_DAYS` returns only seed the averages: a
+   Sortino ratio over a handful of returns is huge and would dominate the standardisation for ever after.
 2. Each feature is standardised with an EXPANDING mean and standard deviation (from `STANDARDISE_MIN_DAYS` on) and
-   clipped to +-`Z_CLIP`, so no later data ever enters a past z-score.
+   clipped to +-`Z_CLIP`, so no later data ever enters a past z-score. (`Settings.standardise_window` swaps in a
+   rolling window; the study measures it and keeps the expanding one.)
 3. A two-state statistical jump model (`core/regime/jump_model.py`) is refitted on the first trading day of every month
-   on
-   the last `FIT_WINDOW_DAYS` standardised rows (or all there are, from `MIN_FIT_ROWS` on). The state with the higher
-   mean SPY return in the window is the bull state. Between refits the day's state comes from ONLINE inference: the
-   end state of the cheapest state path over the window's rows and the days since, none after the day itself.
-4. Mapping: bull state -> TREND_BULL; bear state -> TREND_BEAR, unless the 20-session downside deviation z-score
+   on the last `FIT_WINDOW_DAYS` standardised rows (or all there are, from `MIN_FIT_ROWS` on). The state with the
+   higher mean SPY return in the window is the bull state. Between refits the day's state comes from ONLINE
+   inference: the end state of the cheapest state path over the window's rows and the days since, none after the
+   day itself.
+4. Warm-up: the jump model labels a day only once SPY's history up to that day holds a fall of at least
+   `WARMUP_DRAWDOWN` from a running high. Fitted on a history without a sell-off, two states can only split calm
+   from calmer, and the "bear" half of a calm history is still a bull market (without the warm-up the 1993-2018
+   file reads 1995-96 as 44% bear). Until then the fallback rule below labels the day.
+5. Mapping: bull state -> TREND_BULL; bear state -> TREND_BEAR, unless the 20-session downside deviation z-score
    is already back below `NEUTRAL_DD_Z` (the storm has passed but the model has not turned bull yet), then
-   TREND_NEUTRAL. Before any fit, see the fallback below.
-5. CRASH override, from VIX alone: VIX close up >= 20% on the previous close, or >= 50% on the close three sessions
-   earlier, starts it. It ends on the first close at least `CRASH_MIN_SESSIONS` sessions after the latest trigger at
-   which VIX is back within `CRASH_EXIT_MARGIN` of its pre-spike close, and in any case `CRASH_MAX_SESSIONS`
-   sessions after the latest trigger (a lasting sell-off is the bear state's job, not the override's). A new trigger
-   while active restarts the count and keeps the first pre-spike level.
+   TREND_NEUTRAL.
+6. CRASH override (REGIME_CRASH_RULE, `Settings.crash_rule`). A VIX spike is a close up >= 20% on the previous
+   close, or >= 50% on the close three sessions earlier. Rule `shock` (the default) starts the override only on a
+   spike that is a real shock: VIX closes in the top `1 - VIX_PERCENTILE` of its own closes up to that day (at
+   least `VIX_HISTORY_MIN_DAYS` of them; a percentile, not VIX points, so the rule does not depend on the level of
+   a calm decade) AND SPY closes at least `SPY_SHOCK_DRAWDOWN` under its highest close of the last
+   `SPY_HIGH_SESSIONS` sessions. Rule `seed` starts it on any spike: a ratio of two small numbers fires on every
+   wobble of a calm market (42 CRASH days in 2014). Exit, both rules: the override ends on the first close at
+   least `CRASH_MIN_SESSIONS` sessions after the latest trigger at which VIX is back within `CRASH_EXIT_MARGIN` of
+   its pre-spike close, and in any case `CRASH_MAX_SESSIONS` sessions after the latest trigger (a lasting
+   sell-off is the bear state's job, not the override's). A new trigger while active restarts the count and keeps
+   the first pre-spike level.
 
-Short histories (e.g. a synthetic SPY starting a couple of years ago): before a model can be fitted the day is
-labelled by a documented fallback rule (`_fallback_state`): the sign of the 60-session EWM return, TREND_NEUTRAL
-when there are fewer than `MIN_RAW_DAYS` returns; `reason` says so.
+Short histories (e.g. a synthetic SPY starting a couple of years ago): before a model can be fitted, and during the
+warm-up, the day is labelled by a documented fallback rule (`_fallback_state`): the sign of the 60-session EWM
+return, TREND_NEUTRAL when there are fewer than `MIN_RAW_DAYS` returns; `reason` says which case applies.
 
-How the penalty and the threshold were chosen (reproduce with `python bench/regime_study.py`):
-`JUMP_PENALTY` is the penalty from `PENALTY_GRID` whose online bull/bear signal gave the best Sharpe ratio of a 0/1
-SPY strategy (long in the bull state, cash in the bear state, signal traded the next session, cash earning nothing)
-over `SELECTION_PERIOD` (1995-2006); 2007-2018 stays out of sample. With the penalty fixed, `NEUTRAL_DD_Z` is the
-value from `NEUTRAL_GRID` (None: the model never says NEUTRAL) with the best Sharpe of the allocation-factor strategy
-(position = the day's factor, traded the next session) over the same period. On the 1993-2018 file this gave
-penalty 50 (Sharpe 0.84 in 1995-2006, 0.73 in 2007-2018) and NEUTRAL_DD_Z 0.0.
+How the numbers were chosen (reproduce with `python bench/regime_study.py`; everything on the 1993-2018 SPY/VIX file,
+chosen on `SELECTION_PERIOD` = 1995-2006 only, judged on 2007-2018):
+- `WARMUP_DRAWDOWN` and `JUMP_PENALTY` together: the pair from `WARMUP_GRID` x `PENALTY_GRID` whose online bull
+  signal (the model's state, the fallback rule before it) gave the best Sharpe ratio of a 0/1 SPY strategy (long in
+  the bull state, cash otherwise, traded the next session, cash earning nothing) over 1995-2006: 15% and 100
+  (Sharpe 1.00 in 1995-2006, 0.69 in 2007-2018; the seed's choice, no warm-up and penalty 50: 0.84 and 0.73). With
+  these fixed, `NEUTRAL_DD_Z` is the value from `NEUTRAL_GRID` (None: never NEUTRAL) with the best Sharpe of the
+  allocation-factor strategy (position = the day's factor) over the same period: -0.5 (0.988; off: 0.987).
+- The CRASH thresholds: in 1993-2006 the spike rule fired on 14 days. Four were shocks (1997-10-27, 1998-08-27,
+  2001-09-17, 2002-09-03: VIX at or above its 99th percentile, SPY 11-16% under its 63-session high); ten were
+  wobbles, with SPY at most 6.7% under it, and only two of those (1994-02-04 and 1996-03-08) had VIX in its top
+  decile, with SPY 2.7% and 4.3% under its high. A top-decile VIX in a 5% SPY pullback is the pair of round numbers
+  inside that gap. In the study's grid the percentile alone (0.80 and up) already leaves every calm year without a
+  CRASH day; 0.90 with 5% keeps all nine known shocks of the file (a 7.5% pullback or a 95th percentile loses
+  2010-05-06).
+- Rolling standardisation windows (5 and 10 years), the `jumpmodels` library's own online prediction refitted
+  yearly on a per-window standardisation, and other penalties are measured beside the chosen model in the study.
+  Without the warm-up every option reads 1995-96 as 40-50% bear. With it, the library's prediction (penalty 100)
+  also meets every target, with 1.09 switches a year against 1.18, but trails on the 0/1 Sharpe ratio in both
+  periods (0.92 and 0.72 against 1.01 and 0.74) and would need scikit-learn at run time; a 5-year rolling window
+  reads 2006 as 13% bear; penalty 50 reads 2004 as 17% bear (NEUTRAL at -0.5).
 
-Known limit: the standardisation and the first fits rest on the unusually calm 1993-1996, so the choppier late
-1990s read as the bear state (1997-2002 is almost all TREND_BEAR); with a fuller history the states track sell-offs.
+Figures on the 1993-2018 file (online labels; the seed model in brackets): bear-or-crash share 100% (100%) of
+2002-07-01..10-09 and of 2008-09-15..2009-03-09, 93% (93%) of 2011-08-01..10-03; 0% in each of 2004-2006, 2013,
+2014 and 2017 (up to 17%) with no CRASH day (up to 42 a year); 1% (44%) of 1995-96; 1.18 (3.60) bull/bear switches a
+year over 1997-2018; the two-state label agrees with the `jumpmodels` reference (penalty 50, fitted on 1993-2006,
+online over 2007-2018) on 93% (85%) of days, Cohen's kappa 0.85 (0.69).
+
+Known limits: 1999-2002 reads as TREND_BEAR throughout, 1999's 20% rise included (the late 1990s were far more
+volatile than the only history before them); after a crisis the model turns bull late (2003 is 73% bear, 2009
+72%). Alpaca's VIXY proxy decays, so it rarely reaches the top decile of its own history and the `shock` rule seldom
+fires on it (REGIME_CRASH_RULE=seed keeps the spike-only rule).
 """
 from __future__ import annotations
 
@@ -48,6 +82,7 @@ import pandas as pd
 from common.errors import DataError
 from core.regime.jump_model import JumpFit, fit_jump_model, loss_difference, online_margin
 
+MODEL_VERSION = 2  # stored labels of another version (or crash rule) are recomputed, not reused
 FACTORS = {"TREND_BULL": 1.0, "TREND_NEUTRAL": 0.7, "TREND_BEAR": 0.3, "CRASH": 0.0}
 
 DD_HALF_LIVES = (10, 20)
@@ -61,14 +96,22 @@ MIN_RAW_DAYS = 20
 
 FIT_WINDOW_DAYS = 2520  # ten years of sessions
 MIN_FIT_ROWS = 252
-PENALTY_GRID = (5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0)
+PENALTY_GRID = (5.0, 10.0, 20.0, 30.0, 50.0, 75.0, 100.0, 150.0, 200.0)
+WARMUP_GRID = (None, 0.10, 0.15, 0.20)
 NEUTRAL_GRID = (None, 1.0, 0.5, 0.0, -0.5, -1.0)
 SELECTION_PERIOD = (date(1995, 1, 1), date(2006, 12, 31))
-JUMP_PENALTY = 50.0
-NEUTRAL_DD_Z: float | None = 0.0
+JUMP_PENALTY = 100.0
+WARMUP_DRAWDOWN: float | None = 0.15
+NEUTRAL_DD_Z: float | None = -0.5
 
+CRASH_RULES = ("shock", "seed")
+CRASH_RULE = "shock"
 VIX_ONE_DAY_JUMP = 0.20
 VIX_THREE_DAY_JUMP = 0.50
+VIX_PERCENTILE = 0.90
+VIX_HISTORY_MIN_DAYS = 252
+SPY_HIGH_SESSIONS = 63
+SPY_SHOCK_DRAWDOWN = 0.05
 CRASH_MIN_SESSIONS = 2
 CRASH_MAX_SESSIONS = 10
 CRASH_EXIT_MARGIN = 0.10
@@ -78,18 +121,33 @@ REQUIRED_COLUMNS = ("spy_close", "vix_close")
 
 @dataclass(frozen=True)
 class Settings:
-    """The tunable numbers in one place, so the study can evaluate alternatives through the same code."""
+    """The tunable choices in one place, so the study can evaluate alternatives through the same code."""
 
     penalty: float = JUMP_PENALTY
     neutral_dd_z: float | None = NEUTRAL_DD_Z
+    crash_rule: str = CRASH_RULE
+    warmup_drawdown: float | None = WARMUP_DRAWDOWN  # None: the model labels from its first fit
+    standardise_window: int | None = None  # None: expanding z-scores; N: over the last N feature rows
+
+    def __post_init__(self) -> None:
+        if self.crash_rule not in CRASH_RULES:
+            raise ValueError(f"crash rule {self.crash_rule!r} is not one of {', '.join(CRASH_RULES)}")
+
+
+# The model as it was before the shock rule and the warm-up: the study's "before", and REGIME_CRASH_RULE=seed's rule.
+SEED_SETTINGS = Settings(penalty=50.0, neutral_dd_z=0.0, crash_rule="seed", warmup_drawdown=None)
 
 
 # ---------------------------------------------------------------- features
 
+def _spy_close(series: pd.DataFrame) -> pd.Series:
+    """SPY closes with a missing or non-positive close carried over from the day before."""
+    return series["spy_close"].where(series["spy_close"] > 0).ffill()
+
+
 def _log_returns(series: pd.DataFrame) -> pd.Series:
     """Daily SPY log returns; a missing or non-positive close counts as no move (the next close catches up)."""
-    close = series["spy_close"].where(series["spy_close"] > 0).ffill()
-    return np.log(close).diff().fillna(0.0).iloc[1:]
+    return np.log(_spy_close(series)).diff().fillna(0.0).iloc[1:]
 
 
 def raw_features(series: pd.DataFrame) -> pd.DataFrame:
@@ -106,27 +164,67 @@ def raw_features(series: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(columns, index=returns.index)[list(FEATURES)]
 
 
-def standardise(features: pd.DataFrame) -> pd.DataFrame:
-    """Expanding-window z-scores clipped to +-Z_CLIP; NaN until enough history (warm-up rows excluded)."""
+def standardise(features: pd.DataFrame, window: int | None = None) -> pd.DataFrame:
+    """Z-scores clipped to +-Z_CLIP over an expanding window (or the last `window` rows); NaN until enough history
+    (warm-up rows excluded)."""
     usable = features.iloc[FEATURE_WARMUP_DAYS:]
-    mean = usable.expanding(STANDARDISE_MIN_DAYS).mean()
-    std = usable.expanding(STANDARDISE_MIN_DAYS).std()
+    rolling = usable.expanding(STANDARDISE_MIN_DAYS) if window is None else usable.rolling(
+        window, min_periods=STANDARDISE_MIN_DAYS)
+    mean, std = rolling.mean(), rolling.std()
     z = ((usable - mean) / std.where(std > 0)).clip(-Z_CLIP, Z_CLIP)
     return z.reindex(features.index)
 
 
+def warmed_up(spy_close: pd.Series, drawdown: float | None) -> np.ndarray:
+    """Per day: has SPY, up to that day, closed at least `drawdown` under its running high? (All True for None.)"""
+    if drawdown is None:
+        return np.ones(len(spy_close), dtype=bool)
+    fell = (spy_close / spy_close.cummax() - 1.0 <= -drawdown).to_numpy()
+    return np.maximum.accumulate(fell) if len(fell) else fell
+
+
 # ---------------------------------------------------------------- CRASH override
 
-def vix_override(vix_close: pd.Series) -> pd.DataFrame:
-    """CRASH override state per day: active flag, trigger flag, pre-spike level and sessions since the trigger."""
+def vix_percentile(vix_close: pd.Series) -> pd.Series:
+    """Share of VIX's closes up to each day at or below that day's close (NaN under VIX_HISTORY_MIN_DAYS closes)."""
+    vix = vix_close.where(vix_close > 0)
+    return vix.expanding(VIX_HISTORY_MIN_DAYS).rank(pct=True, method="max")
+
+
+def spy_drawdown(spy_close: pd.Series) -> pd.Series:
+    """SPY's close against its highest close of the last SPY_HIGH_SESSIONS sessions (0 at a high, -0.05 5% under)."""
+    return spy_close / spy_close.rolling(SPY_HIGH_SESSIONS, min_periods=1).max() - 1.0
+
+
+def vix_override(vix_close: pd.Series, spy_close: pd.Series | None = None, rule: str = CRASH_RULE, *,
+                 percentile_at_least: float = VIX_PERCENTILE,
+                 drawdown_at_least: float = SPY_SHOCK_DRAWDOWN) -> pd.DataFrame:
+    """CRASH override state per day: active flag, trigger flag, pre-spike level, sessions since the trigger, and
+    the two shock measures (VIX's percentile of its own history, SPY's drawdown from its recent high).
+
+    Rule "shock" needs `spy_close` (aligned with `vix_close`); rule "seed" reads VIX alone. The two thresholds are
+    keywords only so the study can try its grid through this code."""
+    if rule not in CRASH_RULES:
+        raise ValueError(f"crash rule {rule!r} is not one of {', '.join(CRASH_RULES)}")
     vix = vix_close.where(vix_close > 0)
     filled = vix.ffill().to_numpy(dtype=float)
     present = vix.notna().to_numpy()
+    percentile = vix_percentile(vix_close)
+    if spy_close is None:
+        if rule == "shock":
+            raise ValueError("the shock rule needs SPY closes beside VIX")
+        drawdown = pd.Series(math.nan, index=vix_close.index)
+    else:
+        drawdown = spy_drawdown(spy_close.where(spy_close > 0).ffill())
+    if rule == "shock":
+        shock = ((percentile >= percentile_at_least) & (drawdown <= -drawdown_at_least)).to_numpy()
+    else:
+        shock = np.ones(len(vix), dtype=bool)
     active_out, trigger_out = np.zeros(len(vix), bool), np.zeros(len(vix), bool)
     reference_out, since_out = np.full(len(vix), np.nan), np.full(len(vix), -1)
     active, reference, last_trigger = False, math.nan, -1
     for i in range(len(filled)):
-        base = _spike_base(filled, i) if present[i] else None
+        base = _spike_base(filled, i) if present[i] and shock[i] else None
         if base is not None:
             reference = min(reference, base) if active else base
             active, last_trigger = True, i
@@ -140,11 +238,12 @@ def vix_override(vix_close: pd.Series) -> pd.DataFrame:
         reference_out[i] = reference if active else math.nan
         since_out[i] = i - last_trigger if active else -1
     return pd.DataFrame({"active": active_out, "trigger": trigger_out, "reference": reference_out,
-                         "sessions_since_trigger": since_out}, index=vix_close.index)
+                         "sessions_since_trigger": since_out, "vix_percentile": percentile.to_numpy(),
+                         "spy_drawdown": drawdown.to_numpy()}, index=vix_close.index)
 
 
 def _spike_base(filled: np.ndarray, i: int) -> float | None:
-    """The pre-spike VIX level when day i triggers the override, else None."""
+    """The pre-spike VIX level when day i is a VIX spike, else None."""
     bases = []
     if i >= 1 and filled[i] >= filled[i - 1] * (1.0 + VIX_ONE_DAY_JUMP):
         bases.append(filled[i - 1])
@@ -216,6 +315,7 @@ class _Prepared:
     vix: pd.Series
     vix_filled: np.ndarray
     valid_days: pd.DatetimeIndex  # days with a full standardised feature row (the model's rows)
+    warmed_up: np.ndarray  # per day: the warm-up's SPY fall has happened by then
 
 
 def _validated(series: pd.DataFrame) -> pd.DataFrame:
@@ -230,22 +330,25 @@ def _validated(series: pd.DataFrame) -> pd.DataFrame:
     return series
 
 
-def _prepare(series: pd.DataFrame) -> _Prepared:
+def _prepare(series: pd.DataFrame, settings: Settings) -> _Prepared:
     series = _validated(series)
     raw = raw_features(series)
-    z = standardise(raw)
+    z = standardise(raw, settings.standardise_window).reindex(series.index)
     returns = _log_returns(series)
-    z = z.reindex(series.index)
+    spy = _spy_close(series)
     vix = series["vix_close"].astype(float)
-    return _Prepared(series.index, raw.reindex(series.index), z, returns.reindex(series.index), vix_override(vix),
-                     vix, vix.where(vix > 0).ffill().to_numpy(), series.index[z.notna().all(axis=1).to_numpy()])
+    crash = vix_override(vix, spy, settings.crash_rule)
+    return _Prepared(series.index, raw.reindex(series.index), z, returns.reindex(series.index), crash, vix,
+                     vix.where(vix > 0).ffill().to_numpy(), series.index[z.notna().all(axis=1).to_numpy()],
+                     warmed_up(spy, settings.warmup_drawdown))
 
 
 ModelState = tuple[bool, float, FittedModel]  # bull flag, margin (D_t), the model in force
 
 
 def _model_states(prepared: _Prepared, wanted: np.ndarray, settings: Settings) -> dict[int, ModelState]:
-    """Jump-model bull flag, margin and model for each wanted day index that has a fitted model in force."""
+    """Jump-model bull flag, margin and model for each wanted day index that is past the warm-up and has a fitted
+    model in force."""
     valid = np.flatnonzero(prepared.days.isin(prepared.valid_days))
     z_values = prepared.z.to_numpy()[valid]
     returns = prepared.returns.to_numpy()[valid]
@@ -254,7 +357,9 @@ def _model_states(prepared: _Prepared, wanted: np.ndarray, settings: Settings) -
     groups: dict[int, list[tuple[int, int]]] = {}
     for day_index in wanted:
         p = position_of.get(int(day_index))
-        slot = int(np.searchsorted(refits, p, side="right")) - 1 if p is not None else -1
+        if p is None or not prepared.warmed_up[int(day_index)]:
+            continue
+        slot = int(np.searchsorted(refits, p, side="right")) - 1
         if slot >= 0:
             groups.setdefault(slot, []).append((int(day_index), p))
     states: dict[int, ModelState] = {}
@@ -282,7 +387,7 @@ def trend_regime(bull: bool | None, dd_20_z: float, settings: Settings) -> str:
 
 
 def _fallback_state(raw: pd.Series, returns_seen: int) -> bool | None:
-    """Before any model fit: bull when the 60-session EWM return is positive; no opinion on under MIN_RAW_DAYS."""
+    """Without a model: bull when the 60-session EWM return is positive; no opinion on under MIN_RAW_DAYS."""
     if returns_seen < MIN_RAW_DAYS or not math.isfinite(raw["sortino_60"]):
         return None
     return bool(raw["sortino_60"] > 0)
@@ -295,23 +400,33 @@ def _json_number(value: float, digits: int = 4) -> float | None:
 def _features_dict(prepared: _Prepared, i: int) -> dict:
     vix = prepared.vix_filled
     change = {lag: vix[i] / vix[i - lag] - 1.0 if i >= lag and vix[i - lag] > 0 else math.nan for lag in (1, 3)}
-    raw, z = prepared.raw.iloc[i], prepared.z.iloc[i]
+    raw, z, crash = prepared.raw.iloc[i], prepared.z.iloc[i], prepared.crash.iloc[i]
     return {"vix_close": _json_number(prepared.vix.iloc[i], 2),
             "vix_change_1d": _json_number(change[1]), "vix_change_3d": _json_number(change[3]),
+            "vix_percentile": _json_number(crash["vix_percentile"]),
+            "spy_drawdown_63": _json_number(crash["spy_drawdown"]),
             **{name: _json_number(raw[name]) for name in FEATURES},
             **{f"z_{name}": _json_number(z[name]) for name in FEATURES}}
 
 
 def _thresholds(settings: Settings) -> dict:
-    return {"neutral_dd_20_z": settings.neutral_dd_z, "vix_one_day_jump": VIX_ONE_DAY_JUMP,
-            "vix_three_day_jump": VIX_THREE_DAY_JUMP, "crash_min_sessions": CRASH_MIN_SESSIONS,
-            "crash_max_sessions": CRASH_MAX_SESSIONS, "crash_exit_margin": CRASH_EXIT_MARGIN}
+    shock = settings.crash_rule == "shock"
+    return {"neutral_dd_20_z": settings.neutral_dd_z, "warmup_drawdown": settings.warmup_drawdown,
+            "vix_one_day_jump": VIX_ONE_DAY_JUMP, "vix_three_day_jump": VIX_THREE_DAY_JUMP,
+            "vix_percentile": VIX_PERCENTILE if shock else None,
+            "spy_shock_drawdown": SPY_SHOCK_DRAWDOWN if shock else None,
+            "crash_min_sessions": CRASH_MIN_SESSIONS, "crash_max_sessions": CRASH_MAX_SESSIONS,
+            "crash_exit_margin": CRASH_EXIT_MARGIN}
+
+
+def _standardisation(settings: Settings) -> str:
+    return "expanding" if settings.standardise_window is None else f"rolling {settings.standardise_window}"
 
 
 def _model_params(prepared: _Prepared, model: FittedModel, margin: float, settings: Settings) -> dict:
     valid_days = prepared.valid_days
     bull, bear = model.bull_state, 1 - model.bull_state
-    return {"model": "jump", "penalty": settings.penalty,
+    return {"model": "jump", "penalty": settings.penalty, "standardisation": _standardisation(settings),
             "refit_date": valid_days[model.refit_position].date().isoformat(),
             "fit_window_start": valid_days[model.window_start].date().isoformat(),
             "fit_rows": model.refit_position - model.window_start + 1,
@@ -323,7 +438,7 @@ def _model_params(prepared: _Prepared, model: FittedModel, margin: float, settin
             "thresholds": _thresholds(settings)}
 
 
-def _crash_reason(prepared: _Prepared, i: int, features: dict) -> str:
+def _crash_reason(prepared: _Prepared, i: int, features: dict, settings: Settings) -> str:
     crash = prepared.crash.iloc[i]
     reference = float(crash["reference"])
     exit_rule = (f"it ends when VIX closes at or under {reference * (1 + CRASH_EXIT_MARGIN):.2f} (from "
@@ -332,8 +447,11 @@ def _crash_reason(prepared: _Prepared, i: int, features: dict) -> str:
         one_day, three_day = features["vix_change_1d"] or 0.0, features["vix_change_3d"] or 0.0
         move = f"up {one_day:.0%} in one session" if one_day >= VIX_ONE_DAY_JUMP else \
             f"up {three_day:.0%} in three sessions"
+        shock = (f", at the {crash['vix_percentile']:.0%} point of its history, with SPY "
+                 f"{-crash['spy_drawdown']:.1%} under its {SPY_HIGH_SESSIONS}-session high"
+                 if settings.crash_rule == "shock" else "")
         return (f"CRASH override: VIX closed {features['vix_close']:.2f}, {move} (pre-spike level "
-                f"{reference:.2f}); {exit_rule}.")
+                f"{reference:.2f}){shock}; {exit_rule}.")
     return (f"CRASH override from a VIX spike {int(crash['sessions_since_trigger'])} session(s) ago (VIX "
             f"{features['vix_close']}, pre-spike {reference:.2f}); {exit_rule}.")
 
@@ -344,6 +462,10 @@ def _trend_reason(regime: str, features: dict, params: dict, returns_seen: int, 
         if regime == "TREND_NEUTRAL":
             return f"Only {returns_seen} SPY returns, too few for any signal: TREND_NEUTRAL by the fallback rule."
         trend = "positive" if regime == "TREND_BULL" else "not positive"
+        if params.get("warmup"):
+            return (f"SPY has not yet closed {settings.warmup_drawdown:.0%} under a high in this history, so the "
+                    f"jump model has no sell-off to learn its bear state from: the 60-session EWM return is "
+                    f"{trend}, so {regime} by the fallback rule.")
         return (f"Only {returns_seen} SPY returns, too few to fit the jump model: the 60-session EWM return is "
                 f"{trend}, so {regime} by the fallback rule.")
     head = f"Jump model (penalty {settings.penalty:g}, refit {params['refit_date']})"
@@ -362,18 +484,21 @@ def _row(prepared: _Prepared, i: int, state: ModelState | None, settings: Settin
     if state is None:
         bull = _fallback_state(prepared.raw.iloc[i], returns_seen) if i > 0 else None
         params = {"model": "fallback", "penalty": settings.penalty, "refit_date": None,
+                  "warmup": not bool(prepared.warmed_up[i]) and returns_seen >= MIN_RAW_DAYS,
                   "rule": "bull when the 60-session EWM return > 0", "thresholds": _thresholds(settings)}
     else:
         bull, margin, model = state
         params = _model_params(prepared, model, margin, settings)
     dd_z = features["z_dd_log_20"]
     trend = trend_regime(bull, dd_z if dd_z is not None else math.nan, settings)
+    params["version"] = MODEL_VERSION
+    params["crash_rule"] = settings.crash_rule
     params["model_state"] = None if bull is None else ("bull" if bull else "bear")
     params["trend_regime"] = trend
     crash = bool(prepared.crash["active"].iat[i])
     regime = "CRASH" if crash else trend
-    reason = _crash_reason(prepared, i, features) if crash else _trend_reason(trend, features, params,
-                                                                                 returns_seen, settings)
+    reason = _crash_reason(prepared, i, features, settings) if crash else _trend_reason(
+        trend, features, params, returns_seen, settings)
     return {"regime": regime, "factor": FACTORS[regime], "crash_override": crash, "reason": reason,
             "features": features, "params": params}
 
@@ -387,7 +512,7 @@ def compute_regimes(series: pd.DataFrame, start: date | None = None, end: date |
     Each row uses only rows of `series` up to and including its day, so appending later data never changes it.
     """
     settings = settings or Settings()
-    prepared = _prepare(series)
+    prepared = _prepare(series, settings)
     days = prepared.days
     lower = pd.Timestamp(start) if start is not None else days[0]
     upper = pd.Timestamp(end) if end is not None else days[-1]

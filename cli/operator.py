@@ -288,17 +288,55 @@ def resume(ctx: click.Context) -> None:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--history", is_flag=True, help="The online label of every session from --start to --end.")
+@click.option("--start", "first_text", help="With --history: first session (YYYY-MM-DD) [default: the series' first].")
+@click.option("--end", "last_text", help="With --history: last session (YYYY-MM-DD) [default: the last completed].")
+@click.option("--out", help="With --history: write this CSV (date, regime, factor, ...) and a PNG of SPY with the "
+              "regimes shaded beside it (same name, .png), instead of printing every day.")
 @click.pass_context
-def regime(ctx: click.Context, as_json: bool) -> None:
-    """The market regime of the last completed session, its features and why."""
-    from common.errors import DataError
+def regime(ctx: click.Context, as_json: bool, history: bool, first_text: str | None, last_text: str | None,
+           out: str | None) -> None:
+    """The market regime of the last completed session, its features and why; with --history, of every session."""
+    from datetime import date
+
+    from common.errors import ConfigError, DataError
     from journal import regime_labels
 
+    def parse(text: str | None, option: str) -> date | None:
+        try:
+            return date.fromisoformat(text) if text else None
+        except ValueError:
+            raise ConfigError(f"{option}: expected a date YYYY-MM-DD, got {text!r}") from None
+
+    first, last = parse(first_text, "--start"), parse(last_text, "--end")
+    if not history and (first or last or out):
+        raise ConfigError("--start, --end and --out go with --history")
     rt = start(ctx)
+    if history:
+        from core.regime import history as regime_history
+
+        last = last or rt.calendar.last_completed_session(rt.clock.now())
+        if first and first > last:
+            raise ConfigError(f"--start {first} is after --end {last}")
+        rows = regime_labels.history(rt, first, last)
+        if out:
+            csv_path, png_path = regime_history.write(rows, out)
+            click.echo(f"wrote {len(rows)} sessions to {csv_path} and the chart to {png_path}")
+        elif as_json:
+            records = regime_history.table(rows).to_dict("records")
+            click.echo(json.dumps({"command": "regime", "history": records}, indent=2, default=str))
+        else:
+            for record in regime_history.table(rows).itertuples(index=False):
+                click.echo(f"{record.date}  {record.regime:<13} {record.factor:g}")
+        if not as_json:
+            click.echo(regime_history.summary(rows))
+        done(rt)
+        return
     day = rt.calendar.last_completed_session(rt.clock.now())
-    row = regime_labels.regime_on(rt, day)
-    if row is None:
-        raise DataError(f"regime: no SPY history available from {rt.config.data_source}")
+    try:
+        row = regime_labels.required_regime(rt, day)
+    except DataError as err:
+        raise DataError(f"regime: {err}") from None
     if as_json:
         fields = ("date", "regime", "factor", "reason", "features", "params")
         click.echo(json.dumps({"command": "regime", **{k: row[k] for k in fields}}, indent=2, default=str))

@@ -2,12 +2,16 @@
 
 An intraday scan must not use today's close, so it uses the previous session's label; after the close (and in the
 `regime` command) the day itself is complete. Labels are computed once per day and kept in the journal; the
-regime model is online, so a stored label never changes when later data arrives.
+regime model is online, so a stored label never changes when later data arrives. A stored label made by another
+model version or another CRASH rule (REGIME_CRASH_RULE) is recomputed under the settings in force and replaced.
 
 A label is made only from a series that has the day's own SPY and VIX closes: one carried over from an earlier day
 is stale, and one without the day's VIX could never see the spike that makes it CRASH. Trading with the regime
 filter on needs the label (`for_trading` raises DataError naming what is missing); only a backtest comparison run
 switches the filter off on purpose.
+
+Where SPY and VIX come from: the market port's own series, unless the user named a market file (--market,
+MARKET_DATA) and the port does not read it itself (Alpaca); then the file, whatever the data source.
 """
 from __future__ import annotations
 
@@ -25,6 +29,25 @@ log = logging.getLogger(__name__)
 HISTORY_YEARS = 12  # the model refits on a rolling 10-year window; z-scores expand from the series start
 
 
+def settings(rt) -> classify.Settings:
+    """The model's settings under the run's configuration (REGIME_CRASH_RULE)."""
+    config = getattr(rt, "config", None)
+    rule = getattr(config, "regime_crash_rule", None) or classify.CRASH_RULE
+    return classify.Settings(crash_rule=rule)
+
+
+def market(rt):
+    """The port the SPY/VIX series is read from: the runtime's market, or the --market file when the runtime's
+    market does not read that file itself."""
+    config = getattr(rt, "config", None)
+    path = getattr(config, "market_data", "") or ""
+    if path and getattr(rt.market, "market_path", None) is None:
+        from ports.market_factory import MarketFile
+
+        return MarketFile(path, getattr(config, "cache_dir", None) or None)
+    return rt.market
+
+
 def series_start(market, day: date) -> date:
     """Where the SPY history starts. It must not move from day to day: the z-scores expand from it."""
     first = getattr(market, "market_first_date", None)
@@ -40,25 +63,44 @@ def regime_on(rt, day: date) -> dict | None:
         return None
 
 
+def _current(params: dict, wanted: classify.Settings) -> bool:
+    """Was a stored label made by this model version under this CRASH rule?"""
+    return params.get("version") == classify.MODEL_VERSION and params.get("crash_rule") == wanted.crash_rule
+
+
 def required_regime(rt, day: date) -> dict:
     """The stored or newly computed regime row for `day`; DataError naming the missing series when there is none."""
+    wanted = settings(rt)
     stored = rt.journal.one("SELECT * FROM regimes WHERE date = ?", [str(day)])
-    if stored:
+    params = json.loads(stored["params"] or "{}") if stored else {}
+    if stored and _current(params, wanted):
         features = json.loads(stored["features"] or "{}")
         if features.get("vix_close") is None:
             raise DataError(f"the stored regime of {day} was labelled without a VIX close")
-        return {**stored, "features": features, "params": json.loads(stored["params"] or "{}")}
+        return {**stored, "features": features, "params": params}
 
-    start = series_start(rt.market, day)
-    series = rt.market.market_series(start, day)
-    require_closes(series, day, source_name(rt.market))
-    row = classify.regime_for_day(series, day)
+    source = market(rt)
+    series = source.market_series(series_start(source, day), day)
+    require_closes(series, day, source_name(source))
+    row = classify.regime_for_day(series, day, wanted)
     record = {"date": str(day), "regime": row["regime"], "factor": row["factor"], "reason": row["reason"],
               "crash_override": int(bool(row["crash_override"])), "features": json.dumps(row["features"]),
               "params": json.dumps(row["params"]), "created_at": rt.journal.now()}
     with rt.journal.atomic():
         rt.journal.db.table("regimes").insert(record, replace=True)
     return {**record, "features": row["features"], "params": row["params"]}
+
+
+def history(rt, start: date | None, end: date) -> pd.DataFrame:
+    """The online label of every session from `start` (default: the series' first day) to `end`, from one pass of
+    the model over the series (each row uses data up to its own day only), with SPY's close beside it. Nothing is
+    stored. DataError when the series has no session in the window."""
+    source = market(rt)
+    series = source.market_series(series_start(source, start or end), end)
+    if (series.loc[pd.Timestamp(start):] if start else series).empty:
+        raise DataError(f"no SPY/VIX sessions from {start or 'the start'} to {end} in {source_name(source)}")
+    rows = classify.compute_regimes(series, start, end, settings(rt))
+    return rows.assign(spy_close=series["spy_close"].reindex(rows.index))
 
 
 def require_closes(series: pd.DataFrame, day: date, source: str) -> None:
@@ -71,7 +113,7 @@ def require_closes(series: pd.DataFrame, day: date, source: str) -> None:
 
 
 def source_name(market) -> str:
-    """Where the SPY/VIX series comes from, for messages: the csv source's market file, else the port's name."""
+    """Where the SPY/VIX series comes from, for messages: the market file, else the port's name."""
     path = getattr(market, "market_path", None)
     if path is not None:
         return str(path)

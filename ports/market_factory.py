@@ -1,16 +1,70 @@
 """Which market-data port a `--data` source names: `sim`, `csv:PATH` (daily or intraday bars, told apart by the
-file's header) or `alpaca` (built by the runtime, which holds the keys)."""
+file's header) or `alpaca` (built by the runtime, which holds the keys).
+
+`--market PATH` (MARKET_DATA) names a daily SPY/VIX file. The csv sources read it beside their bars; with the sim
+source its SPY and VIX replace the synthetic ones in `market_series` (the regime, the scans' market context and
+the benchmarks all read that), while the stocks stay synthetic: a user who names a market file gets it.
+"""
 from __future__ import annotations
 
 import logging
+from datetime import date
 from pathlib import Path
+from typing import Sequence
 
-from common.errors import ConfigError
+import pandas as pd
+
+from common.errors import ConfigError, DataError
 from common.types import MarketData
 from ports.intraday_csv import IntradayCsvMarket, is_intraday_file
-from ports.market_sources import CsvMarket, SimMarket
+from ports.market_sources import (MARKET_COLUMNS, OPTIONAL_MARKET_COLUMNS, CsvMarket, SimMarket, default_cache_dir,
+                                  load_cached, parse_market_file, window)
 
 log = logging.getLogger(__name__)
+
+
+class MarketFile:
+    """The SPY/VIX part of a market port (`market_series`, `market_first_date`, `market_path`) read from a daily
+    market file, for a port whose own SPY/VIX the user replaced with --market."""
+
+    def __init__(self, market_path: str | Path, cache_dir: Path | None = None):
+        self.market_path = Path(market_path)
+        if not self.market_path.is_file():
+            raise DataError(f"{market_path}: market (SPY/VIX) file not found")
+        self._cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        self._arrays: dict | None = None
+
+    def _market(self) -> dict:
+        if self._arrays is None:
+            self._arrays = load_cached(self.market_path, self._cache_dir, parse_market_file, "market")
+        return self._arrays
+
+    @property
+    def market_first_date(self) -> date:
+        return self._market()["dates"][0].astype(date)
+
+    def market_series(self, start: date, end: date) -> pd.DataFrame:
+        market = self._market()
+        rows = window(market["dates"], start, end)
+        index = pd.DatetimeIndex(market["dates"][rows], name="date")
+        return pd.DataFrame({name: market[name][rows] for name in (*MARKET_COLUMNS[1:], *OPTIONAL_MARKET_COLUMNS)
+                             if name in market}, index=index)
+
+
+class SimWithMarketFile(SimMarket):
+    """The synthetic market's stocks, with SPY and VIX from a market file (`--data sim --market PATH`)."""
+
+    def __init__(self, symbols: Sequence[str] | None, market_path: str | Path, cache_dir: Path | None = None):
+        super().__init__(symbols)
+        self._file = MarketFile(market_path, cache_dir)
+        self.market_path = self._file.market_path
+
+    @property
+    def market_first_date(self) -> date:  # type: ignore[override]  # the file's, not the synthetic epoch
+        return self._file.market_first_date
+
+    def market_series(self, start: date, end: date) -> pd.DataFrame:
+        return self._file.market_series(start, end)
 
 
 def open_market(source: str, *, market_path: str | None = None, universe_symbols: list[str] | None = None,
@@ -20,7 +74,7 @@ def open_market(source: str, *, market_path: str | None = None, universe_symbols
     text = (source or "").strip()
     if text == "sim":
         if market_path:
-            log.warning("--market %s is ignored with the sim source (its SPY and VIX are synthetic)", market_path)
+            return SimWithMarketFile(universe_symbols, market_path, cache_dir)
         return SimMarket(universe_symbols)
     if text.startswith("csv:"):
         path = text[4:].strip()

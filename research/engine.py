@@ -8,6 +8,7 @@ gives it to another worker, up to ALLOWED_FAILURES times, then the study records
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import os
 from typing import Any, Iterator
@@ -16,6 +17,7 @@ from common.errors import ConfigError, DataUnavailable
 
 ALLOWED_FAILURES = 2  # a trial whose worker died is run again this many times before it is recorded as failed
 CONNECT_TIMEOUT_S = 20
+TRIAL_MODULE = "research.trial"  # every process of a cluster imports it: the scheduler unpickles each trial's task
 
 
 @contextlib.contextmanager
@@ -34,7 +36,12 @@ def cluster(address: str | None = None, workers: int | None = None) -> Iterator[
                 raise DataUnavailable(f"--cluster {address}: no scheduler answered ({err})") from None
             try:
                 if not client.scheduler_info().get("workers"):
-                    client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+                    try:
+                        client.wait_for_workers(1, timeout=CONNECT_TIMEOUT_S)
+                    except TimeoutError:
+                        raise DataUnavailable(f"--cluster {address}: no worker joined the scheduler within "
+                                              f"{CONNECT_TIMEOUT_S} s") from None
+                check_code(client, address)
                 yield client
             finally:
                 client.close()
@@ -53,6 +60,24 @@ def cluster(address: str | None = None, workers: int | None = None) -> Iterator[
                 client.close()
         finally:
             local.close()
+
+
+def check_code(client: Any, address: str) -> None:
+    """Refuse a cluster whose scheduler or workers cannot import the trial's code. The scheduler unpickles every task,
+    so without it each trial fails at once with a deserialization error, and a failed trial counts as finished:
+    the study would end "done" with nothing run, and --resume would not run those trials again."""
+    def probe() -> bool:  # a local function: pickled by value, so the far end need not import research to run it
+        try:
+            return importlib.util.find_spec(TRIAL_MODULE) is not None
+        except ImportError:  # not even its package
+            return False
+
+    missing = [] if client.run_on_scheduler(probe) else ["the scheduler"]
+    missing += sorted(f"worker {worker}" for worker, found in client.run(probe).items() if not found)
+    if missing:
+        raise ConfigError(f"--cluster {address}: {', '.join(missing)} cannot import {TRIAL_MODULE}; start the "
+                          "scheduler and every worker with this checkout importable (PYTHONPATH=CHECKOUT) in the same "
+                          "virtualenv")
 
 
 def capacity(client: Any) -> int:

@@ -95,16 +95,17 @@ class Store:
         return int(cursor.lastrowid)
 
     def finish_trial(self, number: int, outcome: dict[str, Any], objective: float | None) -> None:
-        """Record a trial's outcome (research.trial.run_trial's dict) and its equity curve."""
+        """Record a trial's outcome (research.trial.run_trial's dict) and its equity curve. Its attempts are those
+        the worker counted (a retry after a worker died is invisible to the study otherwise), at least one."""
         stats = outcome.get("stats") or {}
         self.db.execute(
             "UPDATE trials SET status = ?, objective = ?, metrics = ?, daily_sharpe = ?, skew = ?, kurtosis = ?, "
-            "observations = ?, data_through = ?, wall_s = ?, attempts = attempts + 1, worker = ?, journal = ?, "
-            "error = ?, finished_at = ? WHERE number = ?",
+            "observations = ?, data_through = ?, wall_s = ?, attempts = MAX(attempts + 1, ?), worker = ?, "
+            "journal = ?, error = ?, finished_at = ? WHERE number = ?",
             [outcome["status"], objective, json.dumps(outcome.get("metrics")) if outcome.get("metrics") else None,
              stats.get("daily_sharpe"), stats.get("skew"), stats.get("kurtosis"), stats.get("observations"),
-             outcome.get("data_through"), outcome.get("wall_s"), outcome.get("worker"), outcome.get("journal"),
-             outcome.get("error"), _now(), number])
+             outcome.get("data_through"), outcome.get("wall_s"), outcome.get("attempts") or 0, outcome.get("worker"),
+             outcome.get("journal"), outcome.get("error"), _now(), number])
         curve = outcome.get("curve") or []
         if curve:
             self.db.executemany("INSERT OR REPLACE INTO equity (trial, date, equity, spy_close) VALUES (?, ?, ?, ?)",

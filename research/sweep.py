@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import uuid
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -62,6 +63,9 @@ class Runner:
         self.client, self.store, self.spec, self.out_dir = client, store, spec, out_dir
         self.capacity = engine.capacity(client)
         self.running: dict[Any, int] = {}  # future -> trial number
+        # a task's key is the scheduler's identity for it: unique to this run, so that two studies sharing a cluster
+        # (trial numbers start at 1 in each) never receive each other's results
+        self.token = uuid.uuid4().hex
 
     def task(self, number: int, values: dict[str, Any], window: Window, extra: tuple[str, ...] = ()) -> dict[str, Any]:
         spec = self.spec
@@ -83,7 +87,7 @@ class Runner:
 
         number = self.store.new_trial(role=role, params=values, fold=fold, window=window.strings())
         future = self.client.submit(run_trial, self.task(number, values, window, extra),
-                                    key=f"trial-{number}-{id(self)}", pure=False)
+                                    key=f"trial-{number}-{self.token}", pure=False)
         self.running[future] = number
         return number
 

@@ -26,6 +26,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_TAIL = 400  # characters of a failed backtest's last error line kept in research.db
+PARENT_ENV = "RESEARCH_TRIAL_PARENT"  # the pid of the worker that started the trial, for the trial's parent watch
 
 
 def run_trial(task: dict[str, Any]) -> dict[str, Any]:
@@ -34,16 +35,18 @@ def run_trial(task: dict[str, Any]) -> dict[str, Any]:
     task: "folder" (where this trial's attempts live), "args" (main.py's global options, then `backtest` and its
     options but --out), "env" (environment additions). The outcome: "status" (done or failed), "metrics" (the
     backtest's metrics.json), "curve" ([date, equity, SPY close] per session), "stats" (daily-return figures),
-    "data_through", "journal", "worker", "wall_s", "error"."""
+    "data_through", "journal", "worker", "wall_s", "attempts" (this trial's attempt folders: a worker that died
+    mid-trial left one), "error"."""
     started = time.perf_counter()
     out = Path(task["folder"]) / f"attempt-{uuid.uuid4().hex[:8]}"  # a retried trial never reuses a folder
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "research.trial", *task["args"], "--out", str(out)]
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    done = subprocess.run(command, cwd=ROOT, env={**os.environ, **task.get("env", {})}, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, start_new_session=True)
+    done = subprocess.run(command, cwd=ROOT, env={**os.environ, **task.get("env", {}), PARENT_ENV: str(os.getpid())},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     outcome: dict[str, Any] = {"worker": worker, "journal": str(out / "trades.db"),
-                               "wall_s": round(time.perf_counter() - started, 3)}
+                               "wall_s": round(time.perf_counter() - started, 3),
+                               "attempts": len(list(out.parent.glob("attempt-*")))}
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
         reason = lines[-1] if lines else f"backtest exited {done.returncode}"
@@ -83,8 +86,9 @@ def daily_stats(equity: list[float]) -> dict[str, Any]:
 # --- the trial's own process ---------------------------------------------------------------------------------------
 
 def _die_with_parent(poll_s: float = 1.0) -> None:
-    """Kill this process group (the backtest and its prefetch worker) once the process that started it is gone."""
-    parent = os.getppid()
+    """Kill this process group (the backtest and its prefetch worker) once the process that started it is gone. That
+    process is named by the worker (PARENT_ENV): a worker killed before this watch starts is noticed too."""
+    parent = int(os.environ.get(PARENT_ENV) or os.getppid())
 
     def watch() -> None:
         while True:

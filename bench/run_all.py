@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_backtest  # noqa: E402
 import bench_commands  # noqa: E402
 import bench_scanner  # noqa: E402
+import research_scaling  # noqa: E402
 
 TARGETS = {
     "status (fresh journal)": "-",
@@ -40,6 +41,12 @@ def main() -> None:
         rows.append((f"backtest, momentum, 505 real stocks, {start}..{end}",
                      f"{backtest['seconds']:.1f} s, peak {backtest['peak_mb']:.0f} MB "
                      f"(+ prefetch worker {backtest['worker_peak_mb']:.0f} MB)", "< 120 s on 2 cores"))
+    scaling = research_scaling.run() or []  # the same sweep on a local cluster of 1 worker, then of 2
+    start, end = bench_backtest.FIVE_YEARS
+    for row in scaling:
+        ratio = f" ({row['per_hour'] / scaling[0]['per_hour']:.2f}x 1 worker)" if row is not scaling[0] else ""
+        rows.append((f"research sweep, {row['trials']} momentum backtests {start}..{end}, {row['workers']} worker(s)",
+                     f"{row['per_hour']:.1f} trials/hour{ratio}", "-"))
     width = max(len(name) for name, _, _ in rows)
     print(f"{'benchmark'.ljust(width)}  {'measured':<28}  target")
     for name, measured, target in rows:

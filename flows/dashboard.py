@@ -196,7 +196,8 @@ def held_positions(journal: Reader) -> list[dict[str, Any]]:
         check = checks.get(t["id"], {})
         stop_order = stops.get(t["id"])
         price = t["current_price"] or check.get("price") or t["entry_price"]
-        stop = stop_order["stop_price"] if stop_order and stop_order["stop_price"] else t["trailing_stop_price"]
+        # the working stop's level (a trailing stop's as reconciliation last saw it); none without a working stop
+        stop = (stop_order["stop_price"] or t["trailing_stop_price"]) if stop_order else None
         option = multiplier(t["asset_class"]) != 1 or multiplier(t["symbol"]) != 1
         short = not option and stop_order is not None and (stop_order["qty"] or 0) < (t["qty"] or 0)
         unprotected = t["status"] == "unprotected" or (not option and stop_order is None) or short

@@ -67,8 +67,9 @@ def console_errors(chrome) -> list[str]:
 
 def screenshot(chrome, folder: Path, name: str) -> Path:
     """The whole page as PNG in the test's folder (and in $MOMENTUM_TEST_ARTEFACTS, if set)."""
-    height = chrome.execute_script("return document.documentElement.scrollHeight")
-    chrome.set_window_size(1400, min(max(height, 900), 6000))
+    height, chrome_px = chrome.execute_script(
+        "return [document.documentElement.scrollHeight, window.outerHeight - window.innerHeight]")
+    chrome.set_window_size(1400, min(max(height, 900), 6000) + chrome_px)  # the window's own bars come on top
     path = folder / name
     assert chrome.save_screenshot(str(path))
     chrome.set_window_size(1400, 1100)
@@ -127,6 +128,7 @@ def test_the_dashboard_after_a_real_trading_scan_and_a_monitor_run(real_env, tmp
     assert first.get_attribute("data-symbol") == victim["symbol"] and "alert" in first.get_attribute("class")
     flag = first.find_element(By.CSS_SELECTOR, "td.flag")
     assert flag.text == "UNPROTECTED" and flag.value_of_css_property("background-color") == ALERT_RED
+    assert first.find_element(By.CSS_SELECTOR, "td.stop").text == "-"  # its canceled stop is no stop
     banner = chrome.find_element(By.ID, "unprotected-alert")
     assert banner.is_displayed() and victim["symbol"] in banner.text
     assert console_errors(chrome) == []

@@ -52,6 +52,12 @@ def test_installed_momentum_command_runs_a_scan_from_its_own_home(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         for module in ROOT.joinpath(*package.split(".")).glob("*.py"):
             shutil.copy2(module, folder)
+    for package, patterns in PYPROJECT["tool"]["setuptools"].get("package-data", {}).items():
+        for pattern in patterns:
+            for data in ROOT.joinpath(*package.split(".")).glob(pattern):
+                target = source.joinpath(*package.split("."), data.relative_to(ROOT.joinpath(*package.split("."))))
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(data, target)
     for name in ("pyproject.toml", "requirements.in", "README.md"):
         shutil.copy2(ROOT / name, source)
     (source / "data").mkdir()
@@ -84,6 +90,7 @@ def test_installed_momentum_command_runs_a_scan_from_its_own_home(tmp_path):
     assert scan.stdout.startswith("mode: SIM")
     assert "\nsmall: " in scan.stdout  # the universe that ships with the product was scanned
     assert (home / "data" / "trades.db").exists()  # the journal is in the command's home, not in site-packages
+    assert "<html" in (home / "data" / "dashboard" / "index.html").read_text()  # the templates were installed
     assert not (Path(purelib) / "data").exists()
 
 

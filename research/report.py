@@ -71,7 +71,7 @@ def sweep_text(spec: dict[str, Any], trials: list[dict], params: list[Param], ch
     lines.append(render.table(trial_rows(shown, params, objective), columns))
     if len(ranked) > TOP:
         lines.append(f"({len(ranked) - TOP} more trials in research.db)")
-    lines += [f"chart: {path}" for path in charts]
+    lines += [f"{'page' if path.suffix == '.html' else 'chart'}: {path}" for path in charts]
     return "\n".join(lines)
 
 
@@ -181,7 +181,7 @@ def walk_forward_text(spec: dict[str, Any], folds: list[dict], trials: list[dict
         lines.append(render.table(figures, ["curve", "CAGR %", "Sharpe", "max DD %", "total %"]))
     else:
         lines.append("out of sample: a fold's test run did not finish; no stitched curve")
-    lines += [f"chart: {path}" for path in charts]
+    lines += [f"{'page' if path.suffix == '.html' else 'chart'}: {path}" for path in charts]
     return "\n".join(lines)
 
 

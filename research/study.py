@@ -57,7 +57,16 @@ def run_sweep(spec: StudySpec, out_dir: Path, *, resume: bool, address: str | No
         default = next((t for t in trials if t["role"] == "default" and t["status"] == "done"), None)
         charts = [report.parameter_chart(search_trials, spec.params, spec.objective, out_dir / "parameters.png",
                                          default["objective"] if default else None)]
+        charts += _page(out_dir)
         return report.sweep_text(spec.as_dict(), trials, spec.params, charts)
+
+
+def _page(out_dir: Path) -> list[Path]:
+    """The study's browser page (flows/dashboard.py), when it could be written."""
+    from flows.dashboard import study_page_after_run
+
+    page = study_page_after_run(out_dir)
+    return [page] if page else []
 
 
 def run_walk_forward(spec: StudySpec, out_dir: Path, folds: list, *, resume: bool, address: str | None,
@@ -85,4 +94,5 @@ def run_walk_forward(spec: StudySpec, out_dir: Path, folds: list, *, resume: boo
         trials = store.trials()
         charts.append(report.parameter_chart([t for t in trials if t["role"] == "search"], spec.params,
                                              spec.objective, out_dir / "parameters.png"))
+        charts += _page(out_dir)
         return report.walk_forward_text(spec.as_dict(), store.folds(), trials, spec.params, series, charts)

@@ -10,8 +10,8 @@ is stale, and one without the day's VIX could never see the spike that makes it 
 filter on needs the label (`for_trading` raises DataError naming what is missing); only a backtest comparison run
 switches the filter off on purpose.
 
-Where SPY and VIX come from: the market port's own series, unless the user named a market file (--market,
-MARKET_DATA) and the port does not read it itself (Alpaca); then the file, whatever the data source.
+SPY and VIX come from the market port's `market_series`: a named market file (--market) with the csv and sim
+sources (ports/market_factory.py).
 """
 from __future__ import annotations
 
@@ -34,18 +34,6 @@ def settings(rt) -> classify.Settings:
     config = getattr(rt, "config", None)
     rule = getattr(config, "regime_crash_rule", None) or classify.CRASH_RULE
     return classify.Settings(crash_rule=rule)
-
-
-def market(rt):
-    """The port the SPY/VIX series is read from: the runtime's market, or the --market file when the runtime's
-    market does not read that file itself."""
-    config = getattr(rt, "config", None)
-    path = getattr(config, "market_data", "") or ""
-    if path and getattr(rt.market, "market_path", None) is None:
-        from ports.market_factory import MarketFile
-
-        return MarketFile(path, getattr(config, "cache_dir", None) or None)
-    return rt.market
 
 
 def series_start(market, day: date) -> date:
@@ -79,7 +67,7 @@ def required_regime(rt, day: date) -> dict:
             raise DataError(f"the stored regime of {day} was labelled without a VIX close")
         return {**stored, "features": features, "params": params}
 
-    source = market(rt)
+    source = rt.market
     series = source.market_series(series_start(source, day), day)
     require_closes(series, day, source_name(source))
     row = classify.regime_for_day(series, day, wanted)
@@ -95,7 +83,7 @@ def history(rt, start: date | None, end: date) -> pd.DataFrame:
     """The online label of every session from `start` (default: the series' first day) to `end`, from one pass of
     the model over the series (each row uses data up to its own day only), with SPY's close beside it. Nothing is
     stored. DataError when the series has no session in the window."""
-    source = market(rt)
+    source = rt.market
     series = source.market_series(series_start(source, start or end), end)
     if (series.loc[pd.Timestamp(start):] if start else series).empty:
         raise DataError(f"no SPY/VIX sessions from {start or 'the start'} to {end} in {source_name(source)}")

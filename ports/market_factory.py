@@ -7,10 +7,8 @@ the benchmarks all read that), while the stocks stay synthetic: a user who names
 """
 from __future__ import annotations
 
-import logging
 from datetime import date
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -20,12 +18,9 @@ from ports.intraday_csv import IntradayCsvMarket, is_intraday_file
 from ports.market_sources import (MARKET_COLUMNS, OPTIONAL_MARKET_COLUMNS, CsvMarket, SimMarket, default_cache_dir,
                                   load_cached, parse_market_file, window)
 
-log = logging.getLogger(__name__)
-
-
 class MarketFile:
     """The SPY/VIX part of a market port (`market_series`, `market_first_date`, `market_path`) read from a daily
-    market file, for a port whose own SPY/VIX the user replaced with --market."""
+    market file."""
 
     def __init__(self, market_path: str | Path, cache_dir: Path | None = None):
         self.market_path = Path(market_path)
@@ -51,16 +46,22 @@ class MarketFile:
                              if name in market}, index=index)
 
 
-class SimWithMarketFile(SimMarket):
-    """The synthetic market's stocks, with SPY and VIX from a market file (`--data sim --market PATH`)."""
+class WithMarketFile:
+    """A market port whose SPY and VIX (`market_series`) come from a daily market file (--market); everything else
+    (bars, snapshots, the name) is the wrapped port's. The sim source wraps itself so when a file is named; the
+    runtime may wrap any other port the same way."""
 
-    def __init__(self, symbols: Sequence[str] | None, market_path: str | Path, cache_dir: Path | None = None):
-        super().__init__(symbols)
+    def __init__(self, inner: MarketData, market_path: str | Path, cache_dir: Path | None = None):
+        self.inner = inner
+        self.name = inner.name
         self._file = MarketFile(market_path, cache_dir)
         self.market_path = self._file.market_path
 
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
     @property
-    def market_first_date(self) -> date:  # type: ignore[override]  # the file's, not the synthetic epoch
+    def market_first_date(self) -> date:
         return self._file.market_first_date
 
     def market_series(self, start: date, end: date) -> pd.DataFrame:
@@ -73,9 +74,8 @@ def open_market(source: str, *, market_path: str | None = None, universe_symbols
     timestamp column) or "alpaca"."""
     text = (source or "").strip()
     if text == "sim":
-        if market_path:
-            return SimWithMarketFile(universe_symbols, market_path, cache_dir)
-        return SimMarket(universe_symbols)
+        sim = SimMarket(universe_symbols)
+        return WithMarketFile(sim, market_path, cache_dir) if market_path else sim
     if text.startswith("csv:"):
         path = text[4:].strip()
         if not path:

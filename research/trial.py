@@ -9,6 +9,7 @@ Run as `python -m research.trial MAIN_ARGS...`, it is main.py with that watch ad
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -20,13 +21,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 ERROR_TAIL = 400  # characters of a failed backtest's last error line kept in research.db
 PARENT_ENV = "RESEARCH_TRIAL_PARENT"  # the pid of the worker that started the trial, for the trial's parent watch
+WANTED_POLL_S = 1.0  # how often a running trial asks its worker whether the study still wants it
 
 
 def run_trial(task: dict[str, Any]) -> dict[str, Any]:
@@ -42,13 +44,22 @@ def run_trial(task: dict[str, Any]) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "research.trial", *task["args"], "--out", str(out)]
     worker = f"{socket.gethostname()}:{os.getpid()}"
-    done = subprocess.run(command, cwd=ROOT, env={**os.environ, **task.get("env", {}), PARENT_ENV: str(os.getpid())},
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wanted = _still_wanted()
+    with subprocess.Popen(command, cwd=ROOT, env={**os.environ, **task.get("env", {}), PARENT_ENV: str(os.getpid())},
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) as done:
+        while True:
+            try:
+                stdout, stderr = done.communicate(timeout=WANTED_POLL_S)  # a retry loses no output
+                break
+            except subprocess.TimeoutExpired:
+                if not wanted():  # the study let go of it (Ctrl-C): a worker that lives on stops its backtest
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(done.pid, signal.SIGKILL)
     outcome: dict[str, Any] = {"worker": worker, "journal": str(out / "trades.db"),
                                "wall_s": round(time.perf_counter() - started, 3),
                                "attempts": len(list(out.parent.glob("attempt-*")))}
     if done.returncode != 0:
-        lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+        lines = [line for line in (stderr or stdout).strip().splitlines() if line.strip()]
         reason = lines[-1] if lines else f"backtest exited {done.returncode}"
         return {**outcome, "status": "failed", "error": f"exit {done.returncode}: {reason}"[:ERROR_TAIL]}
     metrics = json.loads((out / "metrics.json").read_text())
@@ -57,6 +68,25 @@ def run_trial(task: dict[str, Any]) -> dict[str, Any]:
     return {**outcome, "status": "done", "metrics": metrics, "curve": curve,
             "stats": daily_stats([start_value, *(equity for _, equity, _ in curve)] if start_value else []),
             "data_through": metrics.get("data_through")}
+
+
+def _still_wanted() -> Callable[[], bool]:
+    """Whether the study still wants this trial. On a Dask worker: while the task is not cancelled or released, which
+    happens when the study's client lets go of it (Ctrl-C, a crash) on a cluster that keeps running; Dask cannot
+    stop a running task's thread, so the trial stops its backtest itself. Outside a worker: always."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker()
+        key = worker.get_current_task()
+    except (ImportError, ValueError, KeyError):
+        return lambda: True
+
+    def wanted() -> bool:
+        state = worker.state.tasks.get(key)
+        return state is not None and state.state not in ("cancelled", "released", "forgotten")
+
+    return wanted
 
 
 def equity_curve(journal: Path) -> list[tuple[str, float, float | None]]:

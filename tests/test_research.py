@@ -499,6 +499,18 @@ def test_a_cluster_started_with_dask_commands_runs_the_trials_on_its_workers(tmp
         assert ran_on <= worker_pids and not ran_on & {os.getpid(), process.pid}, (ran_on, worker_pids)
         assert "trials tried: 2 (0 failed)" in stdout
 
+        # Ctrl-C: the cluster lives on, but the study's running backtest stops (Dask cannot stop a task's thread);
+        # four-year trials, which would otherwise run on for minutes
+        stopped = tmp_path / "stopped-on-cluster"
+        process = start_sweep(tmp_path, real_universe, shared_cache, stopped, *RANGE, "--trials", "2", "--cluster",
+                              address, "--start", "2014-01-02", "--end", "2017-12-29")
+        running_trial(stopped, process)
+        os.killpg(process.pid, signal.SIGINT)
+        finish(process)
+        assert process.returncode == 130 and study_status(stopped) == "stopped"
+        assert_no_process_left(stopped)
+        assert all(worker.poll() is None for worker in started)
+
         # a worker that cannot import the trial's code is refused before any trial is recorded
         bare = {name: value for name, value in importable.items() if name != "PYTHONPATH"}
         started.append(_spawn([*worker, "--local-directory", str(tmp_path / "worker3")], tmp_path, bare,

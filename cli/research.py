@@ -71,11 +71,30 @@ def _spec(ctx: click.Context, options: dict, extra: dict | None = None, allow_no
     if not out.parent.is_dir():
         raise ConfigError(f"--out {out}: directory {out.parent} does not exist")
     market = str(Path(config.market_data).expanduser().resolve()) if config.market_data else ""
+    if not options.get("resume"):
+        _check_data_span(f"csv:{bars}", market, Path(config.cache_dir), first, last)
     return StudySpec(system=options["system"], cap=options["cap"], start=first, end=last,
                      objective=check_objective(options["objective"]),
                      params=[] if allow_no_params and not options["params"] else parse_params(options["params"]),
                      trials=options["trials"], seed=options["seed"], data=f"csv:{bars}", universe=str(universe),
                      market=market, cache_dir=str(Path(config.cache_dir).expanduser().resolve()), extra=extra or {})
+
+
+def _check_data_span(source: str, market: str, cache_dir: Path, first: date, last: date) -> None:
+    """The window inside what the data holds, before any trial runs (a trial outside it would only fail)."""
+    import scanner
+    from common.clock import calendar
+    from ports.market_factory import open_market
+
+    data = open_market(source, market_path=market or None, cache_dir=cache_dir.expanduser())
+    start, end = getattr(data, "first_date", None), getattr(data, "last_date", None)
+    if end is not None and last > end:
+        raise ConfigError(f"--end {last} is after the last date of the data ({end})")
+    if start is not None:
+        known = calendar().sessions(start, last)
+        if len(known) <= scanner.HISTORY_SESSIONS or first < known[scanner.HISTORY_SESSIONS]:
+            raise ConfigError(f"--start {first} leaves too little history: the data starts on {start} and a scan "
+                              f"needs {scanner.HISTORY_SESSIONS} sessions before it")
 
 
 @click.group(name="research")

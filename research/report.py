@@ -140,7 +140,7 @@ def curves_chart(days: list, series: dict[str, list[float]], title: str, path: P
 
 
 def walk_forward_text(spec: dict[str, Any], folds: list[dict], trials: list[dict], params: list[Param],
-                      series: dict[str, list[float]], charts: list[Path]) -> str:
+                      series: dict[str, list[float]], charts: list[Path], left_out: list[int] = ()) -> str:
     """Per fold: its windows, the settings chosen on the training window and how they and the defaults did on the
     test window; then the stitched out-of-sample figures beside the defaults and SPY, and the trials tried."""
     from backtest.metrics import series_metrics
@@ -172,7 +172,9 @@ def walk_forward_text(spec: dict[str, Any], folds: list[dict], trials: list[dict
                      "defaults ret %": _figure(_metric(default, "total_return_pct"))})
     lines.append(render.table(rows, list(rows[0]) if rows else ["fold"]))
     if series:
-        lines.append("out of sample (the test windows stitched):")
+        lines.append("out of sample (the test windows stitched" + (
+            f"; fold{'s' if len(left_out) > 1 else ''} {', '.join(map(str, left_out))} left out: a test run did "
+            "not finish, see the trials' errors)" if left_out else ")") + ":")
         figures = []
         for label, values in series.items():
             m = series_metrics(values)

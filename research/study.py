@@ -80,8 +80,11 @@ def run_walk_forward(spec: StudySpec, out_dir: Path, folds: list, *, resume: boo
             walk_forward.run_folds(Runner(client, store, spec, out_dir), store, folds)
         store.set_status("done")
         market = open_market(spec.data, market_path=spec.market or None, cache_dir=Path(spec.cache_dir))
+        finished = walk_forward.finished_folds(store, folds)
+        left_out = [fold.number + 1 for fold in folds if fold not in finished]
+        folds = finished
         curves = {"chosen settings (out of sample)": walk_forward.stitched(store, folds, "test"),
-                  "default settings": walk_forward.stitched(store, folds, "test-default")}
+                  "default settings": walk_forward.stitched(store, folds, "test-default")} if folds else {}
         days = next((curve[0] for curve in curves.values() if curve), [])
         series = {label: curve[1] for label, curve in curves.items() if curve}
         if days:
@@ -95,4 +98,5 @@ def run_walk_forward(spec: StudySpec, out_dir: Path, folds: list, *, resume: boo
         charts.append(report.parameter_chart([t for t in trials if t["role"] == "search"], spec.params,
                                              spec.objective, out_dir / "parameters.png"))
         charts += _page(out_dir)
-        return report.walk_forward_text(spec.as_dict(), store.folds(), trials, spec.params, series, charts)
+        return report.walk_forward_text(spec.as_dict(), store.folds(), trials, spec.params, series, charts,
+                                        left_out)

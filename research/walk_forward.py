@@ -117,6 +117,12 @@ def run_folds(runner: Runner, store: Store, folds: list[Fold]) -> None:
 
 # --- the out-of-sample record ---------------------------------------------------------------------------------------
 
+def finished_folds(store: Store, folds: list[Fold], roles: tuple[str, ...] = ("test", "test-default")) -> list[Fold]:
+    """The folds whose test runs of every role finished (a stitched curve compares like with like)."""
+    return [fold for fold in folds if all(any(t["status"] == "done" for t in store.trials(fold=fold.number, role=r))
+                                          for r in roles)]
+
+
 def stitched(store: Store, folds: list[Fold], role: str) -> tuple[list[str], list[float]] | None:
     """The test windows' equity curves of `role`, chained in fold order from 100: each window's daily returns
     compounded on where the previous window ended. None when a fold's test run did not finish."""

@@ -115,3 +115,14 @@ def test_a_planted_leak_training_on_data_past_the_window_stops_the_study_before_
             "training window ends 2016-03-03") in result.output
     assert _rows(out / "research.db", "SELECT chosen_trial FROM folds") == [{"chosen_trial": None}]
     assert _rows(out / "research.db", "SELECT COUNT(*) AS n FROM trials WHERE role LIKE 'test%'") == [{"n": 0}]
+
+
+@pytest.mark.parametrize("start, end, message", [
+    ("2016-01-04", "2018-06-29", "--end 2018-06-29 is after the last date of the data (2018-02-07)"),
+    ("2013-02-01", "2013-12-31", "--start 2013-02-01 leaves too little history: the data starts on 2013-02-08"),
+])
+def test_a_window_the_data_cannot_carry_is_refused_before_any_trial(real_env, tmp_path, start, end, message):
+    result = cli("research", "walk-forward", "--start", start, "--end", end, "--train", "6m", "--test", "3m",
+                 "--param", "trailing_stop_pct=4:10", "--out", str(tmp_path / "wf"))
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "wf").exists()

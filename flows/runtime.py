@@ -74,9 +74,14 @@ class Runtime:
             from ports.alpaca.market import AlpacaMarket
 
             key, secret = self._alpaca_keys("--data alpaca")
-            return AlpacaMarket(key, secret, feed=self.config.alpaca_feed,
-                                url_override=self.config.alpaca_data_url or None, budget=self._budget(),
-                                timeout=self.config.alpaca_timeout, now=self.clock.now)
+            market = AlpacaMarket(key, secret, feed=self.config.alpaca_feed,
+                                  url_override=self.config.alpaca_data_url or None, budget=self._budget(),
+                                  timeout=self.config.alpaca_timeout, now=self.clock.now)
+            if self.config.market_data:  # --market: SPY and VIX from the file instead of the SPY/VIXY proxies
+                from ports.market_factory import WithMarketFile
+
+                return WithMarketFile(market, self.config.market_data, Path(self.config.cache_dir))
+            return market
         from ports.market_factory import open_market
 
         return open_market(source, market_path=self.config.market_data or None,

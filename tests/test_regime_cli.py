@@ -91,3 +91,24 @@ def test_a_stored_label_is_recomputed_when_the_crash_rule_changes(sim_env, marke
     stored = rows(sim_env, "SELECT regime, params FROM regimes WHERE date = '2014-10-13'")
     assert len(stored) == 1 and json.loads(stored[0]["params"])["crash_rule"] == "shock"
     assert stored[0]["regime"] != "CRASH"
+
+
+def test_market_file_is_honoured_with_the_alpaca_source(private_journal, market):
+    """The Alpaca port's SPY and VIX (a VIXY proxy) give way to --market's file; nothing is asked of Alpaca."""
+    from datetime import date
+
+    from config import load_config
+    from flows.runtime import Runtime
+
+    config = load_config({"DATA_SOURCE": "alpaca", "MARKET_DATA": market, "ALPACA_API_KEY": "key",
+                          "ALPACA_SECRET_KEY": "secret", "ALPACA_DATA_URL": "http://127.0.0.1:9",
+                          "MOMENTUM_ASOF": "2015-08-24T17:00"})
+    rt = Runtime(config, "regime")
+    try:
+        series = rt.market.market_series(date(2015, 8, 20), date(2015, 8, 24))
+        with open(market, newline="") as handle:
+            closes = {row["date"]: float(row["vix_close"]) for row in csv.DictReader(handle)
+                      if "2015-08-20" <= row["date"] <= "2015-08-24"}
+        assert [round(v, 4) for v in series["vix_close"]] == [round(v, 4) for v in closes.values()]
+    finally:
+        rt.close()

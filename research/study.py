@@ -1,7 +1,8 @@
 """A study from start to summary: open research.db, start (or reach) the cluster, search, chart, summarise.
 
 Ctrl-C stops a study cleanly: the trials still running are recorded as interrupted, the finished ones stay, the
-cluster is shut down (a trial's backtest dies with its worker), and `--resume` continues where it stopped."""
+local cluster is shut down (a trial's backtest dies with its worker; on a running cluster each trial notices the
+study let go of it and stops its backtest), and `--resume` continues where it stopped."""
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cli.app import cli
+from cli.options_check import nonempty_path
 from common.errors import ConfigError
 
 # The command imports the backtest inside its function, so other commands never load it.
@@ -30,7 +31,7 @@ def _day(text: str, option: str) -> date:
               "(universe all, REBALANCE_TOP_N names, monthly) without or with the regime filter, or all of them side "
               "by side in one account, each in its sleeve.")
 @click.option("--data", "data_source", help="csv:PATH of daily bars [default: the global --data].")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), callback=nonempty_path,
               help="New directory for the journal (trades.db), sim broker, metrics and chart.")
 @click.option("--check-lookahead", is_flag=True, help="Re-run with the data cut after several sessions and inside "
               "them (the rest of the day removed at 12:31) and prove every decision before each cut is identical.")

@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from cli.app import cli
+from cli.options_check import nonempty_path
 from common.errors import ConfigError
 
 PROJECT = Path(__file__).resolve().parent.parent  # the folder of main.py
@@ -68,7 +69,8 @@ def crontab_command(home: str | None, python: str | None) -> None:
 
 
 @deploy_group.command(name="systemd")
-@click.option("--out", required=True, help="Folder to write the four unit files into (created if missing).")
+@click.option("--out", required=True, callback=nonempty_path,
+              help="Folder to write the four unit files into (created if missing).")
 @click.option("--home", help=HOME_HELP)
 @click.option("--python", help=PYTHON_HELP)
 @click.option("--user", help="User the services run as [default: none given, so root for system units].")

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from cli.app import cli, done, start
+from cli.options_check import nonempty_path
 from common.errors import ConfigError
 
 
@@ -91,7 +92,7 @@ def status_command(ctx: click.Context) -> None:
 @click.option("--step", default="6m", show_default=True, help="How far each fold moves on.")
 @click.option("--from", "source", type=click.Path(dir_okay=False),
               help="The journal whose candidates to learn from (a backtest's trades.db) [default: this journal].")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), callback=nonempty_path,
               help="New folder for the folds' model files (and the backtests' research.db).")
 @click.option("--backtest", is_flag=True, help="Also run the momentum system on each test window ranked by the "
               "fold's model and by the score (on the research cluster; needs --data csv:PATH).")

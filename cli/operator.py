@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from cli.app import cli, deliver_alerts, done, start
+from cli.options_check import nonempty_path
 
 JSON_HELP = "One JSON document on stdout (docs/json.md)."
 
@@ -291,7 +292,8 @@ def resume(ctx: click.Context) -> None:
 @click.option("--history", is_flag=True, help="The online label of every session from --start to --end.")
 @click.option("--start", "first_text", help="With --history: first session (YYYY-MM-DD) [default: the series' first].")
 @click.option("--end", "last_text", help="With --history: last session (YYYY-MM-DD) [default: the last completed].")
-@click.option("--out", help="With --history: write this CSV (date, regime, factor, ...) and a PNG of SPY with the "
+@click.option("--out", callback=nonempty_path,
+              help="With --history: write this CSV (date, regime, factor, ...) and a PNG of SPY with the "
               "regimes shaded beside it (same name, .png), instead of printing every day.")
 @click.pass_context
 def regime(ctx: click.Context, as_json: bool, history: bool, first_text: str | None, last_text: str | None,
@@ -400,7 +402,8 @@ def universe() -> None:
 @click.option("--members", type=click.Path(dir_okay=False),
               help="Index membership intervals ticker,start_date,end_date for --point-in-time "
                    "[default: sp500_membership_intervals.csv beside --from].")
-@click.option("--out", type=click.Path(dir_okay=False), help="Where to write it [default: --universe].")
+@click.option("--out", type=click.Path(dir_okay=False), callback=nonempty_path,
+              help="Where to write it [default: --universe].")
 @click.pass_context
 def universe_build(ctx: click.Context, source: str, by: str, point_in_time: bool, members: str | None,
                    out: str | None) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from cli.app import cli
+from cli.options_check import nonempty_path
 from common.errors import ConfigError
 
 SYSTEMS = ["momentum", "rebalance", "rebalance-regime", "all"]
@@ -37,7 +38,7 @@ def study_options(function):
                      help="sharpe, sortino, cagr, calmar, total_return or max_drawdown (all maximised)."),
         click.option("--seed", type=int, default=0, show_default=True, help="The sampler's seed."),
         click.option("--data", "data_source", help="csv:PATH of daily bars [default: the global --data]."),
-        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+        click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), callback=nonempty_path,
                      help="The study's folder: research.db, the trials' journals, the charts."),
         click.option("--resume", is_flag=True, help="Continue the study in --out (finished trials are kept)."),
         click.option("--cluster", "address", help="A running Dask scheduler, e.g. tcp://10.0.0.5:8786 [default: a "

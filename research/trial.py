@@ -45,7 +45,10 @@ def run_trial(task: dict[str, Any]) -> dict[str, Any]:
     command = [sys.executable, "-m", "research.trial", *task["args"], "--out", str(out)]
     worker = f"{socket.gethostname()}:{os.getpid()}"
     wanted = _still_wanted()
-    with subprocess.Popen(command, cwd=ROOT, env={**os.environ, **task.get("env", {}), PARENT_ENV: str(os.getpid())},
+    # the trial's log goes into its own folder: many trials at once never share a log file, and a worker started
+    # with no settings never writes into the checkout it runs from
+    environment = {**os.environ, **task.get("env", {}), "LOG_DIR": str(out / "logs"), PARENT_ENV: str(os.getpid())}
+    with subprocess.Popen(command, cwd=ROOT, env=environment,
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True) as done:
         while True:
             try:

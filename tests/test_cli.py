@@ -198,3 +198,17 @@ def test_alpaca_without_keys_is_a_config_error(env, monkeypatch):
     monkeypatch.delenv("ALPACA_API_KEY", raising=False)
     monkeypatch.delenv("ALPACA_SECRET_KEY", raising=False)
     assert_one_line_error(run("--broker", "alpaca", "status"), 2, "ALPACA_API_KEY and ALPACA_SECRET_KEY must be set")
+
+
+@pytest.mark.parametrize("args", [
+    ["backtest", "--start", "2016-03-01", "--end", "2016-03-31", "--out", ""],
+    ["research", "sweep", "--start", "2016-03-01", "--end", "2016-03-31", "--param", "autoclose=on,off", "--out", ""],
+    ["research", "walk-forward", "--start", "2016-03-01", "--end", "2016-03-31", "--param", "autoclose=on,off",
+     "--out", ""],
+    ["universe", "build", "--from", "bars.csv", "--by", "dollar-volume", "--out", ""],
+    ["regime", "--history", "--out", ""],
+    ["deploy", "systemd", "--out", ""],
+    ["learn", "evaluate", "--start", "2016-03-01", "--end", "2016-03-31", "--out", ""],
+], ids=lambda args: " ".join(args[:2]))
+def test_an_empty_out_is_refused_in_one_line(env, args):
+    assert_one_line_error(run(*args), 2, "--out: empty value")

@@ -2,23 +2,15 @@
 Runtime over a fresh journal in --out, calls one function, prints."""
 from __future__ import annotations
 
-from datetime import date
 from pathlib import Path
 
 import click
 
 from cli.app import cli
-from cli.options_check import nonempty_path
+from cli.options_check import nonempty_path, parse_day
 from common.errors import ConfigError
 
 # The command imports the backtest inside its function, so other commands never load it.
-
-
-def _day(text: str, option: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option}: expected a date YYYY-MM-DD, got {text!r}") from None
 
 
 @click.command(name="backtest")
@@ -61,11 +53,11 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
         from config import Config
 
         config = Config({**config._values, "DATA_SOURCE": data_source})
-    first, last = _day(start, "--start"), _day(end, "--end")
+    first, last = parse_day(start, "--start"), parse_day(end, "--end")
     if first > last:
         raise ConfigError(f"--start {first} is after --end {last}")
     config, settings = replay.with_settings(config, assignments)
-    cut = _day(data_until, "--data-until") if data_until else None
+    cut = parse_day(data_until, "--data-until") if data_until else None
     if cut is not None and cut < last:
         raise ConfigError(f"--data-until {cut} is before --end {last}: the replay would run out of data")
     progress = replay.progress_bar()

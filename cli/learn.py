@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import date
 from pathlib import Path
 
 import click
 
 from cli.app import cli, done, start
-from cli.options_check import nonempty_path
+from cli.options_check import nonempty_path, parse_day
 from common.errors import ConfigError
-
-
-def _day(text: str, option: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option}: expected a date YYYY-MM-DD, got {text!r}") from None
 
 
 @click.group(name="learn")
@@ -37,7 +29,7 @@ def fit_command(ctx: click.Context, until: str, since: str | None, source: str |
     from flows import learn
 
     rt = start(ctx)
-    row = learn.fit_model(rt, _day(until, "--until"), since=_day(since, "--since") if since else None,
+    row = learn.fit_model(rt, parse_day(until, "--until"), since=parse_day(since, "--since") if since else None,
                           source=source)
     check = json.loads(row["validation"])
     click.echo(f"model version {row['version']}: {row['rows']} labelled candidates {row['train_start']} .. "
@@ -108,7 +100,7 @@ def evaluate_command(ctx: click.Context, start: str, end: str, train: str, test_
     from research import learn_eval, walk_forward
 
     rt = ctx.find_root().obj
-    first, last = _day(start, "--start"), _day(end, "--end")
+    first, last = parse_day(start, "--start"), parse_day(end, "--end")
     lengths = {name: walk_forward.parse_duration(text, f"--{name}")
                for name, text in (("train", train), ("test", test_length), ("step", step))}
     folds = walk_forward.plan_folds(first, last, lengths["train"], lengths["test"], lengths["step"])

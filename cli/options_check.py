@@ -9,6 +9,8 @@ usage error would print the usage text too.
 """
 from __future__ import annotations
 
+from datetime import date
+
 import click
 
 from common.errors import ConfigError
@@ -33,3 +35,11 @@ def check_asof(value: str | None) -> None:
     """The global --asof: an explicit empty value is refused. An empty MOMENTUM_ASOF in the environment or .env
     still means real time (a variable kept in a .env file and cleared is how a deployment goes live)."""
     refuse_empty("--asof", value, "a time such as 2016-11-09T10:30", "real time")
+
+
+def parse_day(text: str, option: str) -> date:
+    """A YYYY-MM-DD option as a date, or one line naming the option (exit 2)."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise ConfigError(f"{option}: expected a date YYYY-MM-DD, got {text!r}") from None

@@ -5,13 +5,12 @@ Thin: parse options, record the run in the journal, call one function, print.
 from __future__ import annotations
 
 import json
-from datetime import date
 from pathlib import Path
 
 import click
 
 from cli.app import cli, done, start
-from cli.options_check import nonempty_path
+from cli.options_check import nonempty_path, parse_day
 from common.errors import ConfigError
 
 EXPORT_CHOICES = ["trades", "candidates", "exits"]
@@ -88,7 +87,7 @@ def report_weekly(ctx: click.Context, as_json: bool, chart_path: str | None, wee
     from ports import charts
 
     rt = start(ctx)
-    data = reports.weekly(rt, _parse_day(week_of, "--week") if week_of else None)
+    data = reports.weekly(rt, parse_day(week_of, "--week") if week_of else None)
     target = Path(chart_path) if chart_path else Path(rt.config.log_dir) / "equity_vs_spy.png"
     if chart_path is None:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -152,13 +151,6 @@ def _review_line(review: dict[str, list[int]]) -> str:
     line = (f"marked {len(marked)} poor signal(s) reviewed: {', '.join(map(str, marked))}" if marked
             else "no poor signal newly marked reviewed")
     return line + (f" (already reviewed: {', '.join(map(str, already))})" if already else "")
-
-
-def _parse_day(text: str, option: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option}: expected a date YYYY-MM-DD, got {text!r}") from None
 
 
 @click.command(name="export")

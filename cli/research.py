@@ -8,17 +8,10 @@ from pathlib import Path
 import click
 
 from cli.app import cli
-from cli.options_check import nonempty_path
+from cli.options_check import nonempty_path, parse_day
 from common.errors import ConfigError
 
 SYSTEMS = ["momentum", "rebalance", "rebalance-regime", "all"]
-
-
-def _day(text: str, option: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise ConfigError(f"{option}: expected a date YYYY-MM-DD, got {text!r}") from None
 
 
 def study_options(function):
@@ -65,7 +58,7 @@ def _spec(ctx: click.Context, options: dict, extra: dict | None = None, allow_no
     universe = Path(config.universe_file).expanduser().resolve()
     if not universe.exists():
         raise ConfigError(f"--universe: no such file {universe}")
-    first, last = _day(options["start"], "--start"), _day(options["end"], "--end")
+    first, last = parse_day(options["start"], "--start"), parse_day(options["end"], "--end")
     if first > last:
         raise ConfigError(f"--start {first} is after --end {last}")
     out = Path(options["out_dir"])

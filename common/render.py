@@ -1,6 +1,13 @@
-"""Turns the data that commands return into text for a terminal (one place for formatting)."""
+"""Turns the data that commands return into text for a terminal (one place for formatting).
+
+One convention throughout: money is dollars with cents ($1,234.56); a percentage is in percent units (1.5 is 1.5%)
+and is always printed with its % sign, signed when it is a change (a return, a P&L, a gap, a distance: +1.50%) and
+unsigned when it is a level (a share of equity or of a limit, a win rate, breadth: 41.0%); a table's header names the
+figure and never carries the % sign itself; times are New York time with their zone (EDT/EST) unless marked UTC.
+"""
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Iterable, Sequence
 
@@ -8,11 +15,57 @@ from common.clock import NY
 
 
 def money(value: float | None) -> str:
-    return "-" if value is None else f"${value:,.2f}"
+    """Dollars with cents, the sign in front: -$1,234.50."""
+    if not _finite(value):
+        return "-"
+    shown = f"${abs(value):,.2f}"
+    return f"-{shown}" if value < 0 and shown != "$0.00" else shown
 
 
 def pct(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:+.{digits}f}%"
+    """A change in percent units, signed: 1.5 -> '+1.50%'."""
+    return "-" if not _finite(value) else _zero_unsigned(f"{value:+.{digits}f}%", "+")
+
+
+def level(value: float | None, digits: int = 1) -> str:
+    """A level in percent units, unsigned: 41 -> '41.0%'."""
+    return "-" if not _finite(value) else _zero_unsigned(f"{value:.{digits}f}%", "")
+
+
+class Pct(float):
+    """A change in percent units that a table or key/value list prints signed with its % sign (see `pct`).
+
+    It is a float, so JSON output and arithmetic see the plain number."""
+    digits = 2
+
+    def __str__(self) -> str:
+        return pct(float(self), self.digits)
+
+
+class Level(Pct):
+    """A level in percent units that a table prints unsigned with its % sign (see `level`)."""
+    digits = 1
+
+    def __str__(self) -> str:
+        return level(float(self), self.digits)
+
+
+def as_pct(value: float | None, fraction: bool = False) -> Pct | None:
+    """`value` (percent units, or a fraction with fraction=True) as a Pct; None when it is missing or not finite."""
+    return Pct(value * 100 if fraction else value) if _finite(value) else None
+
+
+def as_level(value: float | None, fraction: bool = False) -> Level | None:
+    return Level(value * 100 if fraction else value) if _finite(value) else None
+
+
+def _finite(value: Any) -> bool:
+    return value is not None and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _zero_unsigned(shown: str, sign: str) -> str:
+    """A loss that rounds to nothing is no loss on the page: '-0.00%' becomes '+0.00%' (or '0.0%' for a level)."""
+    return sign + shown[1:] if shown.startswith("-") and float(shown[1:-1]) == 0 else shown
 
 
 def ny_time(moment: datetime | None) -> str:
@@ -24,6 +77,8 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, Pct):
+        return str(value)
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1 else f"{value:,.2f}"
     return str(value)

@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from common import render
 from common.types import DAILY, Panel, Snapshot
 from core import corporate_actions, indicators
 from core.volume_profile import volume_fraction
@@ -84,14 +85,14 @@ def stage2_miss(row, rules: CapRules) -> str:
         gap, gapped = row["gap_up"], row["gap_up"] >= rules.min_gap_up - TOLERANCE
         if not (row["breakout_5d"] or (gapped and row["follow_through"])):
             why = ("gap without follow-through" if gapped else "no gap" if gap != gap
-                   else f"gap {gap * 100:+.2f}% < {rules.min_gap_up * 100:+.2f}%")
+                   else f"gap {render.pct(gap * 100)} < {render.pct(rules.min_gap_up * 100)}")
             misses.append(f"no breakout ({why}, no 5-day high)")
         surge = row["volume_surge"]
         if not surge >= rules.min_volume_surge - TOLERANCE:
             misses.append(f"volume surge {'-' if surge != surge else f'{surge:.2f}'} < {rules.min_volume_surge:.2f}")
     roc = row["roc_10d"]
     if not roc >= rules.min_roc_10d - TOLERANCE:
-        misses.append(f"10-day ROC {'-' if roc != roc else f'{roc * 100:+.1f}%'} < {rules.min_roc_10d * 100:+.1f}%")
+        misses.append(f"10-day ROC {render.pct(roc * 100)} < {render.pct(rules.min_roc_10d * 100)}")
     return "; ".join(misses) or "stage 1 not passed"
 
 

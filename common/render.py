@@ -50,6 +50,17 @@ class Level(Pct):
         return level(float(self), self.digits)
 
 
+class Money(float):
+    """An amount in dollars that a table prints as `money` does; a plain float to JSON."""
+
+    def __str__(self) -> str:
+        return money(float(self))
+
+
+def as_money(value: float | None) -> Money | None:
+    return Money(value) if _finite(value) else None
+
+
 def as_pct(value: float | None, fraction: bool = False) -> Pct | None:
     """`value` (percent units, or a fraction with fraction=True) as a Pct; None when it is missing or not finite."""
     return Pct(value * 100 if fraction else value) if _finite(value) else None
@@ -77,7 +88,7 @@ def _cell(value: Any) -> str:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
-    if isinstance(value, Pct):
+    if isinstance(value, (Pct, Money)):
         return str(value)
     if isinstance(value, float):
         return f"{value:,.4g}" if abs(value) < 1 else f"{value:,.2f}"

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -303,7 +303,7 @@ def summarise_poor_signals(rows: list[dict], others: list[str | None]) -> list[s
     days = [row["holding_days"] for row in rows if row.get("holding_days") is not None]
     head = f"{total} unreviewed trade{'s' if total != 1 else ''} closed by a reversal"
     if pnls:
-        head += f"; average P&L {sum(pnls) / len(pnls):+.1f}%"
+        head += f"; average P&L {render.pct(sum(pnls) / len(pnls), 1)}"
     if days:
         head += f", held {sum(days) / len(days):.1f} sessions on average"
     lines = [head + f" (latest: {', '.join(row['symbol'] for row in rows[::-1][:PATTERN_TOP])})"]
@@ -373,7 +373,7 @@ def metrics_text(data: dict[str, Any]) -> str:
         ("Sharpe", _flagged(_num(data["sharpe"]), data)), ("Sortino", _flagged(_num(data["sortino"]), data)),
         ("max drawdown", render.pct(data["max_drawdown_pct"])),
         ("closed trades", f"{data['trades']} ({data['wins']} won, {data['losses']} lost); {data['open_trades']} open"),
-        ("win rate", "n/a" if data["win_rate_pct"] is None else f"{data['win_rate_pct']:.1f}%"),
+        ("win rate", "n/a" if data["win_rate_pct"] is None else render.level(data["win_rate_pct"])),
         ("average win", render.money(data["avg_win"])), ("average loss", render.money(data["avg_loss"])),
         ("profit factor", _num(data["profit_factor"]) if data["profit_factor"] is not None
          else ("n/a (no losing trade)" if data["trades"] else "n/a")),
@@ -402,23 +402,34 @@ def weekly_text(data: dict[str, Any]) -> str:
              render.key_values(_period_pairs(data))]
     signals = data.get("model_signals")
     if signals:
-        distrusted = ", ".join(f"{e['signal']} ({e['effect'] * 100:+.2f}%)" for e in signals["distrusted"]) or "none"
+        distrusted = (", ".join(f"{e['signal']} ({render.pct(e['effect'] * 100)})" for e in signals["distrusted"])
+                      or "none")
         lines.append(f"learned model v{signals['version']} on this week's {signals['candidates']} candidates: entry "
                      f"signals it distrusts (mean learned figure with the signal minus without): {distrusted}")
     if data["days"]:
-        lines += ["", render.table(data["days"], ["date", "equity", "day_pnl", "day_pnl_pct", "spy_change_pct"])]
+        days = [{"date": d["date"], "equity": render.as_money(d["equity"]), "day P&L": render.as_money(d["day_pnl"]),
+                 "day return": render.as_pct(d["day_pnl_pct"]), "SPY": render.as_pct(d["spy_change_pct"])}
+                for d in data["days"]]
+        lines += ["", render.table(days, list(days[0]))]
     if data["closed"]:
-        lines += ["", render.table(data["closed"], ["symbol", "exit_time", "exit_reason", "pnl", "pnl_pct"])]
+        closed = [{"symbol": t["symbol"], "closed (New York)": _ny_minute(t["exit_time"]), "exit": t["exit_reason"],
+                   "P&L": render.as_money(t["pnl"]), "return": render.as_pct(t["pnl_pct"])} for t in data["closed"]]
+        lines += ["", render.table(closed, list(closed[0]))]
     return "\n".join(lines)
 
 
+def _ny_minute(stamp: str | None) -> str:
+    """A journal time (ISO, UTC) as New York date and minute."""
+    return "-" if not stamp else render.ny_time(datetime.fromisoformat(stamp))
+
+
 def monthly_text(data: dict[str, Any]) -> str:
-    weeks = [{"week": f"{w['start']}..{w['end']}", "pnl": w["pnl"], "return_pct": w["return_pct"],
-              "spy_pct": w["spy_return_pct"], "opened": w["trades_opened"], "closed": w["closed_trades"],
-              "realised": w["realised_pnl"]} for w in data["weeks"]]
+    weeks = [{"week": f"{w['start']}..{w['end']}", "P&L": render.as_money(w["pnl"]),
+              "return": render.as_pct(w["return_pct"]), "SPY": render.as_pct(w["spy_return_pct"]),
+              "opened": w["trades_opened"], "closed": w["closed_trades"],
+              "realised": render.as_money(w["realised_pnl"])} for w in data["weeks"]]
     return "\n".join([f"month {data['month']} ({data['snapshots']} snapshots)", render.key_values(_period_pairs(data)),
-                      "", render.table(weeks, ["week", "pnl", "return_pct", "spy_pct", "opened", "closed",
-                                               "realised"])])
+                      "", render.table(weeks, ["week", "P&L", "return", "SPY", "opened", "closed", "realised"])])
 
 
 def poor_signals_text(data: dict[str, Any]) -> str:
@@ -431,8 +442,8 @@ def poor_signals_text(data: dict[str, Any]) -> str:
         lines += ["", title, render.table(data[key], ["name", "count"])]
     lines += ["", "patterns the LLM decider is shown (unreviewed poor signals)"]
     lines += [f"- {line}" for line in data["patterns"]] or ["(none: every poor signal is reviewed)"]
-    recent = [{**row, "reviewed": "yes" if row["reviewed"] else "no"} for row in data["recent"]]
+    recent = [{**row, "return": render.as_pct(row["pnl_pct"]), "reviewed": "yes" if row["reviewed"] else "no"}
+              for row in data["recent"]]
     lines += ["", "recent (mark reviewed: report poor-signals --review ID[,ID] or --review-all)",
-              render.table(recent, ["id", "symbol", "entry_date", "exit_date", "pnl_pct", "reversal_score",
-                                    "reviewed"])]
+              render.table(recent, ["id", "symbol", "entry_date", "exit_date", "return", "reversal_score", "reviewed"])]
     return "\n".join(lines)

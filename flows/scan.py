@@ -26,6 +26,7 @@ import scanner
 from common.clock import NY, Session
 from common.errors import ConfigError, DataError
 from common.locks import scan_lock
+from common import render
 from common.render import table
 from common.types import DAILY, INTRADAY, Panel, Snapshot, finite
 from common.universe import UNKNOWN_REASON, unknown_symbols, unknown_text
@@ -494,6 +495,8 @@ def run_scan(rt: Runtime, scan_type: str, cap: str, *, dry_run: bool, max_buys: 
 # --- output -------------------------------------------------------------------------------------------------------
 
 SUMMARY_COLUMNS = ["symbol", "price", "chg%", "rvol", "roc10%", "gap%", "rsi", "score", "decision", "reason"]
+# The terminal names the figures; the cells carry the % sign (common/render.py). --json keeps the keys above.
+SUMMARY_HEADERS = ["symbol", "price", "change", "rvol", "roc 10d", "gap", "rsi", "score", "decision", "reason"]
 
 
 def summary_text(results: list[CapScan], limit: int = 15) -> str:
@@ -513,7 +516,7 @@ def summary_text(results: list[CapScan], limit: int = 15) -> str:
                             else []) + [summary_line(result)]
         rows = [_summary_row(result, symbol) for symbol in result.decision.candidate_decisions]
         if rows:
-            lines.append(table(rows[:limit], SUMMARY_COLUMNS))
+            lines.append(table(rows[:limit], SUMMARY_COLUMNS, SUMMARY_HEADERS))
             if len(rows) > limit:
                 lines.append(f"({len(rows) - limit} more candidates not shown: all are in the journal's candidates "
                              "table and in --json)")
@@ -531,9 +534,9 @@ def _summary_row(result: CapScan, symbol: str) -> dict:
             "rsi": finite(row["rsi_14"]), "score": int(row["score"]), "decision": choice, "reason": reason}
 
 
-def _pct_value(value) -> float | None:
+def _pct_value(value) -> render.Pct | None:
     number = finite(value)
-    return None if number is None else round(number * 100, 2)
+    return None if number is None else render.Pct(round(number * 100, 2))
 
 
 def _fmt(value, spec: str) -> str:
@@ -543,4 +546,4 @@ def _fmt(value, spec: str) -> str:
 def _fmt_pct(value, signed: bool = True) -> str:
     if value is None or not np.isfinite(value):
         return "-"
-    return f"{value * 100:+.2f}%" if signed else f"{value * 100:.0f}%"
+    return render.pct(value * 100) if signed else render.level(value * 100, 0)

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common import render
 from realdata import cli
 from test_jobs import copy_journal, ny_date, produced, rows, spy_closes  # noqa: F401
 
@@ -73,6 +74,15 @@ def test_weekly_text_and_default_chart_location(journal):
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == "week 2016-11-28 .. 2016-12-04 (5 snapshots)"
+    data = report("--asof", "2016-12-03T10:00", "report", "weekly")
+    first = data["days"][0]  # the daily table: money with its $, changes with their signed % (common/render.py)
+    row = next(line for line in lines if line.startswith("2016-11-28")).split()
+    assert row == ["2016-11-28", f"${first['equity']:,.2f}", render.money(first["day_pnl"]),
+                   render.pct(first["day_pnl_pct"]), render.pct(first["spy_change_pct"])]
+    assert any(line.split() == ["date", "equity", "day", "P&L", "day", "return", "SPY"] for line in lines)
+    for trade in data["closed"]:  # closed trades in New York time
+        assert any(line.startswith(trade["symbol"]) and render.ny_time(datetime.fromisoformat(trade["exit_time"]))
+                   in line for line in lines), trade
     default_chart = Path(journal["LOG_DIR"]) / "equity_vs_spy.png"
     assert lines[-1] == f"chart: {default_chart}" and default_chart.read_bytes()[:8] == PNG_SIGNATURE
 

@@ -26,7 +26,7 @@ def _row(**values) -> pd.Series:
     ({"gap_up": 0.02}, "no breakout (gap without follow-through, no 5-day high); volume surge 1.12 < 1.30"),
     ({"gap_up": math.nan, "volume_surge": 1.5}, "no breakout (no gap, no 5-day high)"),
     ({"breakout_5d": True, "volume_surge": math.nan}, "volume surge - < 1.30"),
-    ({"momentum_breakout": True, "roc_10d": 0.021}, "10-day ROC +2.1% < +3.0%"),
+    ({"momentum_breakout": True, "roc_10d": 0.021}, "10-day ROC +2.10% < +3.00%"),
 ])
 def test_a_stage2_miss_names_each_failed_condition(values, expected):
     assert stage2_miss(_row(**values), CAP_RULES["large"]) == expected
@@ -57,6 +57,12 @@ def test_a_long_candidate_table_says_how_many_rows_it_hides_and_halted_comes_fir
     assert "(62 more candidates not shown: all are in the journal's candidates table and in --json)" in result.output
     summary = next(line for line in result.output.splitlines() if line.startswith("HALTED"))
     assert summary.startswith("HALTED: no buys until `resume`; large: 77 candidates")
+    lines = result.output.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("symbol "))
+    assert lines[header].split()[:7] == ["symbol", "price", "change", "rvol", "roc", "10d", "gap"]
+    for row in lines[header + 2:header + 17]:  # change, roc 10d and gap carry their signed % (render's convention)
+        cells = row.split()
+        assert all(re.fullmatch(r"[+-]\d+\.\d\d%|-", cell) for cell in (cells[2], cells[4], cells[5])), row
 
 
 @pytest.mark.slow

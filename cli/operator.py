@@ -67,7 +67,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def positions(ctx: click.Context, as_json: bool) -> None:
     """Open positions at the broker with their journal trade and stop."""
-    from common import render
     from flows import operator
 
     rt = start(ctx)
@@ -79,7 +78,7 @@ def positions(ctx: click.Context, as_json: bool) -> None:
 
         click.echo(json_output.dumps(json_output.positions_document(rows, operator.mode_line(rt))))
     else:
-        click.echo(render.table(rows, operator.POSITION_COLUMNS) if rows else "no open positions")
+        click.echo(operator.positions_text(rows))
     done(rt)
 
 
@@ -89,7 +88,6 @@ def positions(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def orders(ctx: click.Context, open_only: bool, as_json: bool) -> None:
     """Orders recorded in the journal, newest first."""
-    from common import render
     from flows import operator
 
     rt = start(ctx)
@@ -101,7 +99,7 @@ def orders(ctx: click.Context, open_only: bool, as_json: bool) -> None:
 
         click.echo(json_output.dumps(json_output.orders_document(rows, operator.mode_line(rt), open_only)))
     else:
-        click.echo(render.table(rows, operator.ORDER_COLUMNS) if rows else "no orders")
+        click.echo(operator.orders_text(rows))
     done(rt)
 
 

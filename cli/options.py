@@ -52,7 +52,6 @@ def options_group() -> None:
 @click.pass_context
 def options_positions(ctx: click.Context, as_json: bool) -> None:
     """Open option trades: contract, underlying, days to expiry, premium, P&L (x100 per contract), stop, target."""
-    from common import render
     from flows import operator, option_exits
 
     rt = start(ctx)
@@ -61,7 +60,7 @@ def options_positions(ctx: click.Context, as_json: bool) -> None:
         click.echo(json.dumps({"command": "options positions", "positions": rows}, indent=2, default=str))
     else:
         click.echo(operator.mode_line(rt))
-        click.echo(render.table(rows, option_exits.POSITION_COLUMNS) if rows else "no open option positions")
+        click.echo(option_exits.option_positions_text(rows))
     done(rt)
 
 

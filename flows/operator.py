@@ -187,6 +187,18 @@ POSITION_COLUMNS = ["symbol", "qty", "available", "entry", "price", "value", "pn
                     "stop"]
 
 
+def positions_text(rows: list[dict[str, Any]]) -> str:
+    """The positions table: value and P&L in dollars, the return and the distance to the stop as signed percents
+    (the stop under the price reads negative), the unprotected first with "NONE" for their stop."""
+    shown = [{"symbol": row["symbol"], "qty": row["qty"], "available": row["available"], "entry": row["entry"],
+              "price": row["price"], "value": render.as_money(row["value"]), "P&L": render.as_money(row["pnl"]),
+              "return": render.as_pct(row["pnl_pct"]), "stop": row["stop"] if row["stop"] is not None else "NONE",
+              "to stop": render.as_pct((row["stop"] / row["price"] - 1) * 100) if row["stop"] and row["price"]
+              else None, "trade": row["trade"], "status": row["status"]}
+             for row in sorted(rows, key=lambda row: row["stop"] is not None)]
+    return render.table(shown, list(shown[0])) if shown else "no open positions"
+
+
 def orders(rt: Runtime, open_only: bool) -> list[dict[str, Any]]:
     where = f"WHERE status NOT IN {sql_list(FINAL_OR_UNSENT)}" if open_only else ""
     return rt.journal.query(
@@ -196,4 +208,13 @@ def orders(rt: Runtime, open_only: bool) -> list[dict[str, Any]]:
 
 ORDER_COLUMNS = ["client_order_id", "symbol", "side", "type", "qty", "purpose", "status", "filled_qty",
                  "filled_avg_price", "submitted_at"]
+
+
+def orders_text(rows: list[dict[str, Any]]) -> str:
+    """The orders table, submission times in New York time."""
+    shown = [{**{key: row[key] for key in ORDER_COLUMNS[:-3]}, "filled": row["filled_qty"],
+              "avg price": row["filled_avg_price"],
+              "submitted": render.ny_time(datetime.fromisoformat(row["submitted_at"])) if row["submitted_at"]
+              else None} for row in rows]
+    return render.table(shown, list(shown[0])) if shown else "no orders"
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from common import render
 from core import exit_rules, option_math
 from flows import exit_runner, quotes
 from journal.schema import HELD_STATUSES
@@ -135,6 +136,15 @@ def evaluate_option_positions(rt: Runtime, flags: exit_rules.PortfolioFlags, rep
 
 POSITION_COLUMNS = ["trade", "contract", "underlying", "type", "strike", "expiry", "dte", "qty", "entry", "price",
                     "value", "pnl", "pnl_pct", "under_price", "stop", "target", "status"]
+
+
+def option_positions_text(rows: list[dict]) -> str:
+    """The `options positions` table: premiums per share, value and P&L in dollars, the return a signed percent."""
+    shown = [{**row, "value": render.as_money(row["value"]), "pnl": render.as_money(row["pnl"]),
+              "pnl_pct": render.as_pct(row["pnl_pct"])} for row in rows]
+    headers = [{"pnl": "P&L", "pnl_pct": "return", "under_price": "underlying price"}.get(c, c)
+               for c in POSITION_COLUMNS]
+    return render.table(shown, POSITION_COLUMNS, headers) if shown else "no open option positions"
 
 
 def open_option_rows(rt: Runtime) -> list[dict]:

@@ -141,6 +141,24 @@ def test_positions_list_the_symbols_of_the_text_table_with_their_stops(held):
         assert isinstance(row["stop"], float) and 0 < row["stop"] < row["entry"] and row["status"] == "open"
     trades = {r["symbol"]: r["id"] for r in rows(held, "SELECT symbol, id FROM trades WHERE status = 'open'")}
     assert {row["symbol"]: row["trade"] for row in data["positions"]} == trades
+    from common import render
+
+    assert text[1].split() == ["symbol", "qty", "available", "entry", "price", "value", "P&L", "return", "stop", "to",
+                               "stop", "trade", "status"]
+    for row, line in zip(data["positions"], text[3:]):  # money with $, return and distance to the stop as signed %
+        assert line.split()[5:10] == [render.money(row["value"]), render.money(row["pnl"]), render.pct(row["pnl_pct"]),
+                                      f"{row['stop']:.2f}", render.pct((row["stop"] / row["price"] - 1) * 100)]
+
+
+def test_the_positions_table_puts_an_unprotected_position_first_with_no_stop():
+    from flows.operator import positions_text
+
+    held = {"qty": 10, "available": 0, "entry": 10.0, "price": 11.0, "value": 110.0, "pnl": 10.0, "pnl_pct": 10.0,
+            "trade": 1, "status": "open"}
+    lines = positions_text([{**held, "symbol": "SAFE", "stop": 10.45}, {**held, "symbol": "BARE", "stop": None}])
+    assert [line.split()[0] for line in lines.splitlines()[2:]] == ["BARE", "SAFE"]
+    assert lines.splitlines()[2].split()[8:10] == ["NONE", "-"]
+    assert lines.splitlines()[3].split()[8:10] == ["10.45", "-5.00%"]
 
 
 def test_orders_are_the_journal_orders_and_open_only_filters_them(held):
@@ -157,6 +175,8 @@ def test_orders_are_the_journal_orders_and_open_only_filters_them(held):
     assert len(working["orders"]) == sum(o["status"] not in FINAL_OR_UNSENT for o in journal) == 18
     assert {o["purpose"] for o in working["orders"]} == {"stop"}
     assert all(o["submitted_at"].endswith("+00:00") for o in everything["orders"])
+    text = run("--asof", "2016-12-01T10:30", "orders").stdout  # the table shows the same moments in New York time
+    assert all(o["submitted_at"][:10] in text for o in everything["orders"]) and " EST" in text and "+00:00" not in text
 
 
 # --- the trading runs ---------------------------------------------------------------------------------------------

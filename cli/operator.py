@@ -343,9 +343,27 @@ def regime(ctx: click.Context, as_json: bool, history: bool, first_text: str | N
     else:
         click.echo(f"{row['date']}: {row['regime']} (exposure factor {row['factor']:g})")
         click.echo(row["reason"])
-        for name, value in row["features"].items():
-            click.echo(f"  {name:<24} {value}")
+        click.echo(regime_features_text(row["features"]))
     done(rt)
+
+
+# The regime's features that are fractions of a price or of VIX's history, shown as percents; the others are
+# ratios, log drawdowns and z-scores, shown as the plain numbers the model reads.
+REGIME_PERCENTS = {"vix_change_1d": "change", "vix_change_3d": "change", "spy_drawdown_63": "change",
+                   "vix_percentile": "level"}
+
+
+def regime_features_text(features: dict) -> str:
+    from common import render
+
+    def shown(name: str, value):
+        kind = REGIME_PERCENTS.get(name)
+        if value is None or kind is None:
+            return value
+        return render.as_pct(value, fraction=True) if kind == "change" else render.as_level(value, fraction=True)
+
+    return "\n".join("  " + line for line in render.key_values(
+        [(name, shown(name, value)) for name, value in features.items()]).splitlines())
 
 
 @cli.command(name="rebalance")

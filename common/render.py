@@ -91,7 +91,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, (Pct, Money)):
         return str(value)
     if isinstance(value, float):
-        return f"{value:,.4g}" if abs(value) < 1 else f"{value:,.2f}"
+        return f"{value:.3g}" if 0 < abs(value) < 0.01 else f"{value:,.2f}"  # two decimals unless that shows 0
     return str(value)
 
 

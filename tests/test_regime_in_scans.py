@@ -15,6 +15,11 @@ def test_regime_command_prints_and_stores_the_label(real_env):
     assert [(r["date"], r["regime"], r["crash_override"]) for r in stored] == [("2011-08-08", "CRASH", 1)]
     as_json = json.loads(cli("--asof", "2011-08-08T17:00", "regime", "--json").output)
     assert as_json["regime"] == "CRASH" and "vix_change_1d" in as_json["features"]
+    features = dict(line.split() for line in result.output.splitlines()[2:])  # fractions shown as percents
+    assert features["vix_change_1d"] == f"{as_json['features']['vix_change_1d'] * 100:+.2f}%"
+    assert features["spy_drawdown_63"] == f"{as_json['features']['spy_drawdown_63'] * 100:+.2f}%"
+    assert features["vix_percentile"] == f"{as_json['features']['vix_percentile'] * 100:.1f}%"
+    assert features["sortino_20"] == f"{as_json['features']['sortino_20']:.2f}"  # a ratio stays a number
 
 
 def test_an_intraday_scan_uses_the_previous_sessions_label_and_crash_blocks_buys(real_env):

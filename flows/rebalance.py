@@ -38,6 +38,7 @@ import numpy as np
 import executor
 from common.clock import Session
 from common.errors import ConfigError, OrderRejected
+from common import render
 from common.render import table
 from common.types import Panel, sql_list
 from core import corporate_actions
@@ -408,16 +409,16 @@ def run_scheduled(rt: Runtime, universe: str, top_n: int | None = None, *, dry_r
 def plan_text(plan: RebalancePlan, top_n: int | None = None) -> str:
     what = "refill of emptied slots" if plan.mode == REFILL else "rebalance"
     header = (f"{what} {plan.universe} on {plan.session}: regime {plan.regime or '-'} (allocation x{plan.factor:g}), "
-              f"equity {plan.equity:,.2f}, top {plan.top_n if top_n is None else top_n} by previous close / 52-week "
-              f"high, {plan.target_value:,.2f} a name")
+              f"equity {render.money(plan.equity)}, top {plan.top_n if top_n is None else top_n} by previous close / "
+              f"52-week high, {render.money(plan.target_value)} a name")
     lines = [header]
     rows = [{"action": o.action, "symbol": o.symbol, "side": o.side, "qty": o.qty, "price": o.price,
-             "value": round(o.qty * o.price, 2), "target": round(o.target_value, 2),
-             "current": round(o.current_value, 2), "52w ratio": o.ratio} for o in plan.orders]
+             "value": render.as_money(o.qty * o.price), "target": render.as_money(o.target_value),
+             "current": render.as_money(o.current_value), "52w ratio": o.ratio} for o in plan.orders]
     empty = "no orders: every slot is held" if plan.mode == REFILL else "no orders: the portfolio is on target"
     lines.append(table(rows, list(rows[0])) if rows else empty)
     lines += [f"trimmed {symbol}: {why}" for symbol, why in plan.trimmed]
     lines += [f"refused {symbol}: {why}" for symbol, why in plan.refused]
-    lines += [f"warning: {symbol} would be {pct:.1f}% of equity" for symbol, pct in plan.oversized]
+    lines += [f"warning: {symbol} would be {render.level(pct)} of equity" for symbol, pct in plan.oversized]
     lines += [f"  {line}" for line in plan.executed]
     return "\n".join(lines)

@@ -171,7 +171,7 @@ def opened(output: str) -> list[tuple[str, int, float, float]]:
     found = []
     for line in (line for line in output.splitlines() if line.startswith("OPEN")):
         parts = line.split()
-        found.append((parts[1], int(parts[3]), float(parts[4]), float(parts[6].replace(",", ""))))
+        found.append((parts[1], int(parts[3]), float(parts[4]), float(parts[6].lstrip("$").replace(",", ""))))
     return found
 
 
@@ -186,7 +186,7 @@ def test_dry_run_order_table_matches_an_independent_ranking_and_sends_nothing(re
     result = cli("--asof", "2016-11-01T10:00", "rebalance", "--universe", SECTOR, "--dry-run")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "regime TREND_BULL (allocation x1)" in lines[1] and "20,000.00 a name" in lines[1]
+    assert "regime TREND_BULL (allocation x1)" in lines[1] and "$20,000.00 a name" in lines[1]
     orders = opened(result.output)
     assert sorted(symbol for symbol, *_ in orders) == sorted(expected_ranking("2016-11-01", sector_members())[:5])
     trimmed = {line.split()[1].rstrip(":"): int(line.split()[4]) for line in lines if line.startswith("trimmed")}

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backtest import benchmarks as bench
+from common import render
 from common.clock import NY
 from common.errors import MomentumError
 from core.option_math import multiplier
@@ -460,10 +461,14 @@ def _clean(values: dict[str, Any]) -> dict[str, Any]:
 
 # --- text -----------------------------------------------------------------------------------------------------------
 
-LABELS = {"cagr_pct": "CAGR %", "volatility_pct": "volatility %", "sharpe": "Sharpe", "sortino": "Sortino",
-          "max_drawdown_pct": "max drawdown %", "win_rate_pct": "win rate %", "profit_factor": "profit factor",
-          "exposure_pct": "exposure %", "turnover": "turnover / year", "trades": "trades",
-          "total_return_pct": "total return %", "end_value": "end equity"}
+# each figure of the comparison: its label and how it prints (common/render's convention: a change signed with its
+# % sign, a level unsigned with it, money in dollars, a ratio or a count as a plain number; no label carries the %)
+LABELS = {"cagr_pct": ("CAGR", render.pct), "volatility_pct": ("volatility", render.level),
+          "sharpe": ("Sharpe", None), "sortino": ("Sortino", None),
+          "max_drawdown_pct": ("max drawdown", render.pct), "win_rate_pct": ("win rate", render.level),
+          "profit_factor": ("profit factor", None), "exposure_pct": ("exposure", render.level),
+          "turnover": ("turnover / year", None), "trades": ("trades", None),
+          "total_return_pct": ("total return", render.pct), "end_value": ("end equity", render.money)}
 SHORT_NAMES = {"spy_total_return": "SPY buy&hold", "spy_price_return": "SPY price only",
                "equal_weighted_universe": "EW universe"}
 
@@ -483,19 +488,33 @@ def text(data: dict[str, Any]) -> str:
         groups = data.get(key) or {}
         if groups:
             lines.append(f"realised P&L by {title}:")
-            lines += [f"  {name:<22}{g['trades']:>6} trades {g['pnl']:>12,.2f}  win {_fmt(g['win_rate_pct'])}%"
-                      for name, g in groups.items()]
+            lines += _columns([title, "trades", "realised", "win rate"],
+                              [[name, str(g["trades"]), render.money(g["pnl"]), render.level(g["win_rate_pct"])]
+                               for name, g in groups.items()])
     return "\n".join(lines)
+
+
+def _columns(headers: list[str], rows: list[list[str]], indent: str = "  ", gap: int = 3) -> list[str]:
+    """A header and rows of already formatted cells: the first column left-aligned, the others right-aligned, each
+    as wide as its widest cell (no dashes under the header)."""
+    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
+
+    def line(cells: list[str]) -> str:
+        return indent + cells[0].ljust(widths[0]) + "".join(
+            " " * gap + cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))
+
+    return [line(headers)] + [line(row) for row in rows]
 
 
 def _comparison_lines(data: dict[str, Any]) -> list[str]:
     shown = {key: b for key, b in (data.get("benchmarks") or {}).items() if b.get("available")}
     columns = [("SPY buy&hold", data["spy_buy_and_hold"])] + [
         (SHORT_NAMES.get(key, key), b["metrics"]) for key, b in shown.items() if key != "spy_total_return"]
-    lines = [f"{'metric':<18}{data['system']:>16}" + "".join(f"{name:>16}" for name, _ in columns)]
-    for key, label in LABELS.items():
-        lines.append(f"{label:<18}{_fmt(data['metrics'].get(key)):>16}"
-                     + "".join(f"{_fmt(values.get(key)):>16}" for _, values in columns))
+    lines = _columns(["metric", data["system"], *[name for name, _ in columns]],
+                     [[label, (form or _fmt)(data["metrics"].get(key)),
+                       *[(form or _fmt)(values.get(key)) for _, values in columns]]
+                      for key, (label, form) in LABELS.items()],
+                     indent="", gap=4)
     for key, b in (data.get("benchmarks") or {}).items():
         name = SHORT_NAMES.get(key, key)
         if not b.get("available"):
@@ -513,19 +532,25 @@ def _system_lines(data: dict[str, Any]) -> list[str]:
         return []
     check = (data.get("systems_check") or {}).get("max_difference")
     lines = [("by system: each from its own first tradable session, its curve the starting cash + its P&L marked at "
-             f"each close (the systems' P&L adds up to the account's within {_fmt(check)} $):"),
-             (f"  {'system':<12}{'from':>12}{'total %':>9}{'CAGR %':>8}{'max dd %':>9}{'SPY TR %':>9}{'EW %':>8}"
-             f"{'trades':>7}{'win %':>7}{'realised':>11}{'costs':>10}")]
+             f"each close (the systems' P&L adds up to the account's within {render.money(check)}):")]
+    rows, notes = [], {}
     for name, system in systems.items():
         m, b = system["metrics"], system.get("benchmarks") or {}
-        lines.append(f"  {name:<12}{system['first_tradable_session']:>12}{_fmt(m.get('total_return_pct')):>9}"
-                     f"{_fmt(m.get('cagr_pct')):>8}{_fmt(m.get('max_drawdown_pct')):>9}"
-                     f"{_fmt(b.get('spy_total_return', {}).get('total_return_pct')):>9}"
-                     f"{_fmt(b.get('equal_weighted_universe', {}).get('total_return_pct')):>8}{m['trades']:>7}"
-                     f"{_fmt(m.get('win_rate_pct')):>7}{_fmt(m.get('realised_pnl')):>11}"
-                     f"{_fmt(system['costs_paid']['total']):>10}")
+        rows.append([name, system["first_tradable_session"], render.pct(m.get("total_return_pct")),
+                     render.pct(m.get("cagr_pct")), render.pct(m.get("max_drawdown_pct")),
+                     render.pct(b.get("spy_total_return", {}).get("total_return_pct")),
+                     render.pct(b.get("equal_weighted_universe", {}).get("total_return_pct")), str(m["trades"]),
+                     render.level(m.get("win_rate_pct")), render.money(m.get("realised_pnl")),
+                     render.money(system["costs_paid"]["total"])])
         if system.get("note"):
-            lines.append(f"    {system['note']}")
+            notes[len(rows)] = f"    {system['note']}"  # under its system's line
+    table = _columns(["system", "from", "total", "CAGR", "max dd", "SPY TR", "EW", "trades", "win rate",
+                      "realised", "costs"], rows, gap=2)
+    lines.append(table[0])
+    for n, row_line in enumerate(table[1:], start=1):
+        lines.append(row_line)
+        if n in notes:
+            lines.append(notes[n])
     return lines
 
 
@@ -535,13 +560,10 @@ def _year_lines(data: dict[str, Any]) -> list[str]:
         return []
     shown = [(SHORT_NAMES.get(key, key), b["return_by_year"]) for key, b in (data.get("benchmarks") or {}).items()
              if b.get("available")]
-    lines = ["calendar years (returns %, realised P&L of the trades closed in the year):",
-             f"  {'year':<8}{'account %':>12}" + "".join(f"{name:>16}" for name, _ in shown) + f"{'realised':>14}"]
-    for year, row in years.items():
-        lines.append(f"  {year:<8}{_fmt(row.get('return_pct')):>12}"
-                     + "".join(f"{_fmt(returns.get(year)):>16}" for _, returns in shown)
-                     + f"{_fmt(row.get('realised_pnl')):>14}")
-    return lines
+    return ["calendar years (returns, realised P&L of the trades closed in the year):"] + _columns(
+        ["year", "account", *[name for name, _ in shown], "realised"],
+        [[year, render.pct(row.get("return_pct")), *[render.pct(returns.get(year)) for _, returns in shown],
+          render.money(row.get("realised_pnl"))] for year, row in years.items()], gap=4)
 
 
 def _cost_lines(data: dict[str, Any]) -> list[str]:
@@ -549,13 +571,14 @@ def _cost_lines(data: dict[str, Any]) -> list[str]:
     if not costs:
         return []
     dividends = data.get("dividends_received") or {}
-    return [(f"costs paid: {_fmt(costs['total'])} (spread {_fmt(costs['spread'])}, slippage "
-            f"{_fmt(costs['slippage'])}) on {costs['fills_with_costs']} of {costs['fills']} fills, "
-            f"{_fmt(costs['pct_of_traded_value'])}% of the value traded"),
-            f"dividends received: {_fmt(dividends.get('amount'))} ({dividends.get('note')})"]
+    return [(f"costs paid: {render.money(costs['total'])} (spread {render.money(costs['spread'])}, slippage "
+            f"{render.money(costs['slippage'])}) on {costs['fills_with_costs']} of {costs['fills']} fills, "
+            f"{render.level(costs['pct_of_traded_value'], 2)} of the value traded"),
+            f"dividends received: {render.money(dividends.get('amount'))} ({dividends.get('note')})"]
 
 
 def _fmt(value) -> str:
+    """A ratio or a count: a plain number."""
     if value is None:
         return "-"
     if isinstance(value, int):

@@ -48,7 +48,10 @@ def _corr(value) -> str:
 
 
 def _pct(value) -> str:
-    return "-" if value is None else f"{value * 100:+.2f}%"
+    """A fraction (a return difference) as a signed percentage: 0.0123 -> '+1.23%'."""
+    from common import render
+
+    return render.pct(None if value is None else value * 100)
 
 
 @learn_group.command(name="status")

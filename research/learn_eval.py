@@ -56,8 +56,9 @@ def evaluate_folds(rt, source, folds: list[Fold], out_dir: Path) -> list[dict[st
     return results
 
 
-def _pct(value) -> str:
-    return "-" if value is None else f"{value * 100:+.2f}%"
+def _pct(value) -> render.Pct | None:
+    """A fraction (a return difference) as a signed percentage the table prints with its % sign, right-aligned."""
+    return render.as_pct(value, fraction=True)
 
 
 def _corr(value) -> str:
@@ -113,10 +114,10 @@ def backtest_folds(spec, out_dir: Path, folds: list[Fold], results: list[dict[st
     rows = []
     for label, values in series.items():
         m = series_metrics(values)
-        rows.append({"curve": label, "CAGR %": _fig(m["cagr_pct"]), "Sharpe": _fig(m["sharpe"]),
-                     "max DD %": _fig(m["max_drawdown_pct"]), "total %": _fig(m["total_return_pct"])})
+        rows.append({"curve": label, "CAGR": render.as_pct(m["cagr_pct"]), "Sharpe": _fig(m["sharpe"]),
+                     "max DD": render.as_pct(m["max_drawdown_pct"]), "total": render.as_pct(m["total_return_pct"])})
     return ("momentum backtests on the test windows, stitched (daily replay, costs included, price-only data):\n"
-            + render.table(rows, ["curve", "CAGR %", "Sharpe", "max DD %", "total %"]))
+            + render.table(rows, ["curve", "CAGR", "Sharpe", "max DD", "total"]))
 
 
 def _fig(value) -> str:

@@ -14,10 +14,22 @@ from research.stats import deflated_sharpe
 from research.sweep import best_trial
 
 TOP = 10
+PERCENT_OBJECTIVES = ("cagr", "total_return", "max_drawdown")  # in percent units (research/params.OBJECTIVES)
 
 
 def _figure(value: Any, digits: int = 2) -> str:
+    """A ratio, a count or seconds: a plain number (a percentage is a render.as_pct value instead)."""
     return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _objective(value: float | None, objective: str) -> Any:
+    """An objective's value for a table: a signed percentage (its % sign in the cell, not in the header) when the
+    objective is one, else a plain number to three decimals."""
+    return render.as_pct(value) if objective in PERCENT_OBJECTIVES else _figure(value, 3)
+
+
+def _objective_text(value: float | None, objective: str) -> str:
+    return render.pct(value) if objective in PERCENT_OBJECTIVES else _figure(value, 3)
 
 
 def trial_rows(trials: list[dict], params: list[Param], objective: str) -> list[dict]:
@@ -26,8 +38,8 @@ def trial_rows(trials: list[dict], params: list[Param], objective: str) -> list[
         m = (t["metrics"] or {}).get("metrics") or {}
         row = {"trial": t["number"], "role": t["role"]}
         row.update({p.name: _value(t["params"][p.name]) if p.name in t["params"] else "default" for p in params})
-        row.update({objective: _figure(t["objective"], 3), "CAGR %": _figure(m.get("cagr_pct")),
-                    "Sharpe": _figure(m.get("sharpe")), "max DD %": _figure(m.get("max_drawdown_pct")),
+        row.update({objective: _objective(t["objective"], objective), "CAGR": render.as_pct(m.get("cagr_pct")),
+                    "Sharpe": _figure(m.get("sharpe")), "max DD": render.as_pct(m.get("max_drawdown_pct")),
                     "trades": m.get("trades", "-"), "wall s": _figure(t["wall_s"], 0), "status": t["status"]})
         rows.append(row)
     return rows
@@ -64,9 +76,10 @@ def sweep_text(spec: dict[str, Any], trials: list[dict], params: list[Param], ch
               f"({OBJECTIVES[objective]}); daily replay through the live code, costs included, price-only data")
     lines = [header, *honesty_lines(facts)]
     if facts["best"] and default and default["objective"] is not None:
-        lines.append(f"best {objective} {facts['best']['objective']:.3f} (trial {facts['best']['number']}) vs the "
-                     f"default settings' {default['objective']:.3f} on the same window")
-    columns = ["trial", "role", *[p.name for p in params], objective, "CAGR %", "Sharpe", "max DD %", "trades",
+        lines.append(f"best {objective} {_objective_text(facts['best']['objective'], objective)} (trial "
+                     f"{facts['best']['number']}) vs the default settings' "
+                     f"{_objective_text(default['objective'], objective)} on the same window")
+    columns = ["trial", "role", *[p.name for p in params], objective, "CAGR", "Sharpe", "max DD", "trades",
                "wall s", "status"]
     lines.append(render.table(trial_rows(shown, params, objective), columns))
     if len(ranked) > TOP:
@@ -164,12 +177,12 @@ def walk_forward_text(spec: dict[str, Any], folds: list[dict], trials: list[dict
                      "test": f"{fold['test_start']}..{fold['test_end']}",
                      "chosen": ", ".join(f"{k}={_value(v)}" for k, v in (fold["chosen_params"] or {}).items())
                                or "defaults",
-                     f"train {objective}": _figure(chosen["objective"] if chosen else None, 3),
+                     f"train {objective}": _objective(chosen["objective"] if chosen else None, objective),
                      "DSR": _figure(deflated["deflated_sharpe"] if deflated else None),
-                     f"test {objective}": _figure(tested["objective"] if tested else None, 3),
-                     f"defaults {objective}": _figure(default["objective"] if default else None, 3),
-                     "test ret %": _figure(_metric(tested, "total_return_pct")),
-                     "defaults ret %": _figure(_metric(default, "total_return_pct"))})
+                     f"test {objective}": _objective(tested["objective"] if tested else None, objective),
+                     f"defaults {objective}": _objective(default["objective"] if default else None, objective),
+                     "test return": render.as_pct(_metric(tested, "total_return_pct")),
+                     "defaults return": render.as_pct(_metric(default, "total_return_pct"))})
     lines.append(render.table(rows, list(rows[0]) if rows else ["fold"]))
     if series:
         lines.append("out of sample (the test windows stitched" + (
@@ -178,9 +191,10 @@ def walk_forward_text(spec: dict[str, Any], folds: list[dict], trials: list[dict
         figures = []
         for label, values in series.items():
             m = series_metrics(values)
-            figures.append({"curve": label, "CAGR %": _figure(m["cagr_pct"]), "Sharpe": _figure(m["sharpe"]),
-                            "max DD %": _figure(m["max_drawdown_pct"]), "total %": _figure(m["total_return_pct"])})
-        lines.append(render.table(figures, ["curve", "CAGR %", "Sharpe", "max DD %", "total %"]))
+            figures.append({"curve": label, "CAGR": render.as_pct(m["cagr_pct"]), "Sharpe": _figure(m["sharpe"]),
+                            "max DD": render.as_pct(m["max_drawdown_pct"]),
+                            "total": render.as_pct(m["total_return_pct"])})
+        lines.append(render.table(figures, ["curve", "CAGR", "Sharpe", "max DD", "total"]))
     else:
         lines.append("out of sample: a fold's test run did not finish; no stitched curve")
     lines += [f"{'page' if path.suffix == '.html' else 'chart'}: {path}" for path in charts]

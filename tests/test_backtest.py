@@ -106,7 +106,10 @@ def test_backtest_writes_every_metric_beside_spy_a_chart_and_a_queryable_journal
     before = CsvMarket(BARS).market_series(date(2013, 8, 30), date(2013, 8, 30))["spy_close"].iloc[0]
     assert data["spy_buy_and_hold"]["end_value"] == pytest.approx(100_000 * spy[-1]["spy_close"] / before)
     assert (bt / "equity.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "CAGR %" in (bt / "metrics.txt").read_text() and "SPY buy&hold" in output
+    cagr = next(line for line in (bt / "metrics.txt").read_text().splitlines() if line.startswith("CAGR "))
+    assert cagr.split()[1:3] == [f"{data['metrics']['cagr_pct']:+.2f}%",  # the system's and SPY's, signed
+                                 f"{data['spy_buy_and_hold']['cagr_pct']:+.2f}%"]
+    assert "SPY buy&hold" in output
     for view in ("open_positions", "closed_trades", "daily_pnl", "candidate_outcomes", "exit_summary"):
         rows(bt / "trades.db", f"SELECT * FROM {view} LIMIT 1")
     assert rows(bt / "trades.db", "SELECT COUNT(*) AS n FROM daily_pnl")[0]["n"] == 10

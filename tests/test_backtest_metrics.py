@@ -4,6 +4,7 @@ systems' P&L adds up to the account's, P&L by calendar year; then one short real
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from contextlib import closing
 from datetime import UTC, date, datetime
@@ -207,8 +208,48 @@ def test_the_text_keeps_its_first_line_and_labels_every_benchmark(rt, tmp_path):
     assert "SPY buy&hold: SPY total return: the market file's spy_close: split- and dividend-adjusted" in body
     assert "SPY price return: not in the data (the SPY series is dividend-adjusted)" in body
     assert "EW universe: equal-weighted universe (price only)" in body
-    assert "dividends received: 0.00 (the stock data carries no dividends)" in body
+    assert "dividends received: $0.00 (the stock data carries no dividends)" in body
     assert data["dividends_received"] == {"amount": 0.0, "note": "the stock data carries no dividends"}
+
+
+def test_the_text_signs_changes_not_levels_puts_money_in_dollars_and_no_header_carries_a_percent_sign(rt, tmp_path):
+    data = metrics.compute(rt, result(tmp_path))
+    lines = metrics.text(data).splitlines()
+    rows = {line.strip().split("  ")[0]: line.split() for line in lines}
+    # the account, SPY buy&hold and the equal-weighted universe, each figure as the convention prints it
+    assert rows["CAGR"] == ["CAGR", "+16.00%", "-34.43%", "+676.16%"]  # a change: signed, with its % sign
+    assert rows["total return"][2:] == ["+0.35%", "-1.00%", "+5.00%"]
+    assert rows["max drawdown"][2:] == ["+0.00%", "-2.46%", "+0.00%"]
+    assert rows["volatility"][1:] == ["0.6%", "19.1%", "8.7%"]  # a level: unsigned, with its % sign
+    assert rows["win rate"][2:] == ["100.0%", "-", "-"] and rows["exposure"][1:] == ["3.6%", "100.0%", "-"]
+    assert rows["Sharpe"][1:] == ["24.10", "-2.13", "23.64"] and rows["turnover / year"][3:] == ["8.77", "0.00", "-"]
+    assert rows["end equity"][2:] == ["$100,354.00", "$99,000.00", "$105,000.00"]
+    assert rows["momentum"] == ["momentum", "2015-12-29", "+0.27%", "+11.99%", "+0.00%", "-1.00%", "+5.00%", "1",
+                                "100.0%", "$196.00", "$5.77"]
+    assert rows["2016"] == ["2016", "+0.16%", "-2.46%", "+2.44%", "$84.00"]
+    assert ("costs paid: $13.02 (spread $9.25, slippage $3.77) on 5 of 6 fills, 0.06% of the value traded"
+            in lines)
+    assert next(line for line in lines if line.startswith("by system")).endswith("to the account's within $0.00):")
+    headers = [line.split() for line in lines if line.split()[:1] in (["metric"], ["system"], ["year"], ["entry"],
+                                                                       ["exit"])]
+    assert [h[0] for h in headers] == ["metric", "system", "year", "entry", "exit"]
+    assert headers[1] == ["system", "from", "total", "CAGR", "max", "dd", "SPY", "TR", "EW", "trades", "win", "rate",
+                          "realised", "costs"]
+    assert not any(word.endswith("%") for header in headers for word in header)
+    assert not re.search(r"\D%", "\n".join(lines))  # every % sign follows a number
+    table = lines[lines.index(next(line for line in lines if line.startswith("metric "))):][:13]  # header + 12
+    assert len({len(line) for line in table}) == 1  # right-aligned: every row of the comparison ends in one column
+
+
+def test_a_loss_prints_its_sign_before_the_dollar_and_a_missing_figure_a_dash(rt, tmp_path):
+    data = metrics.compute(rt, result(tmp_path))
+    data["metrics"].update(cagr_pct=-1.8149, win_rate_pct=None, end_value=99_557.72)
+    data["pnl_by_exit_reason"] = {"trailing_stop": {"trades": 10, "pnl": -1_856.35, "win_rate_pct": 20.0}}
+    lines = metrics.text(data).splitlines()
+    rows = {line.strip().split("  ")[0]: line.split() for line in lines}
+    assert rows["CAGR"][1] == "-1.81%" and rows["win rate"][2] == "-" and rows["end equity"][2] == "$99,557.72"
+    assert lines[-2:] == ["  exit reason     trades     realised   win rate",
+                          "  trailing_stop       10   -$1,856.35      20.0%"]
 
 
 def test_dividends_go_to_the_systems_holding_the_symbol_at_the_open_of_the_ex_date():

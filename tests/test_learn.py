@@ -4,6 +4,7 @@ version on every candidate, and the walk-forward evaluation."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from datetime import date
 
@@ -59,6 +60,20 @@ def test_rank_correlation_and_decile_spread_are_what_they_say():
     assert spread["top_decile"] == pytest.approx(0.945) and spread["bottom_decile"] == pytest.approx(0.045)
 
 
+def test_the_evaluation_table_prints_the_top_bottom_spreads_signed_with_their_percent_sign():
+    from research import learn_eval
+
+    base = {"train": "2016-01-04..2016-02-24", "test": "2016-03-01..2016-03-31", "train rows": 900, "test rows": 300,
+            "score rank corr": -0.02}
+    lines = learn_eval.evaluation_text([
+        {**base, "fold": 1, "learned rank corr": 0.05, "learned spread": 0.0123, "score spread": -0.004},
+        {**base, "fold": 2, "learned rank corr": None, "learned spread": None, "score spread": -0.00001}]).splitlines()
+    assert lines[1].split()[-4:] == ["learned", "top-bottom", "score", "top-bottom"]  # no % in a header
+    assert lines[3].split()[-4:] == ["+0.050", "-0.020", "+1.23%", "-0.40%"]
+    assert lines[4].split()[-4:] == ["-", "-0.020", "-", "+0.00%"]  # a loss that rounds to nothing is none
+    assert lines[3].endswith("-0.40%") and lines[4].endswith("+0.00%")  # right-aligned
+
+
 @pytest.mark.slow
 def test_fit_learns_only_up_to_its_day_and_is_usable_from_the_fifth_session_after(real_env, recorded):
     result = cli("learn", "fit", "--from", str(recorded), "--until", "2016-03-31")
@@ -112,6 +127,7 @@ def test_evaluate_walks_forward_and_reports_both_rankings_per_fold(real_env, rec
     assert "the learned figure ranked the test candidates better than the fixed score in" in result.output
     folds = [line for line in lines if line.strip()[:1].isdigit()]
     assert len(folds) == 2  # tests in March and April 2016
+    assert all(re.fullmatch(r"(-|[+-]\d+\.\d\d%)", cell) for line in folds for cell in line.split()[-2:])
     assert (tmp_path / "eval" / "model-fold-1.db").exists() and (tmp_path / "eval" / "model-fold-2.db").exists()
     with sqlite3.connect(tmp_path / "eval" / "model-fold-2.db") as db:
         fitted_until, usable = db.execute("SELECT fitted_until, usable_from FROM models").fetchone()

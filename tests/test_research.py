@@ -278,6 +278,46 @@ def test_the_store_refuses_a_second_study_and_a_changed_resume_and_counts_a_work
         store.close()
 
 
+# --- the summaries, alone --------------------------------------------------------------------------------------------
+
+def _trial(number, role, objective, cagr, fold=None):
+    return {"number": number, "role": role, "objective": objective, "status": "done", "wall_s": 12.0, "fold": fold,
+            "params": {} if role == "default" else {"trailing_stop_pct": 5.5},
+            "metrics": {"metrics": {"cagr_pct": cagr, "sharpe": 0.8, "max_drawdown_pct": -4.2, "trades": 12,
+                                    "total_return_pct": cagr / 4}}}
+
+
+def test_a_summary_prints_percentages_signed_with_their_sign_and_no_header_carries_it():
+    from research import report
+
+    params = parse_params(["trailing_stop_pct=4:8"])
+    trials = [_trial(0, "default", 1.2, 3.4), _trial(1, "search", 2.5, 8.1), _trial(2, "search", -0.3, -12.0)]
+    spec = {"system": "momentum", "start": "2016-03-01", "end": "2016-04-29"}
+    for objective, shown in (("sharpe", ["2.500", "-0.300", "1.200"]), ("cagr", ["+2.50%", "-0.30%", "+1.20%"])):
+        lines = report.sweep_text({**spec, "objective": objective}, trials, params, []).splitlines()
+        header = next(n for n, line in enumerate(lines) if line.startswith("trial "))
+        assert lines[header].split() == ["trial", "role", "trailing_stop_pct", objective, "CAGR", "Sharpe", "max",
+                                         "DD", "trades", "wall", "s", "status"]
+        rows = [line.split() for line in lines[header + 2:header + 5]]
+        assert [row[3] for row in rows] == shown  # a percentage objective is a percentage too
+        assert [row[4] for row in rows] == ["+8.10%", "-12.00%", "+3.40%"] and {row[6] for row in rows} == {"-4.20%"}
+        assert lines[header + 3].index("-12.00%") < lines[header + 2].index("+8.10%")  # right-aligned
+    best = next(line for line in lines if line.startswith("best cagr"))
+    assert best == "best cagr +2.50% (trial 1) vs the default settings' +1.20% on the same window"
+    folds = [{"fold": 0, "chosen_trial": 1, "train_start": "2016-01-04", "train_end": "2016-03-03",
+              "test_start": "2016-03-04", "test_end": "2016-04-01", "chosen_params": {"trailing_stop_pct": 5.5}}]
+    tried = [_trial(1, "search", 2.5, 8.1, 0), _trial(2, "test", 1.1, 2.0, 0), _trial(3, "test-default", 0.4, -1.0, 0)]
+    lines = report.walk_forward_text({**spec, "objective": "sharpe", "train": "2m", "test": "1m", "step": "1m"},
+                                     folds, tried, params, {"chosen settings (out of sample)": [100, 101, 99, 103]},
+                                     []).splitlines()
+    header = next(n for n, line in enumerate(lines) if line.startswith("fold "))
+    assert lines[header].split()[-4:] == ["test", "return", "defaults", "return"]
+    assert lines[header + 2].split()[-2:] == ["+0.50%", "-0.25%"]  # each test window's total return
+    curve = next(n for n, line in enumerate(lines) if line.startswith("curve "))
+    assert lines[curve].split() == ["curve", "CAGR", "Sharpe", "max", "DD", "total"]
+    assert lines[curve + 2].split()[-2:] == ["-1.98%", "+3.00%"]
+
+
 # --- studies on the real engine and data -----------------------------------------------------------------------------
 
 @pytest.mark.slow
@@ -309,6 +349,11 @@ def test_a_sweep_records_every_trial_with_its_journal_and_summarises_it_honestly
             assert t["params"] == {}
     assert len(workers) == 2  # both local workers ran trials
     assert "trials tried: 4 (0 failed)" in done.stdout
+    default = next(t for t in rows if t["role"] == "default")
+    shown = next(line.split() for line in done.stdout.splitlines() if line.split()[:2] == [str(default["number"]),
+                                                                                            "default"])
+    cagr = json.loads(default["metrics"])["metrics"]["cagr_pct"]
+    assert shown[5] == f"{cagr:+.2f}%"  # trial, role, the two settings, sharpe, CAGR: signed, with its % sign
     search = [t for t in rows if t["role"] == "search"]
     best = max(search, key=lambda t: (t["objective"], -t["number"]))
     deflated = stats.deflated_sharpe(best, search)

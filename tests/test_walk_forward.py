@@ -3,6 +3,7 @@ the look-ahead guard, which stops a study whose training trials saw data after t
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 from datetime import date
 
@@ -94,8 +95,13 @@ def test_three_folds_choose_on_training_data_only_and_stitch_the_test_windows(re
         assert [t["role"] for t in trials if t["fold"] == fold["fold"] and t["role"] == "test-default"] == [
             "test-default"]
     assert "trials tried: 6 over 3 folds (0 failed)" in result.output
-    for curve in ("chosen settings (out of sample)", "default settings", "SPY total return"):
-        assert curve in result.output
+    lines = result.output.splitlines()
+    header = next(n for n, line in enumerate(lines) if line.startswith("curve "))
+    assert lines[header].split() == ["curve", "CAGR", "Sharpe", "max", "DD", "total"]  # no % in a header
+    for n, curve in enumerate(("chosen settings (out of sample)", "default settings", "SPY total return")):
+        assert lines[header + 2 + n].startswith(curve)
+        figures = lines[header + 2 + n][len(curve):].split()
+        assert all(re.fullmatch(r"[+-]\d+\.\d\d%", figures[i]) for i in (0, 2, 3)), figures  # signed, with %
     assert (out / "walk_forward.png").stat().st_size > 10_000
 
 

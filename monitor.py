@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import scanner
+from common import render
 from common.errors import MomentumError, Unavailable
 from common.types import finite
 from core import exit_rules, reversal, systems
@@ -255,9 +256,9 @@ def report_text(report: MonitorReport) -> str:
     lines += [f"  exit in progress: {s} -> {state}" for s, state in report.exits_finished]
     for trade in report.closed:
         qty = trade["original_qty"] or trade["qty"]
-        pnl = (f", P&L ${trade['pnl']:+,.2f} ({trade['pnl_pct']:+.2f}%)" if trade["pnl"] is not None
+        pnl = (f", P&L {render.signed_money(trade['pnl'])} ({render.pct(trade['pnl_pct'])})" if trade["pnl"] is not None
                and trade["pnl_pct"] is not None else "")
-        price = f" at ${trade['exit_price']:,.2f}" if trade["exit_price"] is not None else ""
+        price = f" at {render.money(trade['exit_price'])}" if trade["exit_price"] is not None else ""
         reason = (trade["exit_reason"] or "closed").replace("_", " ")
         lines.append(f"  closed: {trade['symbol']} {qty} sh{price} ({reason}){pnl}")
     lines += [f"  alert: {a}" for a in report.alerts]

@@ -1,6 +1,7 @@
 """Turns the data that commands return into text for a terminal (one place for formatting).
 
-One convention throughout: money is dollars with cents ($1,234.56); a percentage is in percent units (1.5 is 1.5%)
+One convention throughout: money is dollars with cents ($1,234.56, a loss -$3.20, a P&L in a sentence +$611.46); a
+share price is a plain number with cents (12.92); a percentage is in percent units (1.5 is 1.5%)
 and is always printed with its % sign, signed when it is a change (a return, a P&L, a gap, a distance: +1.50%) and
 unsigned when it is a level (a share of equity or of a limit, a win rate, breadth: 41.0%); a table's header names the
 figure and never carries the % sign itself; times are New York time with their zone (EDT/EST) unless marked UTC.
@@ -20,6 +21,12 @@ def money(value: float | None) -> str:
         return "-"
     shown = f"${abs(value):,.2f}"
     return f"-{shown}" if value < 0 and shown != "$0.00" else shown
+
+
+def signed_money(value: float | None) -> str:
+    """A P&L in a sentence, its sign always shown: +$611.46, -$3.20."""
+    shown = money(value)
+    return shown if shown == "-" or shown.startswith("-") else f"+{shown}"
 
 
 def pct(value: float | None, digits: int = 2) -> str:

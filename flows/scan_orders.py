@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 import executor
+from common import render
 from common.errors import EXIT_UNREACHABLE, ConfigError, MomentumError
 from common.types import BUY, Panel, Snapshot
 from core import risk, systems
@@ -200,8 +201,8 @@ def close_text(result: executor.CloseResult) -> str:
     """One line saying exactly what a close did, for the command line and the bot."""
     trade = result.trade
     if result.closed:
-        return (f"closed {trade['symbol']} x{trade['qty']} at {trade['exit_price']:.2f} "
-                f"(P&L {trade['pnl']:+.2f}, {trade['pnl_pct']:+.2f}%)")
+        return (f"closed {trade['symbol']} {trade['qty']} sh at {render.money(trade['exit_price'])} "
+                f"(P&L {render.signed_money(trade['pnl'])}, {render.pct(trade['pnl_pct'])})")
     if result.sent:
         return (f"close of {trade['symbol']} sent; not filled yet (trade {trade['status']}); reconciliation records "
                 "the fill")

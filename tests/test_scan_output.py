@@ -75,8 +75,8 @@ def test_the_monitor_reports_a_stop_that_filled_at_the_broker_with_its_price_and
         symbol, qty, price, reason, pnl, pct = db.execute(
             "SELECT symbol, qty, exit_price, exit_reason, pnl, pnl_pct FROM trades WHERE status = 'closed'").fetchone()
     assert reason == "trailing_stop"
-    assert f"  closed: {symbol} {qty} sh at ${price:,.2f} (trailing stop), P&L ${pnl:+,.2f} ({pct:+.2f}%)" in \
-        result.output
+    signed = f"{'+' if pnl >= 0 else '-'}${abs(pnl):,.2f}"
+    assert f"  closed: {symbol} {qty} sh at ${price:,.2f} (trailing stop), P&L {signed} ({pct:+.2f}%)" in result.output
 
 
 def test_a_dry_run_before_the_open_says_it_used_the_previous_session_and_status_speaks_new_york(private_journal):

@@ -95,7 +95,7 @@ def test_close_command_cancels_the_stop_and_records_the_exit(real_env):
     assert result.exit_code == 0, result.output
     trade = rows(real_env, "SELECT * FROM trades WHERE symbol = ?", (symbol,))[0]
     assert trade["status"] == "closed" and trade["exit_reason"] == "manual"
-    assert f"closed {symbol} x{trade['qty']} at {trade['exit_price']:.2f}" in result.output
+    assert f"closed {symbol} {trade['qty']} sh at ${trade['exit_price']:,.2f} (P&L " in result.output
     exit_row = rows(real_env, "SELECT * FROM exits WHERE trade_id = ?", (trade["id"],))[0]
     assert exit_row["state"] == "filled" and exit_row["price"] == trade["exit_price"]
     stop = rows(real_env, "SELECT status FROM orders WHERE trade_id = ? AND purpose = 'stop'", (trade["id"],))[0]

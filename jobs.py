@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from common import render
 from common.clock import day_bounds_utc
 from common.errors import ConfigError
 from core.option_math import multiplier
@@ -130,10 +131,10 @@ def daily_snapshot(rt: Runtime) -> JobResult:
     stored = rt.journal.one("SELECT * FROM daily_performance WHERE date = ?", [row["date"]])
     if stored is None or _changed(stored, row):
         rt.journal.upsert_rows("daily_performance", [{**row, "created_at": rt.journal.now()}], key="date")
-    message = (f"{row['date']} equity {row['equity']:,.2f}, day P&L {row['day_pnl']:+,.2f}, "
-               f"cumulative {row['cum_return_pct']:+.2f}%")
+    message = (f"{row['date']} equity {render.money(row['equity'])}, day P&L {render.signed_money(row['day_pnl'])}, "
+               f"cumulative {render.pct(row['cum_return_pct'])}")
     if row["spy_cum_return_pct"] is not None:
-        message += f" vs SPY {row['spy_cum_return_pct']:+.2f}%"
+        message += f" vs SPY {render.pct(row['spy_cum_return_pct'])}"
     from flows import tick
 
     late = tick.raise_dead_man(rt, rt.clock.now())  # the session's planned runs that did not run

@@ -25,6 +25,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from common import render
 from common.types import BUY, FINAL_STATUSES, LIMIT, OrderRequest
 from core import option_math
 from executor import record_intent, settle_fills, submit, wait_filled
@@ -177,8 +178,8 @@ def _execute_one(rt: Runtime, signal: dict, price: float, source, *, force: bool
     cost = choice.qty * choice.limit_price * option_math.OPTION_MULTIPLIER
     buying_power = rt.broker.account().buying_power
     if cost > buying_power + 1e-9:
-        return _refuse(rt, signal, "buying_power", f"{cost:,.2f} needed, {buying_power:,.2f} available", final=False,
-                       risk_gate=True)
+        return _refuse(rt, signal, "buying_power", f"{render.money(cost)} needed, {render.money(buying_power)} "
+                       "available", final=False, risk_gate=True)
     return _buy(rt, signal, choice, price)
 
 
@@ -216,9 +217,10 @@ def _buy(rt: Runtime, signal: dict, choice: option_math.Choice, underlying_price
     trade = journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
     status = "filled" if trade["status"] == "open" else ("ordered" if order is not None else "rejected")
     if trade["status"] == "open":
+        cost = trade["entry_price"] * trade["qty"] * option_math.OPTION_MULTIPLIER
         journal.event("info", "alert", f"BUY OPTION {quote.symbol} x{trade['qty']} at {trade['entry_price']:.2f} "
-                      f"({signal['symbol']} {signal['pattern']} {signal['direction']}; cost "
-                      f"{trade['entry_price'] * trade['qty'] * option_math.OPTION_MULTIPLIER:,.2f})", source="options",
+                      f"({signal['symbol']} {signal['pattern']} {signal['direction']}; cost {render.money(cost)})",
+                      source="options",
                       detail={"kind": "entry", "symbol": quote.symbol, "signal_id": signal["id"]})
     return Execution(signal["id"], signal["symbol"], status, choice.reason, quote.symbol, choice.qty,
                      choice.limit_price, trade_id)

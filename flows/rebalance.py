@@ -308,11 +308,11 @@ def validate(rt: Runtime, plan: RebalancePlan) -> list[PlannedOrder]:
             unit = order.price * (1 + COST_ALLOWANCE)
             fits = min(order.qty, math.floor((available + 0.01) / unit))
             if fits < 1:
-                _refuse(rt, plan, order, f"cost {order.qty * unit:,.2f} exceeds buying power net of sells "
-                                         f"{available:,.2f}")
+                _refuse(rt, plan, order, f"cost {render.money(order.qty * unit)} exceeds buying power net "
+                                         f"of sells {render.money(available)}")
                 continue
             if fits < order.qty:
-                why = f"{order.qty} -> {fits} shares: buying power net of sells {available:,.2f}"
+                why = f"{order.qty} -> {fits} shares: buying power net of sells {render.money(available)}"
                 plan.trimmed.append((order.symbol, why))
                 order = replace(order, qty=fits)
             available -= order.qty * unit

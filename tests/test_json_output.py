@@ -262,7 +262,7 @@ def test_each_job_reports_its_result(held, name, asof, counted):
     assert isinstance(data["counts"][counted], int) and data["seconds"] >= 0
     if name == "daily-snapshot":
         [day] = rows(held, "SELECT equity FROM daily_performance WHERE date = '2016-12-01'")
-        assert f"equity {day['equity']:,.2f}" in data["message"] and data["counts"]["opened"] == 18
+        assert f"equity ${day['equity']:,.2f}" in data["message"] and data["counts"]["opened"] == 18
     if name == "update-tracking":
         assert data["counts"]["updated"] == 18
 

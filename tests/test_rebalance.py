@@ -116,7 +116,7 @@ def test_buys_that_do_not_fit_are_trimmed_then_refused_with_the_sells_counted():
     accepted = rebalance.validate(rt, plan)
     # available 4,000 + 6,000 x (1 - 0.25%) = 9,985; each share counts 100.25
     assert [(o.symbol, o.qty) for o in accepted] == [("OLD", 60), ("AAA", 50), ("BBB", 49)]
-    assert plan.trimmed == [("BBB", "50 -> 49 shares: buying power net of sells 4,972.50")]
+    assert plan.trimmed == [("BBB", "50 -> 49 shares: buying power net of sells $4,972.50")]
     assert [symbol for symbol, _ in plan.refused] == ["CCC"]
     assert journal.risk_events[0]["gate"] == "buying_power" and journal.risk_events[0]["symbol"] == "CCC"
 

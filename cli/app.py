@@ -93,7 +93,7 @@ def deliver_alerts(rt) -> None:
 @click.option("--market", help="SPY/VIX daily CSV [MARKET_DATA].")
 @click.option("--broker", help="Broker: sim or alpaca [BROKER, default sim].")
 @click.option("--asof", help="Simulated time, ISO; naive = America/New_York [MOMENTUM_ASOF; unset or empty: real "
-              "time]. An empty --asof is refused.")
+              "time].")
 @click.option("--universe", help="Universe JSON [UNIVERSE_FILE, default data/universe.json].")
 @click.option("-v", "--verbose", is_flag=True, help="Also log to stderr.")
 @click.version_option(product_version(), "--version", prog_name="momentum-agent", message="%(prog)s %(version)s")
@@ -102,14 +102,15 @@ def cli(ctx: click.Context, verbose: bool, **options: str | None) -> None:
     """Momentum Agent: an autonomous momentum-trading agent for US equities.
 
     Every command works offline on the embedded simulated market and broker with no configuration.
+    An option given an empty value (--db "") is refused rather than read as its default.
     Exit codes: 0 done, 1 unexpected failure, 2 bad input or configuration, 3 broker or data source
     unreachable, 75 another run of the command (or another tick) holds its lock.
     """
-    from cli.options_check import check_asof
+    from cli.options_check import check_globals
     from common.logs import configure_logging
     from flows.runtime import Runtime
 
-    check_asof(options["asof"])  # an empty --asof is a slip (an unset shell variable), not a request for real time
+    check_globals(options)  # an empty --db or --asof is a slip (an unset shell variable), not a request for defaults
     overrides = {GLOBAL_OPTIONS[k]: v for k, v in options.items() if v is not None}
     config = load_config(overrides)
     configure_logging(Path(config.log_dir), config.log_level, verbose=verbose)

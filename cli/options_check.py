@@ -31,10 +31,25 @@ def nonempty_path(ctx: click.Context, param: click.Parameter, value: str | None)
     return refuse_empty(name, value, "a path", None if param.required else "its default")
 
 
-def check_asof(value: str | None) -> None:
-    """The global --asof: an explicit empty value is refused. An empty MOMENTUM_ASOF in the environment or .env
-    still means real time (a variable kept in a .env file and cleared is how a deployment goes live)."""
-    refuse_empty("--asof", value, "a time such as 2016-11-09T10:30", "real time")
+# What each global option takes, and what leaving it out means, for its one-line error when it is given empty.
+GLOBAL_EXAMPLES = {
+    "db": ("a journal file such as data/trades.db", "MOMENTUM_DB or data/trades.db"),
+    "data": ("sim, csv:PATH or alpaca", "DATA_SOURCE or sim"),
+    "market": ("a SPY/VIX daily CSV", "MARKET_DATA or the data source's own"),
+    "broker": ("sim or alpaca", "BROKER or sim"),
+    "asof": ("a time such as 2016-11-09T10:30", "real time"),
+    "universe": ("a universe JSON such as data/universe.json", "UNIVERSE_FILE or data/universe.json"),
+}
+
+
+def check_globals(options: dict[str, str | None]) -> None:
+    """The global options: one given explicitly but empty (an unset shell variable, `--db "$DB"`) is refused rather
+    than silently replaced by the default, which could be another journal or the simulated market. An empty variable
+    in the environment or .env keeps its meaning (an empty MOMENTUM_ASOF is real time: a variable kept in a .env file
+    and cleared is how a deployment goes live)."""
+    for name, value in options.items():
+        example, default = GLOBAL_EXAMPLES[name]
+        refuse_empty(f"--{name}", value, example, default)
 
 
 def parse_day(text: str, option: str) -> date:

@@ -34,6 +34,30 @@ class Redacting(logging.Formatter):
         return redact(super().format(record))
 
 
+class LazyFile(logging.FileHandler):
+    """A log file, its folder and the file itself created by the first record, so a command refused at its input
+    (exit 2) leaves nothing behind. A folder that cannot be written is one warning on stderr and no file log: a
+    read-only install must still trade, and the journal keeps its errors and alerts."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, encoding="utf-8", delay=True)
+
+    def _open(self):
+        Path(self.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+        return super()._open()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.stream is None:
+            try:
+                self.stream = self._open()
+            except OSError as err:
+                print(f"warning: cannot write logs to {Path(self.baseFilename).parent} ({err.strerror})",
+                      file=sys.stderr)
+                logging.getLogger().removeHandler(self)
+                return
+        super().emit(record)
+
+
 def configure_logging(log_dir: Path, level: str = "INFO", *, verbose: bool = False) -> Path | None:
     """Send records to logs/momentum.jsonl (and to stderr with --verbose). Safe to call twice."""
     global _configured
@@ -41,16 +65,10 @@ def configure_logging(log_dir: Path, level: str = "INFO", *, verbose: bool = Fal
         return None
     root = logging.getLogger()
     root.setLevel(level)
-    path: Path | None = Path(log_dir) / "momentum.jsonl"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(JsonLines())
-        root.addHandler(handler)
-    except OSError as err:
-        # A read-only install must still trade; the journal keeps errors and alerts.
-        print(f"warning: cannot write logs to {log_dir} ({err.strerror})", file=sys.stderr)
-        path = None
+    path = Path(log_dir) / "momentum.jsonl"
+    handler = LazyFile(path)
+    handler.setFormatter(JsonLines())
+    root.addHandler(handler)
     if verbose:
         console = logging.StreamHandler(sys.stderr)
         console.setFormatter(Redacting("%(levelname)s %(name)s: %(message)s"))

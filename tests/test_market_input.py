@@ -206,6 +206,17 @@ def test_the_cache_does_not_hide_a_file_changed_with_the_same_size_and_time(tmp_
       "--out", ""], "error: --out: empty value; give a path, or leave --out out for its default"),
     (["--asof", "", "status"],
      "error: --asof: empty value; give a time such as 2016-11-09T10:30, or leave --asof out for real time"),
+    (["--db", "", "status"], "error: --db: empty value; give a journal file such as data/trades.db, or leave --db "
+                             "out for MOMENTUM_DB or data/trades.db"),
+    (["--data", " ", "scan", "--cap", "small", "--dry-run"],
+     "error: --data: empty value; give sim, csv:PATH or alpaca, or leave --data out for DATA_SOURCE or sim"),
+    (["--market", "", "regime"], "error: --market: empty value; give a SPY/VIX daily CSV, or leave --market out for "
+                                 "MARKET_DATA or the data source's own"),
+    (["--broker", "", "positions"], "error: --broker: empty value; give sim or alpaca, or leave --broker out for "
+                                    "BROKER or sim"),
+    (["--universe", "", "scan", "--cap", "small"], "error: --universe: empty value; give a universe JSON such as "
+                                                   "data/universe.json, or leave --universe out for UNIVERSE_FILE or "
+                                                   "data/universe.json"),
 ])
 def test_an_empty_path_or_time_is_refused_in_one_line(private_journal, monkeypatch, args, message):
     monkeypatch.chdir(private_journal)

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from common import locks
+from common import locks, render
 from config import Config, redact, register_secrets
 
 log = logging.getLogger(__name__)
@@ -230,8 +230,8 @@ def _number(value: Any) -> float | None:
 def pnl_text(detail: dict) -> str | None:
     """'+$123.40 (+4.20%)', or whichever half is known."""
     pnl, pct = _number(detail.get("pnl")), _number(detail.get("pnl_pct"))
-    money = None if pnl is None else f"{'+' if pnl >= 0 else '-'}${abs(pnl):,.2f}"
-    percent = None if pct is None else f"{pct:+.2f}%"
+    money = None if pnl is None else render.signed_money(pnl)
+    percent = None if pct is None else render.pct(pct)
     if money and percent:
         return f"{money} ({percent})"
     return money or percent

@@ -128,7 +128,7 @@ def status_text(data: dict[str, Any]) -> str:
         ("equity", render.money(account.equity)),
         ("cash", render.money(account.cash)),
         ("buying power", render.money(account.buying_power)),
-        ("day P&L", f"{render.money(day_pnl)} ({render.pct(day_pct)})"),
+        ("day P&L", f"{render.signed_money(day_pnl)} ({render.pct(day_pct)})"),
         ("positions", f"{len(data['positions'])} at the broker, {trades['n']} open in the journal"
                       f" ({trades['unprotected'] or 0} unprotected)"),
         ("halted", halt),

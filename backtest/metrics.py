@@ -43,7 +43,7 @@ from common import render
 from common.clock import NY
 from common.errors import MomentumError
 from core.option_math import multiplier
-from flows.reports import CLOSED_STATUSES, TRADING_DAYS_PER_YEAR, return_stats, trade_stats
+from flows.reports import CLOSED_STATUSES, TRADING_DAYS_PER_YEAR, annualised_caution, return_stats, trade_stats
 from ports.sim_fills import SLIPPAGE
 
 if TYPE_CHECKING:  # annotations only: the runtime module wires every port
@@ -467,7 +467,7 @@ LABELS = {"cagr_pct": ("CAGR", render.pct), "volatility_pct": ("volatility", ren
           "sharpe": ("Sharpe", None), "sortino": ("Sortino", None),
           "max_drawdown_pct": ("max drawdown", render.pct), "win_rate_pct": ("win rate", render.level),
           "profit_factor": ("profit factor", None), "exposure_pct": ("exposure", render.level),
-          "turnover": ("turnover / year", None), "trades": ("trades", None),
+          "turnover": ("turnover / year", None), "trades": ("closed trades", None),
           "total_return_pct": ("total return", render.pct), "end_value": ("end equity", render.money)}
 SHORT_NAMES = {"spy_total_return": "SPY buy&hold", "spy_price_return": "SPY price only",
                "equal_weighted_universe": "EW universe"}
@@ -483,6 +483,10 @@ def text(data: dict[str, Any]) -> str:
         lines.append(f"measured from {data['measured_from']} ({data['measured_sessions']} sessions): first "
                      f"tradable session {data['first_tradable_session']} ({data['first_tradable_source']})")
         lines.append(f"universe: {data['universe']}")
+    caution = annualised_caution(data.get("measured_sessions") or data.get("sessions") or 0,
+                                 "CAGR, volatility, Sharpe, Sortino and turnover are annualised")
+    if caution:
+        lines.append(f"CAUTION: {caution}")
     lines += _comparison_lines(data) + _system_lines(data) + _year_lines(data) + _cost_lines(data)
     for title, key in (("entry slot", "pnl_by_entry_slot"), ("exit reason", "pnl_by_exit_reason")):
         groups = data.get(key) or {}

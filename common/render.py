@@ -26,17 +26,17 @@ def money(value: float | None) -> str:
 def signed_money(value: float | None) -> str:
     """A P&L in a sentence, its sign always shown: +$611.46, -$3.20."""
     shown = money(value)
-    return shown if shown == "-" or shown.startswith("-") else f"+{shown}"
+    return shown if shown in ("-", "$0.00") or shown.startswith("-") else f"+{shown}"
 
 
 def pct(value: float | None, digits: int = 2) -> str:
-    """A change in percent units, signed: 1.5 -> '+1.50%'."""
-    return "-" if not _finite(value) else _zero_unsigned(f"{value:+.{digits}f}%", "+")
+    """A change in percent units, signed: 1.5 -> '+1.50%' (none, or one that rounds to none: '0.00%')."""
+    return "-" if not _finite(value) else _zero_unsigned(f"{value:+.{digits}f}%")
 
 
 def level(value: float | None, digits: int = 1) -> str:
     """A level in percent units, unsigned: 41 -> '41.0%'."""
-    return "-" if not _finite(value) else _zero_unsigned(f"{value:.{digits}f}%", "")
+    return "-" if not _finite(value) else _zero_unsigned(f"{value:.{digits}f}%")
 
 
 class Pct(float):
@@ -81,9 +81,9 @@ def _finite(value: Any) -> bool:
     return value is not None and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _zero_unsigned(shown: str, sign: str) -> str:
-    """A loss that rounds to nothing is no loss on the page: '-0.00%' becomes '+0.00%' (or '0.0%' for a level)."""
-    return sign + shown[1:] if shown.startswith("-") and float(shown[1:-1]) == 0 else shown
+def _zero_unsigned(shown: str) -> str:
+    """Nothing has no sign: '+0.00%' and a loss that rounds to nothing, '-0.00%', are shown as '0.00%'."""
+    return shown[1:] if shown[0] in "+-" and float(shown[1:-1]) == 0 else shown
 
 
 def ny_time(moment: datetime | None) -> str:

@@ -471,11 +471,10 @@ def tearsheet(out_dir: Path, journal: Reader) -> dict[str, Any]:
                            "WHERE status IN ('closed', 'unknown') AND exit_time IS NOT NULL ORDER BY exit_time, id")
     held = journal.query(f"SELECT id, symbol, strategy, qty, entry_time, entry_price, current_price, "
                          f"unrealized_pnl FROM trades WHERE {HELD} ORDER BY id")
-    from flows.reports import MIN_ANNUALISED_DAYS
+    from flows.reports import annualised_caution
 
     sessions = metrics.get("measured_sessions") or metrics.get("sessions") or len(daily)
-    caution = (f"CAGR, volatility, Sharpe and Sortino are annualised from {sessions} sessions: too few to mean much"
-               if sessions and sessions < MIN_ANNUALISED_DAYS else None)
+    caution = annualised_caution(sessions, "CAGR, volatility, Sharpe, Sortino and turnover are annualised")
     return {"out_dir": str(out_dir), "metrics": metrics, "comparison": comparison(metrics), "caution": caution,
             "systems": system_metrics(metrics), "performance": performance(daily, closed),
             "trades": closed[-TRADES_SHOWN:][::-1], "trades_left_out": max(0, len(closed) - TRADES_SHOWN),

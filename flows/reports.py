@@ -108,6 +108,13 @@ def start_of_first_day(row: dict) -> float:
 MIN_ANNUALISED_DAYS = 60  # fewer daily returns than this make an annualised ratio noise, and it is flagged
 
 
+def annualised_caution(sessions: int, figures: str = "annualised") -> str | None:
+    """The warning shown beside annualised figures measured over too few sessions, or None when there are enough."""
+    if not sessions or sessions >= MIN_ANNUALISED_DAYS:
+        return None
+    return f"{figures} from {sessions} session{'s' if sessions != 1 else ''}: too few to mean much"
+
+
 def metrics(rt: Runtime) -> dict[str, Any]:
     """Since inception: returns from the snapshots (baseline: the equity before the first snapshot's day, as in the
     weekly and monthly reports and the chart), trade statistics, SPY over the same span."""
@@ -125,8 +132,7 @@ def metrics(rt: Runtime) -> dict[str, Any]:
         if out["spy_return_pct"] is not None:
             out["vs_spy_pct"] = out["total_return_pct"] - out["spy_return_pct"]
     out.update(return_stats(equity))
-    out["annualised_caution"] = (f"annualised from {len(rows)} days: too few to mean much"
-                                 if rows and len(rows) < MIN_ANNUALISED_DAYS else None)
+    out["annualised_caution"] = annualised_caution(len(rows))
     out.update(trade_stats([t["pnl"] for t in closed_trades(rt)]))
     out["open_trades"] = len(rt.journal.held_trades("id"))
     return out

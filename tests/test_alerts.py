@@ -73,7 +73,7 @@ def test_an_entry_alert_goes_to_both_channels_with_exact_bodies(journal, both, f
 @pytest.mark.parametrize("pnl, pnl_pct, shown, colour", [
     (123.4, 4.2, "+$123.40 (+4.20%)", alerts.GREEN),
     (-1050.0, -2.5, "-$1,050.00 (-2.50%)", alerts.RED),
-    (0.0, 0.0, "+$0.00 (+0.00%)", alerts.GREEN),
+    (0.0, 0.0, "$0.00 (0.00%)", alerts.GREEN),
 ])
 def test_an_exit_is_coloured_by_pnl(journal, both, fake_telegram, fake_discord, pnl, pnl_pct, shown, colour):
     journal.event("info", "alert", "MSFT closed by trailing_stop at 58.10", source="reconcile",

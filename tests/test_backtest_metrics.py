@@ -210,6 +210,12 @@ def test_the_text_keeps_its_first_line_and_labels_every_benchmark(rt, tmp_path):
     assert "EW universe: equal-weighted universe (price only)" in body
     assert "dividends received: $0.00 (the stock data carries no dividends)" in body
     assert data["dividends_received"] == {"amount": 0.0, "note": "the stock data carries no dividends"}
+    sessions = data["measured_sessions"]  # the crafted journal spans a few sessions: its annualised figures say so
+    assert sessions < 60 and (f"CAUTION: CAGR, volatility, Sharpe, Sortino and turnover are annualised from "
+                               f"{sessions} sessions: too few to mean much") in lines
+    assert "closed trades" in body
+    data["measured_sessions"] = 60
+    assert "CAUTION" not in metrics.text(data)
 
 
 def test_the_text_signs_changes_not_levels_puts_money_in_dollars_and_no_header_carries_a_percent_sign(rt, tmp_path):
@@ -219,12 +225,12 @@ def test_the_text_signs_changes_not_levels_puts_money_in_dollars_and_no_header_c
     # the account, SPY buy&hold and the equal-weighted universe, each figure as the convention prints it
     assert rows["CAGR"] == ["CAGR", "+16.00%", "-34.43%", "+676.16%"]  # a change: signed, with its % sign
     assert rows["total return"][2:] == ["+0.35%", "-1.00%", "+5.00%"]
-    assert rows["max drawdown"][2:] == ["+0.00%", "-2.46%", "+0.00%"]
+    assert rows["max drawdown"][2:] == ["0.00%", "-2.46%", "0.00%"]
     assert rows["volatility"][1:] == ["0.6%", "19.1%", "8.7%"]  # a level: unsigned, with its % sign
     assert rows["win rate"][2:] == ["100.0%", "-", "-"] and rows["exposure"][1:] == ["3.6%", "100.0%", "-"]
     assert rows["Sharpe"][1:] == ["24.10", "-2.13", "23.64"] and rows["turnover / year"][3:] == ["8.77", "0.00", "-"]
     assert rows["end equity"][2:] == ["$100,354.00", "$99,000.00", "$105,000.00"]
-    assert rows["momentum"] == ["momentum", "2015-12-29", "+0.27%", "+11.99%", "+0.00%", "-1.00%", "+5.00%", "1",
+    assert rows["momentum"] == ["momentum", "2015-12-29", "+0.27%", "+11.99%", "0.00%", "-1.00%", "+5.00%", "1",
                                 "100.0%", "$196.00", "$5.77"]
     assert rows["2016"] == ["2016", "+0.16%", "-2.46%", "+2.44%", "$84.00"]
     assert ("costs paid: $13.02 (spread $9.25, slippage $3.77) on 5 of 6 fills, 0.06% of the value traded"

@@ -40,7 +40,7 @@ def test_status_on_the_sim_with_no_configuration(env):
     fields = {k: v.strip() for k, v in (line.split("  ", 1) for line in lines[1:])}
     assert fields["market"] == "OPEN until 2016-11-09 16:00 EST"
     assert fields["equity"] == "$100,000.00" and fields["cash"] == "$100,000.00"
-    assert fields["day P&L"] == "+$0.00 (+0.00%)"
+    assert fields["day P&L"] == "$0.00 (0.00%)"
     assert fields["halted"] == "no"
     assert fields["positions"] == "0 at the broker, 0 open in the journal (0 unprotected)"
     assert [row[1:] for row in _rows(env, "SELECT command, status, exit_code FROM runs")] == [["done", 0]]

@@ -70,8 +70,8 @@ def test_the_evaluation_table_prints_the_top_bottom_spreads_signed_with_their_pe
         {**base, "fold": 2, "learned rank corr": None, "learned spread": None, "score spread": -0.00001}]).splitlines()
     assert lines[1].split()[-4:] == ["learned", "top-bottom", "score", "top-bottom"]  # no % in a header
     assert lines[3].split()[-4:] == ["+0.050", "-0.020", "+1.23%", "-0.40%"]
-    assert lines[4].split()[-4:] == ["-", "-0.020", "-", "+0.00%"]  # a loss that rounds to nothing is none
-    assert lines[3].endswith("-0.40%") and lines[4].endswith("+0.00%")  # right-aligned
+    assert lines[4].split()[-4:] == ["-", "-0.020", "-", "0.00%"]  # a loss that rounds to nothing is none
+    assert lines[3].endswith("-0.40%") and lines[4].endswith("0.00%")  # right-aligned
 
 
 @pytest.mark.slow

@@ -10,8 +10,10 @@ def test_a_change_is_signed_and_a_level_is_not():
     assert render.level(41) == "41.0%"
     assert render.level(7.25, 2) == "7.25%"
 
-def test_a_loss_that_rounds_to_nothing_is_shown_as_none():
-    assert render.pct(-0.001) == "+0.00%"
+def test_nothing_and_a_loss_that_rounds_to_nothing_have_no_sign():
+    assert render.pct(-0.001) == "0.00%" and render.pct(0) == "0.00%" and render.pct(0.004) == "0.00%"
+    assert render.signed_money(0) == "$0.00" and render.signed_money(0.2) == "+$0.20"
+    assert render.signed_money(-3.2) == "-$3.20"
     assert render.level(-0.01) == "0.0%"
     assert render.money(-0.001) == "$0.00"
 

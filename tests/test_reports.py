@@ -134,7 +134,7 @@ def test_metrics_since_inception(journal):
     assert data["total_return_pct"] == pytest.approx(snaps[-1]["cum_return_pct"])
     spy_before = snaps[0]["spy_close"] / (1 + snaps[0]["spy_change_pct"] / 100)
     assert data["spy_return_pct"] == pytest.approx((snaps[-1]["spy_close"] / spy_before - 1) * 100)
-    assert "(annualised from 17 days: too few to mean much)" in cli("--asof", "2016-12-03T10:00", "report",
+    assert "(annualised from 17 sessions: too few to mean much)" in cli("--asof", "2016-12-03T10:00", "report",
                                                                     "metrics").output
     daily = np.diff(equity) / equity[:-1]
     assert data["sharpe"] == pytest.approx(daily.mean() / daily.std(ddof=1) * math.sqrt(252))

@@ -189,7 +189,8 @@ def reconcile(ctx: click.Context, as_json: bool) -> None:
 @click.option("--cap", type=click.Choice(["large", "mid", "small", "all"]), default="all", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Compute and record everything, send no order, ignore market hours.")
 @click.option("--max-buys", type=click.IntRange(0, 100), help="Cap the buys of this scan.")
-@click.option("--force", is_flag=True, help="Run outside regular market hours.")
+@click.option("--force", is_flag=True, help="Run outside regular market hours: it decides and records, and sends no "
+              "order while the market is closed (the risk gates would refuse each one).")
 @click.option("--json", "as_json", is_flag=True, help=JSON_HELP)
 @click.pass_context
 def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: int | None, force: bool,
@@ -199,8 +200,11 @@ def scan(ctx: click.Context, scan_type: str, cap: str, dry_run: bool, max_buys: 
 
     rt = start(ctx)
     with skipped_as_json(rt, "scan", as_json):
+        closed = force and not dry_run and not rt.calendar.is_open(rt.clock.now())
+        dry_run = dry_run or closed  # an order outside the session is refused: a forced scan then only decides
         if not as_json:
-            click.echo(operator.mode_line(rt) + (" | DRY RUN: no orders are sent" if dry_run else ""))
+            click.echo(operator.mode_line(rt) + (" | market closed: --force decides and records, no orders are sent"
+                                                 if closed else " | DRY RUN: no orders are sent" if dry_run else ""))
         scan_type = scan_type or scan.scan_type_for(rt.clock.now())
         results = scan.run_scan(rt, scan_type, cap, dry_run=dry_run, max_buys=max_buys, force=force)
         if as_json:

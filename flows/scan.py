@@ -347,7 +347,8 @@ def explain_stage2(decision: rules_decider.Decision, frame: pd.DataFrame, rules:
 def summary_line(result: CapScan) -> str:
     decision = result.decision
     parts = ["HALTED: no buys until `resume`"] if decision.halted else []
-    parts += [f"{result.cap}: {int(result.frame['stage1'].sum())} candidates, "
+    stage1 = int(result.frame["stage1"].sum())
+    parts += [f"{result.cap}: {stage1} candidate{'s' if stage1 != 1 else ''}, "
              f"{int(result.frame['stage2'].sum())} passed stage 2",
              f"BUY {', '.join(decision.buys) or '-'}", f"WATCH {', '.join(decision.watch) or '-'}"]
     if decision.closes:
@@ -382,7 +383,14 @@ SKIPPED_NAMED = 5  # skipped symbols named in a scan's summary line
 
 
 def _short(reason: str, width: int = 48) -> str:
-    return reason if len(reason) <= width else reason[:width - 3].rstrip() + "..."
+    """A skip reason short enough for the summary line: its head before the details (": ..."), or cut at a word;
+    the whole reason is in the journal's scans.skipped."""
+    if len(reason) <= width:
+        return reason
+    head = reason.split(": ", 1)[0]
+    if len(head) <= width:
+        return head
+    return reason[:width - 3].rsplit(" ", 1)[0].rstrip(",;") + "..."
 
 
 def _bought_text(symbol: str, fill: dict | None) -> str:

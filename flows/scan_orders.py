@@ -112,8 +112,10 @@ def record_refusals(rt: Runtime, result, refused: list[risk.GateResult], report:
             "side": p.side, "qty": p.qty, "gate": gate_result.gate, "detail": gate_result.detail})
         report.refused.append((p.symbol, gate_result.gate, gate_result.detail))
     if refused and journal.setting("halt") != "on":
+        # a closed market refuses every order by design; the storm guards against refusals that signal a fault
         times = [datetime.fromisoformat(r["created_at"]) for r in journal.query(
-            "SELECT created_at FROM risk_events ORDER BY id DESC LIMIT ?", [risk.REFUSAL_STORM_COUNT])]
+            "SELECT created_at FROM risk_events WHERE gate != 'market_hours' ORDER BY id DESC LIMIT ?",
+            [risk.REFUSAL_STORM_COUNT])]
         if risk.refusal_storm(times, rt.clock.now()):
             journal.set_setting("halt", "on", by="risk")
             journal.event("critical", "alert", "buying HALTED: five order refusals within five minutes "

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -129,6 +130,37 @@ def test_trading_scan_outside_hours_is_skipped_without_force(env):
     result = run("--asof", "2016-11-12T11:00", "scan", "--cap", "small")
     assert result.exit_code == 0
     assert "market closed" in result.stdout and "--force" in result.stdout
+
+
+def test_a_forced_scan_outside_hours_decides_and_records_and_sends_nothing(env):
+    assert run("set", "skip_buys", "off").exit_code == 0
+    result = run("--asof", "2016-11-09T08:00", "scan", "--cap", "all", "--force")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[0].endswith("| market closed: --force decides and records, no orders are sent")
+    assert [row[:2] for row in _rows(env, "SELECT cap, dry_run FROM scans ORDER BY id")] == [
+        ["large", 1], ["mid", 1], ["small", 1]]
+    assert _rows(env, "SELECT SUM(buy_count) FROM scans")[0][0] > 0  # it decided to buy, and sent nothing
+    assert _rows(env, "SELECT COUNT(*) FROM orders") == [[0]]
+    assert _rows(env, "SELECT COUNT(*) FROM risk_events") == [[0]]
+    assert _rows(env, "SELECT value FROM settings WHERE key = 'halt'") in ([], [["off"]])
+
+
+def test_refusals_of_a_closed_market_never_halt_buying(env):
+    from config import load_config
+    from core.risk import GateResult, OrderProposal
+    from flows.runtime import Runtime
+    from flows.scan_orders import ExecutionReport, record_refusals
+
+    rt = Runtime(load_config({"MOMENTUM_ASOF": "2016-11-09T08:00"}), "test")
+    closed = GateResult(OrderProposal("AAA", "buy", 1, 10.0, "large"), False, "market_hours", "market is closed")
+    for _ in range(6):
+        record_refusals(rt, SimpleNamespace(scan_id=None), [closed], ExecutionReport())
+    assert rt.journal.setting("halt") == "off"
+    cash = GateResult(OrderProposal("AAA", "buy", 1, 10.0, "large"), False, "buying_power", "cost exceeds")
+    for _ in range(5):
+        record_refusals(rt, SimpleNamespace(scan_id=None), [cash], ExecutionReport())
+    assert rt.journal.setting("halt") == "on"  # five refusals of another kind still halt
+    rt.close()
 
 
 def test_dry_run_scan_records_the_scan_and_every_candidate(env):

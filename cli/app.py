@@ -23,9 +23,17 @@ class AgentGroup(click.Group):
     A SQLite failure of the journal met anywhere in a command (locked by another command past the busy timeout,
     damaged, read-only) is mapped here, in one place, to the journal's own errors (db.journal_fault)."""
 
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as err:  # a bad global option
+            _usage_error(err)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
+        except click.UsageError as err:  # a bad command name, option or argument
+            _usage_error(err)
         except MomentumError as err:
             _fail(ctx, err)
         except (click.exceptions.Exit, click.exceptions.ClickException, click.exceptions.Abort):
@@ -45,6 +53,16 @@ class AgentGroup(click.Group):
             click.echo(f"error: unexpected failure ({message}); details in the log", err=True)
             _finish_run(ctx, "failed", EXIT_FAILURE, message)
             sys.exit(EXIT_FAILURE)
+
+
+def _usage_error(err: click.UsageError) -> NoReturn:
+    """A command line click cannot parse: one line naming the problem and where the help is, exit 2 (the help itself
+    when a group is given no command)."""
+    if isinstance(err, click.exceptions.NoArgsIsHelpError):
+        raise err
+    where = f" (see `{err.ctx.command_path} --help`)" if err.ctx is not None else ""
+    click.echo(f"error: {err.format_message()}{where}", err=True)
+    sys.exit(err.exit_code)
 
 
 def _fail(ctx: click.Context, err: MomentumError, *, record: bool = True) -> NoReturn:

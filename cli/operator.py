@@ -123,7 +123,7 @@ def settings(ctx: click.Context, as_json: bool) -> None:
     done(rt)
 
 
-@cli.command(name="set")
+@cli.command(name="set", context_settings={"ignore_unknown_options": True})  # `set autoclose_threshold -3`: a value
 @click.argument("key")
 @click.argument("value")
 @click.pass_context

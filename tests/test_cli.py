@@ -121,6 +121,28 @@ def test_an_earlier_asof_is_refused_by_the_sim_broker(env):
     assert_one_line_error(run("--asof", "2016-11-09T11:00", "status"), 2, "earlier than the broker's last processed")
 
 
+@pytest.mark.parametrize("args, message", [
+    (["scan", "--cap", "huge"], "error: Invalid value for '--cap': 'huge' is not one of 'large', 'mid', 'small', "
+                                "'all'. (see `main.py scan --help`)"),
+    (["frobnicate"], "error: No such command 'frobnicate'. (see `main.py --help`)"),
+    (["set", "halt"], "error: Missing argument 'VALUE'. (see `main.py set --help`)"),
+    (["report", "nope"], "error: No such command 'nope'. (see `main.py report --help`)"),
+    (["report", "weekly", "--chart"], "error: Option '--chart' requires an argument."),
+    (["--bogus", "status"], "error: No such option '--bogus'."),
+    (["set", "autoclose_threshold", "-3"], "error: set autoclose_threshold: must be between 3 and 10 (got '-3')"),
+])
+def test_a_command_line_that_does_not_parse_is_one_line_and_exit_2(env, args, message):
+    result = CliRunner().invoke(cli, args, prog_name="main.py", catch_exceptions=False)
+    assert result.exit_code == 2 and result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+
+
+def test_a_group_with_no_command_still_shows_its_help():
+    result = run("research")
+    assert "Commands:" in result.output and "sweep" in result.output
+
+
 def test_corrupt_journal_exits_2(env):
     (env / "trades.db").write_bytes(b"garbage" * 1000)
     assert_one_line_error(run("status"), 2, "not a SQLite database")

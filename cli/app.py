@@ -9,7 +9,7 @@ from typing import NoReturn
 
 import click
 
-from common.errors import EXIT_FAILURE, MomentumError
+from common.errors import EXIT_FAILURE, ConfigError, MomentumError
 from config import load_config, product_version, redact
 
 log = logging.getLogger("momentum")
@@ -42,6 +42,10 @@ class AgentGroup(click.Group):
             click.echo("error: interrupted", err=True)
             sys.exit(130)
         except Exception as err:  # the last line of defence: log the traceback, show one line
+            if isinstance(err, PATH_ERRORS) and err.filename is not None:
+                # a file or folder the command was given (or configured with) cannot be read or written: bad input
+                log.warning("path error", exc_info=err)
+                _fail(ctx, ConfigError(_path_problem(err)))
             fault = _journal_fault(ctx, err)
             if fault is not None:
                 log.error("journal failure: %s", fault, exc_info=err)
@@ -53,6 +57,17 @@ class AgentGroup(click.Group):
             click.echo(f"error: unexpected failure ({message}); details in the log", err=True)
             _finish_run(ctx, "failed", EXIT_FAILURE, message)
             sys.exit(EXIT_FAILURE)
+
+
+PATH_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _path_problem(err: OSError) -> str:
+    """'PATH: reason', naming the folder when the file was a temporary one beside its target (an atomic write)."""
+    path, reason = Path(err.filename), err.strerror or type(err).__name__
+    if path.name.endswith(".tmp"):
+        return f"cannot write a file in {path.parent}: {reason}"
+    return f"{path}: {reason}"
 
 
 def _usage_error(err: click.UsageError) -> NoReturn:

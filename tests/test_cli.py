@@ -138,6 +138,16 @@ def test_a_command_line_that_does_not_parse_is_one_line_and_exit_2(env, args, me
     assert len(lines) == 1 and lines[0].startswith(message), result.stderr
 
 
+def test_an_output_path_that_cannot_be_written_is_one_line_and_exit_2(env, tmp_path):
+    # /proc is a folder no one can create a file in, not even root (the test machines run as root)
+    assert_one_line_error(run("export", "trades", "--out", "/proc/momentum-trades.csv"), 2,
+                          "cannot write a file in /proc: No such file or directory")
+    assert_one_line_error(run("regime", "--history", "--start", "2016-01-04", "--end", "2016-01-29",
+                              "--out", str(tmp_path)), 2, f"{tmp_path}: Is a directory")
+    runs = _rows(env, "SELECT status, exit_code FROM runs ORDER BY started_at, rowid")
+    assert runs[-2:] == [["failed", 2], ["failed", 2]]  # recorded as refused, not as unexpected failures
+
+
 def test_a_group_with_no_command_still_shows_its_help():
     result = run("research")
     assert "Commands:" in result.output and "sweep" in result.output

@@ -41,6 +41,12 @@ BUSY_TIMEOUT_S = 10.0  # how long a command waits for another one holding the jo
 # elsewhere is reported the same way (exit 2) by the command that reads it.
 QUICK_CHECK_MAX_BYTES = 8 * 2**20
 TABLES_WRITTEN_BY_EVERY_COMMAND = ("runs", "events", "settings", "state")
+# every error the journal holds: error and critical events, and the runs that failed with their one line
+ERRORS = ("SELECT message, level, source, created_at AS at FROM events WHERE level IN ('error', 'critical') "
+          "UNION ALL "
+          "SELECT substr(command, instr(command, ' ') + 1) || ' failed (exit ' || exit_code || '): ' "
+          "|| COALESCE(detail, '-'), 'error', 'run', COALESCE(finished_at, started_at) FROM runs "
+          "WHERE status = 'failed'")
 
 
 def _statements(script: str) -> Iterator[str]:
@@ -321,14 +327,12 @@ class Journal:
         """The last `limit` distinct error messages, newest first, with how often each occurred: error and critical
         events, and the runs that failed (a command that exited 1, 2 or 3 records its one line there, not always
         as an event)."""
-        return self.query(
-            "SELECT message, level, source, COUNT(*) AS count, MAX(at) AS last_seen FROM ("
-            "  SELECT message, level, source, created_at AS at FROM events WHERE level IN ('error', 'critical')"
-            "  UNION ALL"
-            "  SELECT substr(command, instr(command, ' ') + 1) || ' failed (exit ' || exit_code || '): '"
-            "         || COALESCE(detail, '-'), 'error', 'run',"
-            "         COALESCE(finished_at, started_at) FROM runs WHERE status = 'failed'"
-            ") GROUP BY message ORDER BY last_seen DESC LIMIT ?", [limit])
+        return self.query(f"SELECT message, level, source, COUNT(*) AS count, MAX(at) AS last_seen FROM ({ERRORS}) "
+                          "GROUP BY message ORDER BY last_seen DESC LIMIT ?", [limit])
+
+    def distinct_error_count(self) -> int:
+        """How many distinct error messages `recent_errors` could list."""
+        return self.one(f"SELECT COUNT(DISTINCT message) AS n FROM ({ERRORS})")["n"]
 
     # --- runtime settings ------------------------------------------------------------------------------------
     def settings(self) -> dict[str, str]:

@@ -137,22 +137,28 @@ def set_setting(ctx: click.Context, key: str, value: str) -> None:
 
 
 @cli.command()
+@click.option("--limit", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="How many distinct errors to list, newest first.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def errors(ctx: click.Context, as_json: bool) -> None:
-    """The last 10 distinct errors recorded in the journal: error and critical events and failed runs."""
+def errors(ctx: click.Context, limit: int, as_json: bool) -> None:
+    """The last distinct errors recorded in the journal: error and critical events and failed runs."""
     from datetime import datetime
 
     from common import render
 
     rt = start(ctx)
-    rows = rt.journal.recent_errors(10)
+    rows = rt.journal.recent_errors(limit)
+    hidden = rt.journal.distinct_error_count() - len(rows)
     if as_json:
-        click.echo(json.dumps({"command": "errors", "errors": rows}, indent=2))
+        click.echo(json.dumps({"command": "errors", "errors": rows, "not_shown": hidden}, indent=2))
     else:
         shown = [{**row, "last_seen": render.ny_time(datetime.fromisoformat(row["last_seen"]))} for row in rows]
         click.echo(render.table(shown, ["last_seen", "level", "count", "source", "message"]) if rows
                    else "no errors recorded")
+        if hidden > 0:
+            click.echo(f"({hidden} older distinct error{'s' if hidden != 1 else ''} not shown: "
+                       f"`errors --limit {limit + hidden}` lists them)")
     done(rt)
 
 

@@ -383,7 +383,7 @@ def metrics_text(data: dict[str, Any]) -> str:
         ("average win", render.money(data["avg_win"])), ("average loss", render.money(data["avg_loss"])),
         ("profit factor", _num(data["profit_factor"]) if data["profit_factor"] is not None
          else ("n/a (no losing trade)" if data["trades"] else "n/a")),
-        ("realised P&L", render.money(data["realised_pnl"])),
+        ("realised P&L", render.signed_money(data["realised_pnl"])),
     ]
     return "metrics since inception\n" + render.key_values(pairs)
 
@@ -396,10 +396,11 @@ def _flagged(text: str, data: dict[str, Any]) -> str:
 def _period_pairs(data: dict[str, Any]) -> list[tuple[str, Any]]:
     return [
         ("equity", f"{render.money(data['start_equity'])} -> {render.money(data['end_equity'])}"),
-        ("P&L", f"{render.money(data['pnl'])} ({render.pct(data['return_pct'])})"),
+        ("P&L", f"{render.signed_money(data['pnl'])} ({render.pct(data['return_pct'])})"),
         ("SPY", f"{render.pct(data['spy_return_pct'])} (vs SPY {render.pct(data['vs_spy_pct'])})"),
         ("trades", f"{data['trades_opened']} opened, {data['closed_trades']} closed "
-                   f"({data['wins']} won, {data['losses']} lost), realised {render.money(data['realised_pnl'])}"),
+                   f"({data['wins']} won, {data['losses']} lost), "
+                   f"realised {render.signed_money(data['realised_pnl'])}"),
     ]
 
 
@@ -442,7 +443,7 @@ def poor_signals_text(data: dict[str, Any]) -> str:
     if not data["count"]:
         return "no poor signals recorded (no trade has been closed on a reversal)"
     lines = [f"poor signals: {data['count']} trades closed on a reversal ({data['unreviewed']} unreviewed), "
-             f"average P&L {render.pct(data['avg_pnl_pct'])}"]
+             f"average P&L {render.pct(data['avg_pnl_pct'], 1)}"]  # as in the pattern lines below
     for title, key in (("reversal triggers", "reversal_triggers"), ("entry signals", "entry_signals"),
                        ("exit reasons", "exit_reasons")):
         lines += ["", title, render.table(data[key], ["name", "count"])]

@@ -79,6 +79,13 @@ def test_errors_lists_distinct_recent_errors(env):
     assert "run     scan failed (exit 2):" in listed.stdout and "/nowhere/bars.csv" in listed.stdout  # a failed run
     assert "2016-11-09 10:30 EST" in listed.stdout  # when, in New York time
 
+    for day in range(1, 4):  # three more distinct failures: a limit of 2 hides two of the four, and says so
+        run("--data", f"csv:/nowhere/bars{day}.csv", "--asof", f"2016-11-1{day}T10:30", "scan", "--dry-run")
+    lines = run("errors", "--limit", "2").stdout.strip().splitlines()
+    assert len(lines) == 2 + 2 + 1 and "bars3.csv" in lines[2] and "bars2.csv" in lines[3]
+    assert lines[-1] == "(2 older distinct errors not shown: `errors --limit 4` lists them)"
+    assert "not shown" not in run("errors").stdout
+
 
 @pytest.mark.parametrize("args, fragment", [
     (["--data", "yahoo", "status"], "unknown source 'yahoo'"),

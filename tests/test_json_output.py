@@ -301,7 +301,7 @@ def test_backtest_carries_the_metrics_file_and_the_lookahead_cuts(crafted_market
 def test_the_older_json_commands_print_one_object_named_by_its_command(env):
     schedule = run_json("schedule", "--date", "2024-11-29")
     assert schedule["command"] == "schedule" and schedule["sessions"][0]["early_close"] is True
-    assert run_json("errors") == {"command": "errors", "errors": []}
+    assert run_json("errors") == {"command": "errors", "errors": [], "not_shown": 0}
     assert run_json("--asof", "2024-06-14T10:30", "report", "metrics")["command"] == "report metrics"
     assert run_json("--asof", "2024-06-14T10:30", "options", "positions") == {"command": "options positions",
                                                                               "positions": []}

@@ -3,6 +3,8 @@
 Every job is idempotent: it recomputes its figures from the broker, the market data and the journal, and writes a row
 only where the stored values differ, so a cron retry or a manual second run leaves the same tables. The three
 session-bound jobs do nothing on a weekend or NYSE holiday; cleanup runs on any day (cron runs it on Sunday).
+daily-snapshot reconciles the journal with the broker first (a stop that filled at the close is in the day's row),
+and measures the day's P&L from the previous session's close, never from an older snapshot.
 
 Run from cron as `python main.py jobs NAME` or `python jobs.py NAME`; the latter accepts the global options after
 the job name too, e.g. `python jobs.py daily-snapshot --asof 2016-11-09T16:05 --db data/trades.db`.
@@ -26,6 +28,8 @@ from common import render
 from common.clock import day_bounds_utc
 from common.errors import ConfigError
 from core.option_math import multiplier
+from flows.reports import start_of_first_day
+from journal import reconcile
 
 if TYPE_CHECKING:  # annotations only: the runtime module wires every port
     from flows.runtime import Runtime
@@ -96,45 +100,83 @@ def _trades_opened_closed(rt: Runtime, today: date) -> tuple[int, int]:
     return opened, closed
 
 
-def snapshot_row(rt: Runtime, today: date) -> dict[str, Any]:
-    """Today's daily_performance row from the broker, the journal and the SPY series."""
+def day_baseline(rt: Runtime, today: date, account) -> tuple[float | None, str]:
+    """The equity today's P&L is measured from, and where it came from: the snapshot of the previous session when
+    there is one (the rows then chain, day by day), else the broker's equity at the previous close (last_equity).
+
+    After days without a snapshot the last stored row is older than the previous session; measuring from it would
+    give one day the P&L of every session since, so the broker's previous close is used. Without either the day's
+    P&L is unknown (None), and the row says so rather than guessing."""
+    previous_session = rt.calendar.previous_session(today)
+    previous = rt.journal.one("SELECT date, equity FROM daily_performance WHERE date = ?",
+                              [previous_session.isoformat()])
+    if previous is not None and previous["equity"]:
+        return previous["equity"], "snapshot"
+    if account.last_equity:
+        return account.last_equity, "broker"
+    return None, "unknown"
+
+
+def snapshot_row(rt: Runtime, today: date) -> tuple[dict[str, Any], str]:
+    """Today's daily_performance row from the broker, the journal and the SPY series, and where its day P&L was
+    measured from: 'snapshot', 'broker' (no snapshot of the previous session), 'first' (the first row) or
+    'unknown'."""
     account = rt.broker.account()
     exposure = round(sum(p.market_value for p in rt.broker.positions()), 2)
     journal = rt.journal
-    previous = journal.one("SELECT equity FROM daily_performance WHERE date < ? ORDER BY date DESC LIMIT 1",
-                           [today.isoformat()])
     first = journal.one("SELECT date, equity, day_pnl, spy_close, spy_change_pct FROM daily_performance "
                         "ORDER BY date LIMIT 1")
-    if first is not None and first["date"] > today.isoformat():
-        first = None  # a snapshot dated after today cannot be the baseline of today
-    base_equity = previous["equity"] if previous else account.last_equity
-    day_pnl = round(account.equity - base_equity, 2)
+    if first is not None and first["date"] >= today.isoformat():
+        first = None  # today's own row (a re-run) or a later one is no baseline for today: today's figures are
+    base_equity, source = day_baseline(rt, today, account)
+    day_pnl = round(account.equity - base_equity, 2) if base_equity else None
     spy_close, spy_change = _spy_today(rt, today)
     opened, closed = _trades_opened_closed(rt, today)
-    # cumulative figures count from before the first snapshot's day, the baseline of the reports and the chart
-    first_equity = first["equity"] - (first["day_pnl"] or 0.0) if first else base_equity
+    # cumulative figures count from before the first snapshot's day (its equity less its day's P&L), the baseline
+    # of the reports and the chart (flows/reports.start_of_first_day); today's row is the first when none is older
+    first_equity = start_of_first_day(first) if first else account.equity - (day_pnl or 0.0)
     first_close, first_change = (first["spy_close"], first["spy_change_pct"]) if first else (spy_close, spy_change)
     first_spy = first_close / (1 + first_change / 100) if first_close and first_change is not None else first_close
     return {
         "date": today.isoformat(), "equity": account.equity, "cash": account.cash, "exposure": exposure,
         "exposure_pct": exposure / account.equity * 100 if account.equity else None,
-        "day_pnl": day_pnl, "day_pnl_pct": day_pnl / base_equity * 100 if base_equity else None,
+        "day_pnl": day_pnl, "day_pnl_pct": day_pnl / base_equity * 100 if day_pnl is not None else None,
         "trades_opened": opened, "trades_closed": closed, "spy_close": spy_close, "spy_change_pct": spy_change,
         "cum_return_pct": (account.equity / first_equity - 1) * 100 if first_equity else None,
         "spy_cum_return_pct": (spy_close / first_spy - 1) * 100 if spy_close and first_spy else None,
-    }
+    }, source if first else "first"
+
+
+def _brought_up_to_date(report: reconcile.ReconcileReport) -> str:
+    """What the reconciliation before the snapshot changed in the journal, for the job's line ('' if nothing)."""
+    parts = [f"{symbol} closed ({reason.replace('_', ' ')}{f' at {render.money(price)}' if price else ''})"
+             for symbol, reason, price in report.trades_closed]
+    parts += [f"{symbol} entry filled" for symbol in report.entries_filled]
+    parts += [f"{symbol} closed as unknown" for symbol in report.unknown_closed]
+    parts += [f"{symbol} adopted" for symbol in report.adopted]
+    return f"; journal brought up to date with the broker: {', '.join(parts)}" if parts else ""
 
 
 def daily_snapshot(rt: Runtime) -> JobResult:
+    """Reconcile first, so the day's closed trades (a broker stop that filled at the close, learned of by no
+    monitor run yet), realised P&L and equity are the broker's; then write the day's row."""
     today = rt.clock.today()
-    row = snapshot_row(rt, today)
+    reconciled = reconcile.reconcile(rt)
+    row, source = snapshot_row(rt, today)
     stored = rt.journal.one("SELECT * FROM daily_performance WHERE date = ?", [row["date"]])
     if stored is None or _changed(stored, row):
         rt.journal.upsert_rows("daily_performance", [{**row, "created_at": rt.journal.now()}], key="date")
-    message = (f"{row['date']} equity {render.money(row['equity'])}, day P&L {render.signed_money(row['day_pnl'])}, "
+    if row["day_pnl"] is None:
+        day = "day P&L unknown (no snapshot of the previous session and no previous close from the broker)"
+    else:
+        day = f"day P&L {render.signed_money(row['day_pnl'])}"
+        if source == "broker":  # days without a snapshot before today: none of their P&L is counted as today's
+            day += " (from the broker's previous close: no snapshot of the previous session)"
+    message = (f"{row['date']} equity {render.money(row['equity'])}, {day}, "
                f"cumulative {render.pct(row['cum_return_pct'])}")
     if row["spy_cum_return_pct"] is not None:
         message += f" vs SPY {render.pct(row['spy_cum_return_pct'])}"
+    message += _brought_up_to_date(reconciled)
     from flows import tick
 
     late = tick.raise_dead_man(rt, rt.clock.now())  # the session's planned runs that did not run

@@ -169,6 +169,45 @@ def test_daily_snapshot_matches_the_broker_the_journal_and_spy(produced):
     assert first["spy_cum_return_pct"] == pytest.approx(first["spy_change_pct"])
 
 
+def test_the_snapshot_takes_in_the_days_stop_fills_and_measures_the_day_from_the_previous_close(real_env):
+    """No monitor or reconcile runs between the buy and the snapshots, and no snapshot on 2016-11-10: the
+    2016-11-11 snapshot must learn of the broker stop that filled at that day's close by itself, and its day P&L is
+    that one day's, from the broker's 2016-11-10 close, not the two sessions since the 2016-11-09 row."""
+    _ok("--asof", "2016-11-09T10:30", "scan", "--cap", "large")
+    bought = rows(real_env["MOMENTUM_DB"], "SELECT id, symbol FROM trades WHERE status = 'open'")
+    assert bought, "the scan bought nothing to protect"
+    _ok("--asof", "2016-11-09T16:05", "jobs", "daily-snapshot")
+    output = _ok("--asof", "2016-11-11T16:05", "jobs", "daily-snapshot")
+    db = real_env["MOMENTUM_DB"]
+    closed = rows(db, "SELECT symbol, exit_time, exit_reason FROM trades WHERE status = 'closed'")
+    assert closed and all(ny_date(t["exit_time"]) == "2016-11-11" and t["exit_reason"] == "trailing_stop"
+                          for t in closed), closed
+    snaps = {r["date"]: r for r in rows(db, "SELECT * FROM daily_performance")}
+    day = snaps["2016-11-11"]
+    assert day["trades_closed"] == len(closed) and f"closed {len(closed)}" in output
+    assert "journal brought up to date with the broker: " + closed[0]["symbol"] + " closed (trailing stop" in output
+    broker = _broker_view(real_env, _csv_market(real_env), "2016-11-11T16:05")
+    assert day["equity"] == broker["equity"] and broker["positions"].keys().isdisjoint(t["symbol"] for t in closed)
+    assert day["day_pnl"] == pytest.approx(broker["equity"] - broker["last_equity"], abs=0.005)
+    assert day["day_pnl_pct"] == pytest.approx((broker["equity"] / broker["last_equity"] - 1) * 100)
+    assert abs(day["day_pnl"] - (day["equity"] - snaps["2016-11-09"]["equity"])) > 1  # not two sessions' P&L
+    assert "from the broker's previous close: no snapshot of the previous session" in output
+    # cumulative figures still count from before the first snapshot's day
+    base = snaps["2016-11-09"]["equity"] - snaps["2016-11-09"]["day_pnl"]
+    assert day["cum_return_pct"] == pytest.approx((day["equity"] / base - 1) * 100)
+    # the next session's row chains from this one again
+    output = _ok("--asof", "2016-11-14T16:05", "jobs", "daily-snapshot")
+    after = rows(db, "SELECT * FROM daily_performance WHERE date = '2016-11-14'")[0]
+    assert after["day_pnl"] == pytest.approx(after["equity"] - day["equity"], abs=0.005)
+    assert "previous close" not in output and after["trades_closed"] == 0
+
+
+def _csv_market(env: dict[str, str]):
+    from ports.market_sources import CsvMarket
+
+    return CsvMarket(BARS, cache_dir=Path(env["CACHE_DIR"]))
+
+
 # --- update-outcomes -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -234,14 +234,19 @@ def test_migration_0005_indexes_the_open_candidates_of_an_existing_journal(tmp_p
 
 # --- daily-snapshot ------------------------------------------------------------------------------------------------
 
-def _snapshot_runtime(path: Path, equity: float) -> SimpleNamespace:
+def _snapshot_runtime(path: Path, equity: float, last_equity: float = 100_000.0) -> SimpleNamespace:
     clock = Clock(parse_asof("2016-07-29T16:05"))
     spy = pd.DataFrame({"spy_close": [216.0, 217.08]},
                        index=pd.DatetimeIndex(["2016-07-28", "2016-07-29"], name="date"))
     broker = SimpleNamespace(
-        account=lambda: Account(equity=equity, cash=equity - 5_000.0, buying_power=0.0, last_equity=100_000.0),
+        account=lambda: Account(equity=equity, cash=equity - 5_000.0, buying_power=0.0, last_equity=last_equity),
         positions=lambda: [Position("AAA", 100, 100, 48.0, 50.0, 5_000.0, 200.0)])
-    return SimpleNamespace(clock=clock, calendar=calendar(), journal=journal_db.open_journal(path, clock),
+    journal = journal_db.open_journal(path, clock)
+    if journal.one("SELECT 1 FROM trades WHERE symbol = 'AAA'") is None:  # the journal knows the broker's position,
+        journal.insert_row("trades", {  # so the reconciliation the snapshot starts with changes nothing
+            "symbol": "AAA", "qty": 100, "original_qty": 100, "entry_price": 48.0, "status": "open",
+            "entry_time": "2016-07-20T14:00:00+00:00", "strategy": "momentum"})
+    return SimpleNamespace(clock=clock, calendar=calendar(), journal=journal,
                            broker=broker, market=SimpleNamespace(market_series=lambda start, end: spy))
 
 
@@ -273,3 +278,21 @@ def test_daily_snapshot_inserts_then_updates_its_row_in_place(tmp_path):
         {**first[0], "equity": 101_500.0, "cash": 96_500.0, "exposure_pct": 5_000.0 / 101_500.0 * 100,
          "day_pnl": 1_500.0, "day_pnl_pct": 1_500.0 / 100_000.0 * 100,
          "cum_return_pct": (101_500.0 / 100_000.0 - 1) * 100, "created_at": "2016-07-29T20:07:00+00:00"}]
+
+
+@pytest.mark.parametrize("last_equity, day_pnl, said", [
+    (100_200.0, 800.0, "day P&L +$800.00 (from the broker's previous close: no snapshot of the previous session)"),
+    (0.0, None, "day P&L unknown (no snapshot of the previous session and no previous close from the broker)")])
+def test_after_days_without_a_snapshot_the_day_is_measured_from_the_previous_close(tmp_path, last_equity, day_pnl,
+                                                                                     said):
+    """The last row is 2016-07-26, three sessions before: its equity is not the start of 2016-07-29. The broker's
+    previous close is (last_equity); without one the day's P&L is unknown and the line says so."""
+    rt = _snapshot_runtime(tmp_path / "trades.db", 101_000.0, last_equity)
+    rt.journal.insert_row("daily_performance", {"date": "2016-07-26", "equity": 99_000.0, "day_pnl": -1_000.0,
+                                                "created_at": "earlier"})
+    result = jobs.daily_snapshot(rt)
+    row = rt.journal.one("SELECT * FROM daily_performance WHERE date = '2016-07-29'")
+    assert row["day_pnl"] == day_pnl and said in result.message
+    assert row["day_pnl_pct"] == (pytest.approx(day_pnl / last_equity * 100) if day_pnl is not None else None)
+    assert row["cum_return_pct"] == pytest.approx((101_000.0 / 100_000.0 - 1) * 100)  # from before 2016-07-26
+    rt.journal.db.conn.close()

@@ -92,7 +92,7 @@ def as_json(run: PlannedRun) -> dict:
 def schedule_text(session: Session, runs: list[PlannedRun]) -> str:
     """The runs of a session for people: one line per command, a repeated one as its first and last time."""
     def both(moment: datetime) -> str:
-        return f"{moment.astimezone(NY):%H:%M} New York  {moment.astimezone(UTC):%H:%M} UTC"
+        return f"{moment.astimezone(NY):%H:%M %Z}  {moment.astimezone(UTC):%H:%M} UTC"
 
     kind = "early close" if session.early_close else "close"
     lines = [f"session {session.day}: open {both(session.open)}, {kind} {both(session.close)}"]

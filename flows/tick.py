@@ -60,7 +60,7 @@ class SlotResult:
     output: str = ""
 
     def text(self) -> str:
-        when = f"{self.run.at.astimezone(NY):%Y-%m-%d %H:%M} New York"
+        when = f"{self.run.at.astimezone(NY):%Y-%m-%d %H:%M %Z}"
         figures = [f"exit {self.exit_code}" if self.exit_code is not None else None,
                    f"{self.seconds:.1f} s" if self.seconds is not None else None, self.reason]
         detail = "; ".join(part for part in figures if part)
@@ -194,7 +194,7 @@ class Overdue:
 
     def text(self) -> str:
         why = self.status + (f": {self.reason}" if self.reason else "")
-        return f"{' '.join(self.run.args)} at {self.run.at.astimezone(NY):%Y-%m-%d %H:%M} New York ({why})"
+        return f"{' '.join(self.run.args)} at {self.run.at.astimezone(NY):%Y-%m-%d %H:%M %Z} ({why})"
 
 
 def overdue(rt: Runtime, now: datetime) -> list[Overdue]:
@@ -226,7 +226,7 @@ def grouped(items: list[Overdue]) -> list[str]:
             lines.append(group[0].text())
         else:
             first, last = group[0].run.at.astimezone(NY), group[-1].run.at.astimezone(NY)
-            lines.append(f"{' '.join(args)}: {len(group)} runs from {first:%Y-%m-%d %H:%M} to {last:%H:%M} New York "
+            lines.append(f"{' '.join(args)}: {len(group)} runs from {first:%Y-%m-%d %H:%M} to {last:%H:%M %Z} "
                          f"({group[-1].status})")
     return lines
 

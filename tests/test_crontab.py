@@ -101,7 +101,8 @@ def test_paths_are_quoted_for_the_shell_and_systemd_and_refused_where_they_canno
 
 # --------------------------------------------------------------------------------------------------- the CLI
 
-def test_deploy_crontab_defaults_to_this_project_and_the_python_running_it(private_journal):
+def test_deploy_crontab_defaults_to_this_project_and_the_python_running_it(private_journal, monkeypatch):
+    monkeypatch.delenv("MOMENTUM_HOME")  # nothing given: the checkout's defaults, no variable, no option
     result = invoke("deploy", "crontab")
     assert result.exit_code == 0, result.output
     assert result.stdout == deploy.crontab_text(str(ROOT), sys.executable)
@@ -127,7 +128,8 @@ def test_deploy_refuses_a_home_without_main_py_or_a_python_that_is_not_an_execut
     assert not (private_journal / "units").exists()
 
 
-def test_deploy_systemd_writes_the_four_units_into_a_new_folder(private_journal):
+def test_deploy_systemd_writes_the_four_units_into_a_new_folder(private_journal, monkeypatch):
+    monkeypatch.delenv("MOMENTUM_HOME")
     out = private_journal / "new" / "units"
     for _ in range(2):  # a second run replaces the files
         result = invoke("deploy", "systemd", "--out", str(out), "--user", "trader")
@@ -138,6 +140,82 @@ def test_deploy_systemd_writes_the_four_units_into_a_new_folder(private_journal)
     for name, text in expected.items():
         assert (out / name).read_text(encoding="utf-8") == text
         assert (out / name).stat().st_mode & 0o777 == 0o644
+
+
+GIVEN = ("--db", "j/x.db", "--universe", "u.json", "--data", "csv:bars.csv", "--market", "../spy.csv",
+         "--broker", "sim")
+
+
+def _deployed(tmp_path, monkeypatch, *command: str, given: tuple[str, ...] = GIVEN):
+    """`deploy COMMAND` run from tmp_path/work with MOMENTUM_HOME=tmp_path/home and relative global options."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir(exist_ok=True)
+    monkeypatch.setenv("MOMENTUM_HOME", str(home))
+    monkeypatch.delenv("LOG_DIR")  # the home's logs folder
+    monkeypatch.chdir(work)
+    result = invoke(*given, *command)
+    assert result.exit_code == 0, result.output
+    options = ["--db", str(work / "j/x.db"), "--data", f"csv:{work / 'bars.csv'}",
+               "--market", str(tmp_path / "spy.csv"), "--broker", "sim", "--universe", str(work / "u.json")]
+    return result, home, options
+
+
+def test_deploy_crontab_passes_the_home_and_the_global_options_given_on_to_tick_and_bot_poll(private_journal,
+                                                                                            monkeypatch):
+    result, home, options = _deployed(private_journal, monkeypatch, "deploy", "crontab")
+    logs = str(home / "logs")
+    jobs = job_lines(result.stdout)
+    assert [words[10 + len(options):-3] for _, words in jobs] == [["tick"], ["bot", "poll"]]
+    for _, words in jobs:
+        assert words[:9] == ["cd", str(ROOT), "&&", "mkdir", "-p", logs, "&&", f"MOMENTUM_HOME={home}", sys.executable]
+        assert words[9:10 + len(options)] == ["main.py", *options]
+        assert words[-3:] == [">>", f"{logs}/cron.log", "2>&1"]
+    assert "CRON_TZ" not in result.stdout and "--asof" not in result.stdout
+
+
+def test_deploy_systemd_passes_the_home_and_the_global_options_given_on_to_tick_and_bot_poll(private_journal,
+                                                                                            monkeypatch):
+    result, home, options = _deployed(private_journal, monkeypatch, "deploy", "systemd", "--out", "units")
+    units = private_journal / "work" / "units"
+    for name, command in (("tick", "tick"), ("bot", "bot poll")):
+        service = (units / f"momentum-{name}.service").read_text(encoding="utf-8").splitlines()
+        assert f'Environment="MOMENTUM_HOME={home}"' in service
+        assert f"ExecStart={sys.executable} main.py {' '.join(options)} {command}" in service
+        assert f"WorkingDirectory={ROOT}" in service
+
+
+def test_deploy_refuses_a_simulated_time_in_one_line(private_journal, monkeypatch):
+    for args, env in ((["--asof", "2016-11-09T10:30"], None), ([], "2016-11-09T10:30")):
+        if env:
+            monkeypatch.setenv("MOMENTUM_ASOF", env)
+        for command in (["crontab"], ["systemd", "--out", str(private_journal / "units")]):
+            result = invoke(*args, "deploy", *command)
+            assert result.exit_code == 2, (args, env, command, result.output)
+            assert result.stdout == "" and len(result.stderr.splitlines()) == 1
+            assert ("--asof" if args else "MOMENTUM_ASOF") in result.stderr and "real time" in result.stderr
+    assert not (private_journal / "units").exists()
+
+
+def test_odd_values_are_quoted_for_the_shell_and_systemd_and_a_percent_is_refused_in_a_crontab():
+    odd = "/srv/my $db \"it's\".db"
+    launch = deploy.Launch((("MOMENTUM_HOME", "/srv/a home"),), ("--db", odd, "--data", "csv:/srv/b c.csv"),
+                           "/srv/a home/logs")
+    for _, words in job_lines(deploy.crontab_text("/srv/agent", "/srv/py", launch)):
+        assert words[5:13] == ["/srv/a home/logs", "&&", "MOMENTUM_HOME=/srv/a home", "/srv/py", "main.py", "--db", odd,
+                               "--data"]
+        assert words[13] == "csv:/srv/b c.csv" and words[-2] == "/srv/a home/logs/cron.log"
+    service = deploy.systemd_units("/srv/agent", "/srv/py", launch=launch)["momentum-tick.service"].splitlines()
+    assert 'Environment="MOMENTUM_HOME=/srv/a home"' in service
+    assert 'ExecStart=/srv/py main.py --db "/srv/my $$db \\"it\'s\\".db" --data "csv:/srv/b c.csv" tick' in service
+    percent = deploy.Launch(options=("--db", "/srv/50%.db"))
+    with pytest.raises(ConfigError):
+        deploy.crontab_text("/srv/agent", "/srv/py", percent)
+    assert "ExecStart=/srv/py main.py --db /srv/50%%.db tick" in deploy.systemd_units(
+        "/srv/agent", "/srv/py", launch=percent)["momentum-tick.service"].splitlines()
+    for bad in (deploy.Launch(options=("--db", "/srv/a\nb")), deploy.Launch(log_dir="logs")):
+        with pytest.raises(ConfigError):
+            deploy.crontab_text("/srv/agent", "/srv/py", bad)
 
 
 # ------------------------------------------------------------------------------------------------- systemd itself
@@ -172,7 +250,41 @@ def test_systemd_accepts_the_units_written_for_this_project(private_journal):
     assert verified.returncode == 0, verified.stderr
 
 
+@needs_systemd_analyze
+def test_systemd_accepts_units_carrying_a_home_and_odd_global_options(tmp_path):
+    launch = deploy.Launch((("MOMENTUM_HOME", "/srv/a home%"),), ("--db", "/srv/my $db \"it's\" 50%.db"))
+    for name, text in deploy.systemd_units(str(ROOT), sys.executable, launch=launch).items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    verified = subprocess.run(["systemd-analyze", "verify", *map(str, sorted(tmp_path.iterdir()))],
+                              capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stderr
+
+
 # -------------------------------------------------------------------------------- every planned command, run
+
+@pytest.mark.slow
+def test_a_tick_started_by_the_deployed_line_runs_its_commands_on_the_given_journal(private_journal, monkeypatch):
+    """The tick line as cron would run it (sh, in the project folder), at a simulated 10:05 when a monitor is due:
+    the tick and the monitor it starts as a process both use the --db given to `deploy`, not the home's journal."""
+    (private_journal / "work").mkdir()
+    (private_journal / "work" / "u.json").write_bytes((ROOT / "data" / "universe.json").read_bytes())
+    result, home, _ = _deployed(private_journal, monkeypatch, "deploy", "crontab",
+                                given=("--db", "j/x.db", "--universe", "u.json"))
+    line = next(line for line in result.stdout.splitlines() if line.endswith(f"tick >> {home}/logs/cron.log 2>&1"))
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("MOMENTUM_HOME", "MOMENTUM_DB", "LOG_DIR", "UNIVERSE_FILE", "DATA_SOURCE")}
+    command = line.split(None, 5)[5]
+    ran = subprocess.run(["/bin/sh", "-c", command], env={**env, "MOMENTUM_ASOF": "2024-06-14T10:05"},
+                         capture_output=True, text=True, timeout=600)
+    assert ran.returncode == 0, ran.stderr
+    output = (home / "logs" / "cron.log").read_text(encoding="utf-8")
+    assert "2024-06-14 10:05 EDT  monitor: done (exit 0;" in output, output
+    journal = private_journal / "work" / "j" / "x.db"
+    with sqlite3.connect(journal) as db:
+        slots = db.execute("SELECT slot, status FROM schedule_slots").fetchall()
+        assert slots == [("2024-06-14T10:05 monitor", "done")]
+        assert [row[0] for row in db.execute("SELECT command FROM runs")] == ["main.py monitor"]
+    assert not (home / "data" / "trades.db").exists()
 
 @pytest.mark.slow
 def test_every_line_runs_on_a_trading_day_and_on_a_holiday(real_env):

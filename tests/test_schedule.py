@@ -63,7 +63,7 @@ def test_the_command_shows_the_next_session_after_a_holiday_in_both_zones():
     result = CliRunner().invoke(cli, ["schedule", "--date", "2016-11-24"], catch_exceptions=False)  # Thanksgiving
     assert result.exit_code == 0, result.output
     first = result.output.splitlines()[0]
-    assert first == ("session 2016-11-25: open 09:30 New York  14:30 UTC, early close 13:00 New York  18:00 UTC")
+    assert first == ("session 2016-11-25: open 09:30 EST  14:30 UTC, early close 13:00 EST  18:00 UTC")
     assert "session 2016-11-28" in result.output
     bad = CliRunner().invoke(cli, ["schedule", "--date", "Nov 24"])
     assert bad.exit_code == 2 and bad.output.strip() == "error: --date: expected YYYY-MM-DD, got 'Nov 24'"

@@ -179,8 +179,8 @@ def test_missed_runs_are_caught_up_within_their_grace_and_skipped_with_the_reaso
     event = rt.journal.one("SELECT level, message FROM events WHERE kind = 'alert' ORDER BY id DESC LIMIT 1")
     assert event["level"] == "critical"
     assert event["message"].startswith("DEAD-MAN: 3 planned run(s) did not run: scan --type open --cap small at "
-                                       "2024-06-14 09:41 New York (skipped: missed by 15 min (grace 10 min)); "
-                                       "monitor: 2 runs from 2024-06-14 09:45 to 09:50 New York (skipped)")
+                                       "2024-06-14 09:41 EDT (skipped: missed by 15 min (grace 10 min)); "
+                                       "monitor: 2 runs from 2024-06-14 09:45 to 09:50 EDT (skipped)")
     assert tick.raise_dead_man(rt, ny(day, 9, 57)) == []  # alerted once
 
 
@@ -261,8 +261,8 @@ def test_a_missed_midday_scan_raises_the_dead_man_alert_in_the_nightly_job_and_s
     event = rt.journal.one("SELECT level, message FROM events WHERE kind = 'alert' AND source = 'schedule'")
     assert event["level"] == "critical"
     for cap, at in (("large", "12:30"), ("mid", "12:33"), ("small", "12:36")):
-        assert f"scan --type midday --cap {cap} at 2024-06-14 {at} New York (skipped: missed by" in event["message"]
-    assert "monitor: 35 runs from 2024-06-14 12:30 to 15:20 New York (skipped)" in event["message"]
+        assert f"scan --type midday --cap {cap} at 2024-06-14 {at} EDT (skipped: missed by" in event["message"]
+    assert "monitor: 35 runs from 2024-06-14 12:30 to 15:20 EDT (skipped)" in event["message"]
     state = operator.schedule_state(rt)
     assert state["kept_by_tick"] and len(state["overdue"]) == result.counts["not run"]
     assert any("scan --type midday --cap mid" in line for line in state["overdue_lines"])
@@ -285,8 +285,8 @@ def test_the_tick_command_runs_due_commands_as_processes_and_a_second_tick_exits
 
     result = CliRunner().invoke(cli, ["--asof", "2024-06-14T09:35", "tick"])
     assert result.exit_code == 0, result.output
-    assert "2024-06-14 09:35 New York  monitor: done (exit 0;" in result.output
-    assert "2024-06-14 09:35 New York  scan --type open --cap large: done (exit 0;" in result.output
+    assert "2024-06-14 09:35 EDT  monitor: done (exit 0;" in result.output
+    assert "2024-06-14 09:35 EDT  scan --type open --cap large: done (exit 0;" in result.output
     assert "[large] session 2024-06-14" in result.output  # the scan's own output, indented under its line
     import sqlite3
 

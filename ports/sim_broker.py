@@ -159,7 +159,7 @@ def _parse(text: str | None) -> datetime | None:
 def _shown(moment: datetime) -> str:
     """New York time for messages, to the minute unless seconds matter."""
     local = moment.astimezone(NY)
-    return local.strftime("%Y-%m-%dT%H:%M:%S" if local.second else "%Y-%m-%dT%H:%M")
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z" if local.second else "%Y-%m-%d %H:%M %Z")
 
 
 @functools.lru_cache(maxsize=256)

@@ -474,8 +474,8 @@ def test_earlier_asof_is_refused_and_equal_asof_is_fine(make):
     clock.set(ny(8, 15, 0))
     with pytest.raises(SimTimeError) as refused:
         broker.account()
-    assert str(refused.value) == ("sim broker: --asof 2016-11-08T15:00 is earlier than the broker's last processed "
-                                  "time 2016-11-09T15:30 (use a fresh --db directory)")
+    assert str(refused.value) == ("sim broker: --asof 2016-11-08 15:00 EST is earlier than the broker's last processed "
+                                  "time 2016-11-09 15:30 EST (use a fresh --db directory)")
 
 
 # ----- validation

@@ -129,9 +129,10 @@ def _positions(call: Call) -> str:
         return "no open positions"
     # One line per position reads better on a phone than the terminal's wide table.
     return "\n".join(
-        f"{r['symbol']} x{r['qty']} @ {r['entry']:.2f} -> {r['price']:.2f}  P&L {render.signed_money(r['pnl'])} "
-        f"({render.pct(r['pnl_pct'])})  stop " + (f"{r['stop']:.2f} ({render.pct((r['stop'] / r['price'] - 1) * 100)})"
-                                                  if r["stop"] and r["price"] else "NONE: UNPROTECTED")
+        f"{r['symbol']} x{r['qty']} @ {render.money(r['entry'])} -> {render.money(r['price'])}  P&L "
+        f"{render.signed_money(r['pnl'])} ({render.pct(r['pnl_pct'])})  stop "
+        + (f"{render.money(r['stop'])} ({render.pct((r['stop'] / r['price'] - 1) * 100)})" if r["stop"] and r["price"]
+           else "NONE: UNPROTECTED")
         + f"  [{r['status']}]" for r in sorted(rows, key=lambda r: r["stop"] is not None))
 
 

@@ -1,10 +1,12 @@
 """Turns the data that commands return into text for a terminal (one place for formatting).
 
-One convention throughout: money is dollars with cents ($1,234.56, a loss -$3.20, a P&L in a sentence +$611.46); a
-share price is a plain number with cents (12.92); a percentage is in percent units (1.5 is 1.5%)
-and is always printed with its % sign, signed when it is a change (a return, a P&L, a gap, a distance: +1.50%) and
-unsigned when it is a level (a share of equity or of a limit, a win rate, breadth: 41.0%); a table's header names the
-figure and never carries the % sign itself; times are New York time with their zone (EDT/EST) unless marked UTC.
+One convention throughout:
+- money is dollars with cents ($1,234.56, a loss -$3.20, a P&L in a sentence +$611.46); a share price in a sentence is
+  money too (bought 10 sh @ $12.92), in a table a plain number under its header;
+- a percentage is in percent units (1.5 is 1.5%) and is always printed with its % sign, signed when it is a change (a
+  return, a P&L, a gap, a distance: +1.50%) and unsigned when it is a level (a share of equity or of a limit, a win
+  rate, breadth: 41.0%); nothing has no sign (0.00%); a table's header names the figure and never carries the % sign;
+- times are New York time with their zone (EDT/EST) unless marked UTC.
 """
 from __future__ import annotations
 

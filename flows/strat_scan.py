@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
+from common import render
 from common.errors import ConfigError
 from common.types import Panel
 from common.universe import refuse_unknown, unknown_symbols, unknown_text
@@ -78,8 +79,8 @@ def _store(journal, signals: list[Signal]) -> list[int]:
 def signal_text(signal: Signal | dict) -> str:
     s = asdict(signal) if isinstance(signal, Signal) else signal
     return (f"STRAT {s['timeframe']} {s['symbol']} {s['pattern']} {s['direction']} {s['kind']} ({s['bar_date']}): "
-            f"entry {s['entry_trigger']:.2f}, target {s['target']:.2f}, stop {s['stop']:.2f}, "
-            f"magnitude {s['magnitude_pct']:.2f}%, R:R {s['reward_risk']:.2f}")
+            f"entry {render.money(s['entry_trigger'])}, target {render.money(s['target'])}, stop "
+            f"{render.money(s['stop'])}, magnitude {render.level(s['magnitude_pct'], 2)}, R:R {s['reward_risk']:.2f}")
 
 
 def _alert(journal, ids: list[int]) -> None:

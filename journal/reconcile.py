@@ -251,7 +251,7 @@ def report_text(report: ReconcileReport) -> str:
     if report.orders_missing:
         lines.append(f"  orders never sent (process stopped before submission): {', '.join(report.orders_missing)}")
     lines += [f"  entry filled: {s}" for s in report.entries_filled]
-    lines += [f"  trade closed: {s} ({reason}{f' at {price:.2f}' if price else ''})"
+    lines += [f"  trade closed: {s} ({reason}{f' at ${price:,.2f}' if price else ''})"
               for s, reason, price in report.trades_closed]
     lines += [f"  adopted external position: {s}" for s in report.adopted]
     lines += [f"  closed as unknown (no broker position): {s}" for s in report.unknown_closed]

@@ -271,7 +271,7 @@ def test_positions_show_the_stop_the_broker_holds_now(env, fake_telegram, fake_a
     fake_telegram.add_message(OWNER, "/positions")
     poll()
     (answer,) = fake_telegram.sent_texts(OWNER)
-    assert answer == "AAPL x10 @ 100.00 -> 116.19  P&L +$161.90 (+16.19%)  stop 110.38 (-5.00%)  [open]"
+    assert answer == "AAPL x10 @ $100.00 -> $116.19  P&L +$161.90 (+16.19%)  stop $110.38 (-5.00%)  [open]"
 
 
 def test_reports_answer_plainly_when_the_reports_module_is_missing(env, fake_telegram, monkeypatch):

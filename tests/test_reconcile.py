@@ -47,7 +47,7 @@ def test_a_position_sold_at_the_broker_by_hand_closes_its_trade_at_that_sale(rea
         broker.cancel(order.id)
     sold = broker.submit(OrderRequest("manual-sell-1", trade["symbol"], "sell", "market", trade["qty"]))
     result = cli("--asof", "2016-11-09T11:05", "reconcile")
-    assert f"trade closed: {trade['symbol']} (sold_outside at {sold.filled_avg_price:.2f})" in result.output
+    assert f"trade closed: {trade['symbol']} (sold_outside at ${sold.filled_avg_price:,.2f})" in result.output
     after = rows(real_env, "SELECT * FROM trades WHERE id = ?", (trade["id"],))[0]
     assert after["status"] == "closed" and after["exit_reason"] == "sold_outside"
     assert after["exit_price"] == sold.filled_avg_price

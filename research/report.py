@@ -32,6 +32,19 @@ def _objective_text(value: float | None, objective: str) -> str:
     return render.pct(value) if objective in PERCENT_OBJECTIVES else _figure(value, 3)
 
 
+# an objective that is one of the trial table's figures is shown once, under the objective's name
+SAME_AS_METRIC = {"cagr": "CAGR", "sharpe": "Sharpe", "max_drawdown": "max DD"}
+
+
+def _short_window(trials: list[dict]) -> str | None:
+    """The caution for annualised figures over too few sessions, from a finished trial's own count."""
+    from flows.reports import annualised_caution
+
+    sessions = next((t["metrics"].get("measured_sessions") for t in trials
+                     if t.get("metrics") and t["metrics"].get("measured_sessions")), None)
+    return annualised_caution(sessions or 0, "CAGR and Sharpe are annualised")
+
+
 def trial_rows(trials: list[dict], params: list[Param], objective: str) -> list[dict]:
     rows = []
     for t in trials:
@@ -79,8 +92,11 @@ def sweep_text(spec: dict[str, Any], trials: list[dict], params: list[Param], ch
         lines.append(f"best {objective} {_objective_text(facts['best']['objective'], objective)} (trial "
                      f"{facts['best']['number']}) vs the default settings' "
                      f"{_objective_text(default['objective'], objective)} on the same window")
-    columns = ["trial", "role", *[p.name for p in params], objective, "CAGR", "Sharpe", "max DD", "trades",
-               "wall s", "status"]
+    caution = _short_window(search)
+    if caution:
+        lines.append(f"CAUTION: each trial's {caution}")
+    figures = [name for name in ("CAGR", "Sharpe", "max DD") if name != SAME_AS_METRIC.get(objective)]
+    columns = ["trial", "role", *[p.name for p in params], objective, *figures, "trades", "wall s", "status"]
     lines.append(render.table(trial_rows(shown, params, objective), columns))
     if len(ranked) > TOP:
         lines.append(f"({len(ranked) - TOP} more trials in research.db)")
@@ -157,6 +173,7 @@ def walk_forward_text(spec: dict[str, Any], folds: list[dict], trials: list[dict
     """Per fold: its windows, the settings chosen on the training window and how they and the defaults did on the
     test window; then the stitched out-of-sample figures beside the defaults and SPY, and the trials tried."""
     from backtest.metrics import series_metrics
+    from flows.reports import annualised_caution
 
     objective = spec["objective"]
     by_fold: dict[tuple[int, str], dict] = {(t["fold"], t["role"]): t for t in trials
@@ -195,6 +212,10 @@ def walk_forward_text(spec: dict[str, Any], folds: list[dict], trials: list[dict
                             "max DD": render.as_pct(m["max_drawdown_pct"]),
                             "total": render.as_pct(m["total_return_pct"])})
         lines.append(render.table(figures, ["curve", "CAGR", "Sharpe", "max DD", "total"]))
+        caution = annualised_caution(len(next(iter(series.values()))) - 1,
+                                     "the stitched CAGR and Sharpe are annualised")
+        if caution:
+            lines.append(f"CAUTION: {caution}")
     else:
         lines.append("out of sample: a fold's test run did not finish; no stitched curve")
     lines += [f"{'page' if path.suffix == '.html' else 'chart'}: {path}" for path in charts]

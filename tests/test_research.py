@@ -283,7 +283,8 @@ def test_the_store_refuses_a_second_study_and_a_changed_resume_and_counts_a_work
 def _trial(number, role, objective, cagr, fold=None):
     return {"number": number, "role": role, "objective": objective, "status": "done", "wall_s": 12.0, "fold": fold,
             "params": {} if role == "default" else {"trailing_stop_pct": 5.5},
-            "metrics": {"metrics": {"cagr_pct": cagr, "sharpe": 0.8, "max_drawdown_pct": -4.2, "trades": 12,
+            "metrics": {"measured_sessions": 42,
+                        "metrics": {"cagr_pct": cagr, "sharpe": 0.8, "max_drawdown_pct": -4.2, "trades": 12,
                                     "total_return_pct": cagr / 4}}}
 
 
@@ -293,15 +294,20 @@ def test_a_summary_prints_percentages_signed_with_their_sign_and_no_header_carri
     params = parse_params(["trailing_stop_pct=4:8"])
     trials = [_trial(0, "default", 1.2, 3.4), _trial(1, "search", 2.5, 8.1), _trial(2, "search", -0.3, -12.0)]
     spec = {"system": "momentum", "start": "2016-03-01", "end": "2016-04-29"}
-    for objective, shown in (("sharpe", ["2.500", "-0.300", "1.200"]), ("cagr", ["+2.50%", "-0.30%", "+1.20%"])):
+    # the objective's column is not repeated under its metric's name: sharpe replaces Sharpe, cagr replaces CAGR
+    for objective, shown, figures in (("sharpe", ["2.500", "-0.300", "1.200"], ["CAGR"]),
+                                      ("cagr", ["+2.50%", "-0.30%", "+1.20%"], ["Sharpe"])):
         lines = report.sweep_text({**spec, "objective": objective}, trials, params, []).splitlines()
+        assert "CAUTION: each trial's CAGR and Sharpe are annualised from 42 sessions: too few to mean much" in lines
         header = next(n for n, line in enumerate(lines) if line.startswith("trial "))
-        assert lines[header].split() == ["trial", "role", "trailing_stop_pct", objective, "CAGR", "Sharpe", "max",
-                                         "DD", "trades", "wall", "s", "status"]
+        assert lines[header].split() == ["trial", "role", "trailing_stop_pct", objective, *figures, "max", "DD",
+                                         "trades", "wall", "s", "status"]
         rows = [line.split() for line in lines[header + 2:header + 5]]
         assert [row[3] for row in rows] == shown  # a percentage objective is a percentage too
-        assert [row[4] for row in rows] == ["+8.10%", "-12.00%", "+3.40%"] and {row[6] for row in rows} == {"-4.20%"}
-        assert lines[header + 3].index("-12.00%") < lines[header + 2].index("+8.10%")  # right-aligned
+        assert {row[5] for row in rows} == {"-4.20%"}
+        if objective == "sharpe":
+            assert [row[4] for row in rows] == ["+8.10%", "-12.00%", "+3.40%"]
+            assert lines[header + 3].index("-12.00%") < lines[header + 2].index("+8.10%")  # right-aligned
     best = next(line for line in lines if line.startswith("best cagr"))
     assert best == "best cagr +2.50% (trial 1) vs the default settings' +1.20% on the same window"
     folds = [{"fold": 0, "chosen_trial": 1, "train_start": "2016-01-04", "train_end": "2016-03-03",
@@ -316,6 +322,7 @@ def test_a_summary_prints_percentages_signed_with_their_sign_and_no_header_carri
     curve = next(n for n, line in enumerate(lines) if line.startswith("curve "))
     assert lines[curve].split() == ["curve", "CAGR", "Sharpe", "max", "DD", "total"]
     assert lines[curve + 2].split()[-2:] == ["-1.98%", "+3.00%"]
+    assert "CAUTION: the stitched CAGR and Sharpe are annualised from 3 sessions: too few to mean much" in lines
 
 
 # --- studies on the real engine and data -----------------------------------------------------------------------------

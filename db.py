@@ -178,7 +178,12 @@ def _check_health(db: sqlite_utils.Database, path: Path) -> None:
 
 def _damaged_message(path: Path, detail: str) -> str:
     detail = " ".join(str(detail).split())[:120]
-    return f"journal {path} is damaged ({detail}); restore it from the newest copy in {path.parent / 'backups'}"
+    backups = path.parent / "backups"
+    copies = sorted(backups.glob(f"{path.stem}.*.db")) if backups.is_dir() else []
+    if copies:
+        return f"journal {path} is damaged ({detail}); restore it from the newest copy in {backups}"
+    return (f"journal {path} is damaged ({detail}); no backup copy of it exists (one is taken in {backups} before "
+            "each schema migration): restore it from your own backup or start a new journal")
 
 
 # SQLite failures that are about the journal file rather than the program, by primary result code (Python sets

@@ -27,7 +27,7 @@ def _emit(data: dict, as_json: bool, text: str) -> None:
 @click.group(name="jobs")
 def jobs_group() -> None:
     """Nightly and periodic bookkeeping (cron): daily-snapshot 16:05, update-outcomes 16:10,
-    update-tracking every 30 minutes, cleanup on Sunday. Also `python jobs.py NAME`."""
+    update-tracking every 30 minutes, cleanup after the week's last session. Also `python jobs.py NAME`."""
 
 
 def _job_command(name: str, help_text: str) -> click.Command:

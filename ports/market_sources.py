@@ -373,7 +373,8 @@ class FileMarket:
         it), with empty memos; a subclass then loads the bars."""
         self.path = Path(path)
         if not self.path.is_file():
-            raise DataError(f"{self.path}: market data file not found")
+            raise DataError(f"{self.path}: " + ("a folder, not a market data file" if self.path.is_dir()
+                                                else "market data file not found"))
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         if market_path is not None and not Path(market_path).is_file():
             raise DataError(f"{market_path}: market (SPY/VIX) file not found")

@@ -92,6 +92,8 @@ def test_errors_lists_distinct_recent_errors(env):
     (["--broker", "ibkr", "status"], "BROKER: must be one of sim, alpaca"),
     (["--asof", "next tuesday", "status"], "--asof: cannot parse 'next tuesday'"),
     (["--asof", "1999-01-04T10:00", "status"], "outside the NYSE calendar"),
+    (["--data", f"csv:{ROOT / 'tests'}", "--asof", "2016-11-09T10:30", "scan", "--dry-run"],
+     "tests: a folder, not a market data file"),
 ])
 def test_bad_global_options_exit_2_with_one_line(env, args, fragment):
     assert_one_line_error(run(*args), 2, fragment)
@@ -246,6 +248,49 @@ def test_universe_build_from_the_real_bars_file(env):
     caps = json.loads(out.read_text())["symbols"]
     assert sorted(caps) == ["large", "mid", "small"]
     assert abs(len(caps["large"]) - len(caps["small"])) <= 1 and len(caps["large"]) > 150
+
+
+def _small_bars(folder: Path) -> Path:
+    lines = ["date,symbol,open,high,low,close,volume"]
+    for day in range(1, 4):
+        lines += [f"2016-01-0{day},{symbol},1,1,1,10,{(6 - rank) * 10}" for rank, symbol in enumerate("ABCDEF")]
+    path = folder / "bars.csv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_universe_build_without_out_writes_the_homes_universe_never_the_shipped_copy(env, monkeypatch):
+    """A home without a universe of its own reads the shipped one; building one must not overwrite that copy."""
+    import os
+
+    shipped = ROOT / "data" / "universe.json"
+    before = (shipped.read_bytes(), shipped.stat().st_mtime_ns, shipped.stat().st_mode)
+    home = Path(os.environ["MOMENTUM_HOME"])
+    bars = _small_bars(env)
+    mask = os.umask(0o022)
+    try:
+        result = run("universe", "build", "--from", str(bars), "--by", "dollar-volume")
+        assert result.exit_code == 0, result.output
+        target = home / "data" / "universe.json"
+        assert result.stdout.startswith(f"wrote {target}: ")
+        assert json.loads(target.read_text())["symbols"] == {"large": ["A", "B"], "mid": ["C", "D"],
+                                                             "small": ["E", "F"]}
+        assert target.stat().st_mode & 0o777 == 0o644  # like every other data file, not a temp file's 0600
+        assert sorted(p.name for p in target.parent.iterdir()) == ["universe.json"]  # no temporary file left
+        again = run("universe", "build", "--from", str(bars), "--by", "dollar-volume")  # the home has one now
+        assert again.exit_code == 0 and again.stdout.startswith(f"wrote {target}: ")
+        os.umask(0o077)  # a private umask is respected
+        private = run("universe", "build", "--from", str(bars), "--by", "dollar-volume", "--out", str(env / "p.json"))
+        assert private.exit_code == 0 and (env / "p.json").stat().st_mode & 0o777 == 0o600
+    finally:
+        os.umask(mask)
+    assert (shipped.read_bytes(), shipped.stat().st_mtime_ns, shipped.stat().st_mode) == before
+    monkeypatch.setenv("UNIVERSE_FILE", str(env / "chosen.json"))  # a configured universe file is the target
+    result = run("universe", "build", "--from", str(bars), "--by", "dollar-volume")
+    assert result.exit_code == 0 and result.stdout.startswith(f"wrote {env / 'chosen.json'}: ")
+    result = run("--universe", str(env / "given.json"), "universe", "build", "--from", str(bars), "--by",
+                 "dollar-volume")
+    assert result.exit_code == 0 and result.stdout.startswith(f"wrote {env / 'given.json'}: ")
 
 
 def test_status_and_positions_against_alpaca_paper(env, fake_alpaca, monkeypatch):

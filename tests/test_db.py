@@ -181,9 +181,9 @@ def _sqlite_error(message: str, name: str | None) -> sqlite3.DatabaseError:
     ("database is locked", "SQLITE_BUSY", 3, "is locked by another command; try again"),
     ("database is locked", "SQLITE_BUSY_SNAPSHOT", 3, "is locked by another command; try again"),
     ("database is locked", None, 3, "is locked by another command; try again"),
-    ("database disk image is malformed", "SQLITE_CORRUPT", 2, "is damaged (database disk image is malformed); "
-                                                              "restore it from the newest copy in /j/backups"),
-    ("file is not a database", None, 2, "is damaged (file is not a database); restore it"),
+    ("database disk image is malformed", "SQLITE_CORRUPT", 2,
+     "is damaged (database disk image is malformed); no backup copy of it exists (one is taken in /j/backups"),
+    ("file is not a database", None, 2, "is damaged (file is not a database); no backup copy"),
     ("attempt to write a readonly database", "SQLITE_READONLY", 2, "is read-only"),
     ("unable to open database file", "SQLITE_CANTOPEN", 2, "cannot be opened (unable to open database file)"),
 ])

@@ -292,6 +292,17 @@ def _default(var: Var) -> Any:
     return var.default
 
 
+def universe_target(config: Config) -> Path:
+    """Where a universe built for this home goes when no --out names a file (`universe build`): the universe file the
+    configuration resolves (UNIVERSE_FILE or --universe, else the home's data/universe.json), except the copy shipped
+    with the product, which a home without a universe of its own only reads: that home's own data/universe.json then.
+    (A checkout run with no MOMENTUM_HOME is its own home: its data/universe.json is the home's file.)"""
+    configured = Path(config.universe_file)
+    shipped = {bundled.resolve() for bundled in BUNDLED_UNIVERSES}
+    own = home() / "data" / "universe.json"
+    return own if configured.resolve() in shipped else configured
+
+
 def load_config(overrides: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
                 dotenv_path: Path | None = None) -> Config:
     """Defaults, then .env, then the environment, then non-empty `overrides` (command-line options)."""

@@ -429,16 +429,19 @@ def universe() -> None:
               help="Index membership intervals ticker,start_date,end_date for --point-in-time "
                    "[default: sp500_membership_intervals.csv beside --from].")
 @click.option("--out", type=click.Path(dir_okay=False), callback=nonempty_path,
-              help="Where to write it [default: --universe].")
+              help="Where to write it [default: --universe or UNIVERSE_FILE, else the home's data/universe.json; "
+                   "never the copy shipped with the product].")
 @click.pass_context
 def universe_build(ctx: click.Context, source: str, by: str, point_in_time: bool, members: str | None,
                    out: str | None) -> None:
-    """Build data/universe.json from a bars file or a market-cap list; with --point-in-time, a universe whose
-    members change over time, so a backtest trades only the names that were in the index on each day."""
+    """Build the home's data/universe.json (or --out) from a bars file or a market-cap list; with --point-in-time,
+    a universe whose members change over time, so a backtest trades only the names that were in the index on each
+    day."""
     from common.universe import build_universe, summary, write_universe
+    from config import universe_target
 
     rt = ctx.obj
     built = build_universe(source, by, point_in_time=point_in_time, members_file=members)
-    target = Path(out or rt.config.universe_file)
+    target = Path(out) if out else universe_target(rt.config)
     write_universe(built, target)
     click.echo(f"wrote {target}: {summary(built)}")

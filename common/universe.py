@@ -320,7 +320,8 @@ def _iso_date(text: object) -> date | None:
 # ------------------------------------------------------------------------------------------------------ writing
 
 def write_universe(universe: AnyUniverse, path: str | Path) -> None:
-    """Write atomically (temp file + rename), so a scan never reads half a universe."""
+    """Write atomically (temp file + rename), so a scan never reads half a universe. The file gets the mode any new
+    file gets (0644 under the usual umask 022), not the temp file's private 0600."""
     path = Path(path)
     if isinstance(universe, PointInTimeUniverse):
         lines = _point_in_time_lines(universe)
@@ -328,8 +329,21 @@ def write_universe(universe: AnyUniverse, path: str | Path) -> None:
         lines = ["{", '  "symbols": {', *_tier_lines(universe, "    "), "  }", "}"]
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False, encoding="utf-8") as out:
-        out.write("\n".join(lines + [""]))
+        try:
+            out.write("\n".join(lines + [""]))
+            os.chmod(out.name, 0o666 & ~_umask())
+        except BaseException:
+            out.close()
+            Path(out.name).unlink(missing_ok=True)
+            raise
     os.replace(out.name, path)
+
+
+def _umask() -> int:
+    """The process's umask (reading it means setting it: set back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _tier_lines(universe: Universe, indent: str) -> list[str]:

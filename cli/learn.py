@@ -29,8 +29,10 @@ def fit_command(ctx: click.Context, until: str, since: str | None, source: str |
     from flows import learn
 
     rt = start(ctx)
-    row = learn.fit_model(rt, parse_day(until, "--until"), since=parse_day(since, "--since") if since else None,
-                          source=source)
+    last, first = parse_day(until, "--until"), parse_day(since, "--since") if since else None
+    if first is not None and first > last:
+        raise ConfigError(f"--since {first} is after --until {last}")
+    row = learn.fit_model(rt, last, since=first, source=source)
     check = json.loads(row["validation"])
     click.echo(f"model version {row['version']}: {row['rows']} labelled candidates {row['train_start']} .. "
                f"{row['train_end']}; usable from {row['usable_from']} (fitted until {row['fitted_until']} + "

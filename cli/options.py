@@ -9,6 +9,7 @@ import json
 import click
 
 from cli.app import cli, done, start
+from common.errors import ConfigError
 
 # Each command imports what it runs inside its function, so command start-up stays short.
 
@@ -31,8 +32,10 @@ def strat_scan(ctx: click.Context, timeframe: str, symbols: str | None, dry_run:
     them as options (7-21 days, |delta| 0.40-0.55, within OPTIONS_MAX_CAPITAL)."""
     from flows import operator, strat_scan
 
+    wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols is not None else None
+    if wanted == []:  # `--symbols ""` or ",,": a slip, not a request for the whole universe
+        raise ConfigError("--symbols: no symbols given (use e.g. AAPL,MSFT, or leave --symbols out for the universe)")
     rt = start(ctx)
-    wanted = [s.strip().upper() for s in symbols.split(",") if s.strip()] if symbols else None
     result = strat_scan.run_scan(rt, timeframe, wanted, dry_run=dry_run, force=force)
     if as_json:
         click.echo(strat_scan.signals_json(result))

@@ -191,6 +191,8 @@ class CloseNotSent(MomentumError):
 def close_symbol(rt: Runtime, symbol: str, *, reason: str = "manual", priority: str = "HIGH") -> executor.CloseResult:
     """`close SYMBOL`: close the open trade in `symbol` (reconciling first so the journal is current)."""
 
+    if not symbol.strip():
+        raise ConfigError("close: no symbol given (e.g. close AAPL)")
     reconcile.reconcile(rt)
     trade = rt.journal.one(f"SELECT * FROM trades WHERE symbol = ? AND {HELD} "
                            "ORDER BY id DESC LIMIT 1", [symbol.upper()])

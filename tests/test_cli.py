@@ -157,6 +157,16 @@ def test_an_output_path_that_cannot_be_written_is_one_line_and_exit_2(env, tmp_p
     assert runs[-2:] == [["failed", 2], ["failed", 2]]  # recorded as refused, not as unexpected failures
 
 
+@pytest.mark.parametrize("args, message", [
+    (["close", " "], "close: no symbol given (e.g. close AAPL)"),
+    (["strat", "scan", "--symbols", ",,"], "--symbols: no symbols given"),
+    (["learn", "fit", "--until", "2016-01-04", "--since", "2016-06-01"], "--since 2016-06-01 is after --until "
+                                                                         "2016-01-04"),
+])
+def test_an_empty_or_reversed_argument_is_refused_not_widened(env, args, message):
+    assert_one_line_error(run("--asof", "2016-11-09T10:30", *args), 2, message)
+
+
 def test_a_group_with_no_command_still_shows_its_help():
     result = run("research")
     assert "Commands:" in result.output and "sweep" in result.output

@@ -176,6 +176,7 @@ def weekly(rt: Runtime, week_of: date | None = None) -> dict[str, Any]:
     else:
         monday = week_of - timedelta(days=week_of.weekday())
         sunday = monday + timedelta(days=6)
+        _refuse_future("--week", week_of, monday, rt.clock.today())
     out = period_summary(rt, monday, sunday)
     from flows import learn
 
@@ -183,6 +184,12 @@ def weekly(rt: Runtime, week_of: date | None = None) -> dict[str, Any]:
     out["days"] = [{k: row[k] for k in ("date", "equity", "day_pnl", "day_pnl_pct", "spy_change_pct")}
                    for row in performance_rows(rt, monday, sunday)]
     return out
+
+
+def _refuse_future(option: str, given: Any, first: date, today: date) -> None:
+    """A period that has not begun has nothing to report: say so instead of printing an empty report."""
+    if first > today:
+        raise ConfigError(f"{option} {given}: that period has not begun (today is {today})")
 
 
 def completed_month(rt: Runtime) -> tuple[date, date]:
@@ -204,6 +211,7 @@ def monthly(rt: Runtime, month: str | None = None) -> dict[str, Any]:
     else:
         first = _parse_month(month)
         last = (first + timedelta(days=32)).replace(day=1) - timedelta(days=1)
+        _refuse_future("--month", month, first, rt.clock.today())
     out = period_summary(rt, first, last)
     out["month"] = first.strftime("%Y-%m")
     weeks = []

@@ -114,6 +114,15 @@ def test_monthly_report_with_its_weekly_breakdown(journal):
     assert text.splitlines()[0] == "month 2016-11 (15 snapshots)" and "2016-11-28..2016-11-30" in text
 
 
+def test_a_week_or_month_that_has_not_begun_is_refused(journal):
+    result = cli("--asof", "2016-12-03T10:00", "report", "weekly", "--week", "2016-12-05")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: --week 2016-12-05: that period has not begun (today is 2016-12-03)"
+    result = cli("--asof", "2016-12-03T10:00", "report", "monthly", "--month", "2017-01")
+    assert result.stderr.strip() == "error: --month 2017-01: that period has not begun (today is 2016-12-03)"
+    assert report("--asof", "2016-12-03T10:00", "report", "weekly", "--week", "2016-12-02")["snapshots"] == 5
+
+
 def test_monthly_report_for_a_named_month_and_a_bad_one(journal):
     assert report("--asof", "2016-12-03T10:00", "report", "monthly", "--month", "2016-12")["snapshots"] == 2
     result = cli("--asof", "2016-12-03T10:00", "report", "monthly", "--month", "Dec")

@@ -60,7 +60,11 @@ def _closes(rt: Runtime, result, report: ExecutionReport) -> None:
         if after.closed:
             report.closed.append((symbol, reason))
     if report.closed:
-        trade_book.record_poor_signals(rt)
+        # the scan records its position checks after its orders: the poor signal takes the closing check's figures
+        # from the views that check is written from (flows/scan.record_cap_scan), not the check before it
+        closed = {symbol for symbol, _ in report.closed}
+        trade_book.record_poor_signals(rt, {view["trade_id"]: view for view in result.positions
+                                            if view["symbol"] in closed})
 
 
 def returns_60d(history: Panel, symbols: list[str]) -> dict[str, np.ndarray]:

@@ -243,20 +243,56 @@ def correct_qty(rt, trade: dict, broker_qty: int, report) -> None:
                          f"(journal had {trade['qty']})")
 
 
-def record_poor_signals(rt) -> int:
-    """Trades closed for reversal become labelled examples: entry signals beside the signals that ended them."""
+# The actions of a position check that closes its trade on a reversal: a scan's CLOSE decision, the monitor's
+# reversal exit (monitor.py writes "monitor:" + the exit reason).
+CLOSING_ACTIONS = ("scan:CLOSE", "monitor:reversal")
+
+
+def closing_check(journal, trade: dict) -> dict | None:
+    """The position check that closed `trade`: its last check whose action was the close; without one, its last
+    check at or before the exit (None when it has no check).
+
+    No check follows a close (only held trades are checked), so the last closing check is the one that closed the
+    trade even when an earlier close did not go through; the check before it (a HOLD) is the wrong one, and so is a
+    check made while the exit was working (EXITING), which scores the position after the decision."""
+    row = journal.one(f"SELECT reversal_score, signals FROM position_checks WHERE trade_id = ? AND action IN "
+                      f"({', '.join('?' * len(CLOSING_ACTIONS))}) ORDER BY id DESC LIMIT 1",
+                      [trade["id"], *CLOSING_ACTIONS])
+    if row is None:
+        row = journal.one("SELECT reversal_score, signals FROM position_checks WHERE trade_id = ? "
+                          "AND checked_at <= ? ORDER BY checked_at DESC, id DESC LIMIT 1",
+                          [trade["id"], trade["exit_time"] or "9999"])
+    return row
+
+
+def _reversal_signals(signals: str | None) -> list:
+    """The reversal signals of a stored check: the monitor stores {"reversal": [...], "triggered": [...]}, a scan
+    the list itself."""
+    value = json.loads(signals) if signals else []
+    return value.get("reversal", []) if isinstance(value, dict) else value
+
+
+def record_poor_signals(rt, closing: dict[int, dict] | None = None) -> int:
+    """Trades closed for reversal become labelled examples: entry signals beside the signals that ended them, those
+    of the check that closed the trade (closing_check).
+
+    `closing` gives, by trade id, the check a caller is about to record for the closes it just made (a scan writes
+    its position checks after its orders): {"reversal_score": int, "signals": [...]}."""
     journal = rt.journal
+    closing = closing or {}
     closed = journal.query("SELECT * FROM trades WHERE exit_reason = 'reversal' AND id NOT IN "
                            "(SELECT trade_id FROM poor_signals WHERE trade_id IS NOT NULL)")
     for trade in closed:
-        check = journal.one("SELECT reversal_score, signals FROM position_checks WHERE trade_id = ? "
-                            "ORDER BY id DESC LIMIT 1", [trade["id"]])
-        signals = json.loads(check["signals"]) if check and check["signals"] else []
+        if trade["id"] in closing:
+            score, signals = closing[trade["id"]]["reversal_score"], list(closing[trade["id"]]["signals"])
+        else:
+            check = closing_check(journal, trade)
+            score = check["reversal_score"] if check else None
+            signals = _reversal_signals(check["signals"]) if check else []
         journal.db.table("poor_signals").insert({
             "symbol": trade["symbol"], "trade_id": trade["id"], "entry_date": (trade["entry_time"] or "")[:10],
             "exit_date": (trade["exit_time"] or "")[:10], "entry_price": trade["entry_price"],
             "exit_price": trade["exit_price"], "pnl_pct": trade["pnl_pct"], "holding_days": trade["holding_days"],
-            "exit_reason": "reversal", "reversal_score": check["reversal_score"] if check else None,
-            "reversal_signals": json.dumps(signals.get("reversal", []) if isinstance(signals, dict) else signals),
+            "exit_reason": "reversal", "reversal_score": score, "reversal_signals": json.dumps(signals),
             "entry_signals": trade["entry_signals"], "composite_score": trade["composite_score"]})
     return len(closed)

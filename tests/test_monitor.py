@@ -233,3 +233,18 @@ def test_the_local_trailing_stop_backstops_an_unprotected_position(env):
     assert (exit_row["reason"], exit_row["priority"], exit_row["state"]) == ("trailing_stop", "HIGH", "filled")
     critical = [r["message"] for r in rows(env, "SELECT message FROM events WHERE level = 'critical'")]
     assert any("UNPROTECTED" in m for m in critical)
+
+
+def test_a_scan_closing_on_a_reversal_records_the_poor_signal_of_its_closing_check(env):
+    """The scan writes its position checks after its orders: the poor signal must carry the score and signals of
+    the scan's CLOSE check, not those of the check before it (here the monitor's HOLD of day 1)."""
+    buy(env, "REV")
+    monitor(f"{day(1)}T10:00")
+    result = CliRunner().invoke(command, ["--asof", f"{day(3)}T10:30", "scan", "--cap", "large"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0 and "CLOSE REV: reversal score" in result.output, result.output
+    hold, close = rows(env, "SELECT reversal_score, signals, action FROM position_checks ORDER BY id")
+    assert (hold["action"], close["action"]) == ("monitor:HOLD", "scan:CLOSE")
+    assert close["reversal_score"] >= 5 > hold["reversal_score"]
+    poor = rows(env, "SELECT reversal_score, reversal_signals FROM poor_signals")
+    assert poor == [{"reversal_score": close["reversal_score"], "reversal_signals": close["signals"]}]

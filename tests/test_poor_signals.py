@@ -142,3 +142,40 @@ def test_bad_review_requests_change_nothing(journal_path, args, message):
     result = cli("report", "poor-signals", *args)
     assert result.exit_code == 2 and message in result.output
     assert _reviewed(journal_path) == {1: 0, 2: 0, 3: 1}
+
+
+# --- recording: the check that closed the trade ---------------------------------------------------------------------
+
+def _check(journal, trade_id: int, at: str, score: int, reversal: list[str], action: str) -> None:
+    journal.insert_row("position_checks", {
+        "trade_id": trade_id, "symbol": f"T{trade_id}", "checked_at": f"2016-06-{at}:00+00:00",
+        "reversal_score": score, "signals": json.dumps({"reversal": reversal, "triggered": []}), "action": action})
+
+
+def test_a_poor_signal_describes_the_check_that_closed_the_trade(private_journal):
+    """Trade 1: the monitor's reversal exit, then a check while the exit was working, then the fill: the reversal
+    check is the one. Trade 2 has no closing check (closed by an older program): its last check at or before the
+    exit, not a later one."""
+    from types import SimpleNamespace
+
+    from journal.trade_book import record_poor_signals
+
+    journal = _open(private_journal / "trades.db")
+    try:
+        for trade_id in (1, 2):
+            journal.insert_row("trades", {"id": trade_id, "symbol": f"T{trade_id}", "qty": 10, "status": "closed",
+                                          "entry_price": 50.0, "exit_price": 48.0, "exit_reason": "reversal",
+                                          "entry_time": "2016-06-01T14:00:00+00:00",
+                                          "exit_time": "2016-06-03T15:00:00+00:00", "strategy": "momentum"})
+        _check(journal, 1, "02T14:00", 1, ["below_sma5"], "monitor:HOLD")
+        _check(journal, 1, "03T14:00", 6, ["below_sma5", "below_sma10", "gap_down"], "monitor:reversal")
+        _check(journal, 1, "03T14:30", 2, ["below_sma5", "below_sma10"], "monitor:EXITING")
+        _check(journal, 2, "02T14:00", 1, ["below_sma5"], "monitor:HOLD")
+        _check(journal, 2, "03T14:00", 5, ["below_sma5", "off_peak"], "monitor:HOLD")
+        _check(journal, 2, "03T16:00", 9, ["gap_down"], "monitor:HOLD")
+        assert record_poor_signals(SimpleNamespace(journal=journal)) == 2
+        stored = journal.query("SELECT trade_id, reversal_score, reversal_signals FROM poor_signals ORDER BY trade_id")
+    finally:
+        journal.db.conn.close()
+    assert [(r["trade_id"], r["reversal_score"], json.loads(r["reversal_signals"])) for r in stored] == [
+        (1, 6, ["below_sma5", "below_sma10", "gap_down"]), (2, 5, ["below_sma5", "off_peak"])]

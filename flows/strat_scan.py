@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from common import render
-from common.errors import ConfigError
+from common.errors import ConfigError, DataError
 from common.types import Panel
 from common.universe import refuse_unknown, unknown_symbols, unknown_text
 from core.strat_signals import HISTORY_SESSIONS, TIMEFRAMES, Signal, data_faults, find_signals, weekly_panel
@@ -54,8 +54,14 @@ def scan_bars(rt: Runtime, symbols: list[str], timeframe: str) -> Panel:
 
 
 def _daily_and_scan_bars(rt: Runtime, symbols: list[str], timeframe: str) -> tuple[Panel, Panel]:
+    """The daily bars up to the last completed session and the bars of `timeframe` built from them. Data that does
+    not reach that session is refused (as the scan refuses it): signals on an older bar would read as today's."""
     last = rt.calendar.last_completed_session(rt.clock.now())
     daily = rt.market.bars(symbols, rt.calendar.sessions_back(last, HISTORY_SESSIONS[timeframe]), last)
+    newest = daily.dates[-1].astype(object) if len(daily.dates) else None
+    if newest is None or newest < last:
+        held = f"ends on {newest}" if newest else f"has none in the {HISTORY_SESSIONS[timeframe]} sessions before it"
+        raise DataError(f"strat scan: no bars for {last}, the last completed session (the data {held})")
     return daily, (weekly_panel(daily, last) if timeframe == "1W" else daily)
 
 

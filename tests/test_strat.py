@@ -220,6 +220,15 @@ def test_strat_scan_weekly_json(spy_env):
     assert data["timeframe"] == "1W" and data["bar_date"] == "2017-03-31"
 
 
+def test_strat_scan_refuses_data_that_does_not_reach_the_last_completed_session(spy_env):
+    # the stocks file ends on 2017-12-29: a scan after it would classify that old bar as the latest
+    result = CliRunner().invoke(command, ["--asof", "2018-01-10T12:00", "strat", "scan", "--symbols", "SPY"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == ("error: strat scan: no bars for 2018-01-09, the last completed session (the data "
+                                     "ends on 2017-12-29)")
+    assert rows(spy_env, "SELECT COUNT(*) AS n FROM strat_signals")[0]["n"] == 0
+
+
 def test_strat_scan_rejects_a_bad_timeframe(spy_env):
     result = CliRunner().invoke(command, ["strat", "scan", "--timeframe", "4H"])
     assert result.exit_code == 2

@@ -348,6 +348,8 @@ def summary_line(result: CapScan) -> str:
     decision = result.decision
     parts = ["HALTED: no buys until `resume`"] if decision.halted else []
     stage1 = int(result.frame["stage1"].sum())
+    if result.frame.empty and not result.skipped and not result.unknown:
+        parts.append(f"WARNING: the universe has no {result.cap} symbols to scan")
     parts += [f"{result.cap}: {stage1} candidate{'s' if stage1 != 1 else ''}, "
              f"{int(result.frame['stage2'].sum())} passed stage 2",
              f"BUY {', '.join(decision.buys) or '-'}", f"WATCH {', '.join(decision.watch) or '-'}"]

@@ -222,6 +222,9 @@ def _spy_path(day_lo: int, day_hi: int) -> tuple[np.ndarray, np.ndarray]:
 
 def daily_bars(symbols: Sequence[str], day_lo: int, day_hi: int) -> DailyBars:
     """Bars of `symbols` for session indices day_lo..day_hi (inclusive); "SPY" gets the index series."""
+    if not len(symbols):  # no columns (an empty cap of the universe): empty bars of the right shape
+        empty = np.empty((day_hi - day_lo + 1, 0))
+        return DailyBars(empty, empty, empty, empty, empty, empty)
     seeds = np.array([symbol_seed(s) for s in symbols], dtype=np.int64)
     spy_level, spy_jump = _spy_path(day_lo - 1, day_hi)
     beta = 0.4 + 0.8 * _symbol_uniform(seeds, 2)

@@ -167,6 +167,16 @@ def test_an_empty_or_reversed_argument_is_refused_not_widened(env, args, message
     assert_one_line_error(run("--asof", "2016-11-09T10:30", *args), 2, message)
 
 
+def test_a_cap_the_universe_leaves_empty_is_named_in_the_scan_summary(env, monkeypatch):
+    shipped = json.loads((ROOT / "data" / "universe.json").read_text())
+    shipped["symbols"]["small"] = []
+    (env / "universe.json").write_text(json.dumps(shipped))
+    monkeypatch.setenv("UNIVERSE_FILE", str(env / "universe.json"))
+    result = run("--asof", "2016-11-09T12:30", "scan", "--cap", "small", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "WARNING: the universe has no small symbols to scan; small: 0 candidates" in result.stdout
+
+
 def test_a_group_with_no_command_still_shows_its_help():
     result = run("research")
     assert "Commands:" in result.output and "sweep" in result.output

@@ -132,8 +132,8 @@ def _positions(call: Call) -> str:
         f"{r['symbol']} x{r['qty']} @ {render.money(r['entry'])} -> {render.money(r['price'])}  P&L "
         f"{render.signed_money(r['pnl'])} ({render.pct(r['pnl_pct'])})  stop "
         + (f"{render.money(r['stop'])} ({render.pct((r['stop'] / r['price'] - 1) * 100)})" if r["stop"] and r["price"]
-           else "NONE: UNPROTECTED")
-        + f"  [{r['status']}]" for r in sorted(rows, key=lambda r: r["stop"] is not None))
+           else "none, a sell is working" if r.get("selling") else "NONE: UNPROTECTED")
+        + f"  [{r['status']}]" for r in sorted(rows, key=lambda r: r["stop"] is not None or r.get("selling")))
 
 
 def _close_symbol(call: Call) -> str:

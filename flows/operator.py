@@ -163,6 +163,7 @@ def positions(rt: Runtime) -> list[dict[str, Any]]:
     trades = {row["symbol"]: row for row in rt.journal.held_trades("symbol, id, status")}
     held = rt.broker.positions()
     stops = working_stops_by_symbol(rt, [pos.symbol for pos in held])
+    selling = {o.symbol for o in rt.broker.orders("open") if o.side == "sell" and o.type in ("market", "limit")}
     rows = []
     for pos in held:
         trade = trades.get(pos.symbol, {})
@@ -172,7 +173,7 @@ def positions(rt: Runtime) -> list[dict[str, Any]]:
             "entry": pos.avg_entry_price, "price": pos.current_price, "value": pos.market_value,
             "pnl": pos.unrealized_pl, "pnl_pct": pos.unrealized_pl / cost * 100 if cost else None,
             "trade": trade.get("id"), "status": trade.get("status", "untracked"),
-            "stop": protecting_stop_price(stops[pos.symbol]),
+            "stop": protecting_stop_price(stops[pos.symbol]), "selling": pos.symbol in selling,
         })
     return rows
 
@@ -189,13 +190,17 @@ POSITION_COLUMNS = ["symbol", "qty", "available", "entry", "price", "value", "pn
 
 def positions_text(rows: list[dict[str, Any]]) -> str:
     """The positions table: value and P&L in dollars, the return and the distance to the stop as signed percents
-    (the stop under the price reads negative), the unprotected first with "NONE" for their stop."""
+    (the stop under the price reads negative), the unprotected first with "NONE" for their stop ("SELLING" when
+    a sell that closes it is working instead)."""
+    def stop(row: dict[str, Any]) -> Any:
+        return row["stop"] if row["stop"] is not None else "SELLING" if row.get("selling") else "NONE"
+
     shown = [{"symbol": row["symbol"], "qty": row["qty"], "available": row["available"], "entry": row["entry"],
               "price": row["price"], "value": render.as_money(row["value"]), "P&L": render.as_money(row["pnl"]),
-              "return": render.as_pct(row["pnl_pct"]), "stop": row["stop"] if row["stop"] is not None else "NONE",
+              "return": render.as_pct(row["pnl_pct"]), "stop": stop(row),
               "to stop": render.as_pct((row["stop"] / row["price"] - 1) * 100) if row["stop"] and row["price"]
               else None, "trade": row["trade"], "status": row["status"]}
-             for row in sorted(rows, key=lambda row: row["stop"] is not None)]
+             for row in sorted(rows, key=lambda row: stop(row) != "NONE")]
     return render.table(shown, list(shown[0])) if shown else "no open positions"
 
 

@@ -19,7 +19,8 @@ from cli import json_output
 from main import cli
 
 HELD_AT = "2016-12-01T10:00"  # the month's first session: a rebalance of the large caps buys 18 names on the sim
-POSITION_KEYS = ["symbol", "qty", "available", "entry", "price", "value", "pnl", "pnl_pct", "trade", "status", "stop"]
+POSITION_KEYS = ["symbol", "qty", "available", "entry", "price", "value", "pnl", "pnl_pct", "trade", "status", "stop",
+                 "selling"]
 
 
 @pytest.fixture
@@ -155,10 +156,12 @@ def test_the_positions_table_puts_an_unprotected_position_first_with_no_stop():
 
     held = {"qty": 10, "available": 0, "entry": 10.0, "price": 11.0, "value": 110.0, "pnl": 10.0, "pnl_pct": 10.0,
             "trade": 1, "status": "open"}
-    lines = positions_text([{**held, "symbol": "SAFE", "stop": 10.45}, {**held, "symbol": "BARE", "stop": None}])
-    assert [line.split()[0] for line in lines.splitlines()[2:]] == ["BARE", "SAFE"]
+    lines = positions_text([{**held, "symbol": "SAFE", "stop": 10.45}, {**held, "symbol": "BARE", "stop": None},
+                            {**held, "symbol": "SOLD", "stop": None, "selling": True}])
+    assert [line.split()[0] for line in lines.splitlines()[2:]] == ["BARE", "SAFE", "SOLD"]
     assert lines.splitlines()[2].split()[8:10] == ["NONE", "-"]
     assert lines.splitlines()[3].split()[8:10] == ["10.45", "-5.00%"]
+    assert lines.splitlines()[4].split()[8:10] == ["SELLING", "-"]  # its stop gave way to the sell that closes it
 
 
 def test_orders_are_the_journal_orders_and_open_only_filters_them(held):

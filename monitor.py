@@ -20,6 +20,7 @@ from common import render
 from common.errors import MomentumError, Unavailable
 from common.types import finite
 from core import exit_rules, reversal, systems
+from core.option_math import quantity_text
 from executor import protect_all, settle_fills
 from flows import option_exits, quotes
 from flows.exit_runner import advance_exit, exit_in_progress, is_due, settle_one_shot_exits, start_exit
@@ -260,7 +261,7 @@ def report_text(report: MonitorReport) -> str:
                and trade["pnl_pct"] is not None else "")
         price = f" at {render.money(trade['exit_price'])}" if trade["exit_price"] is not None else ""
         reason = (trade["exit_reason"] or "closed").replace("_", " ")
-        lines.append(f"  closed: {trade['symbol']} {qty} sh{price} ({reason}){pnl}")
+        lines.append(f"  closed: {trade['symbol']} {quantity_text(trade['symbol'], qty)}{price} ({reason}){pnl}")
     lines += [f"  alert: {a}" for a in report.alerts]
     lines += [f"  left for the next run: {e}" for e in report.errors]
     return "\n".join(lines)

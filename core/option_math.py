@@ -107,6 +107,13 @@ def multiplier(symbol_or_asset_class: str | None) -> int:
     return OPTION_MULTIPLIER if value == OPTION or is_occ(value) else 1
 
 
+def quantity_text(symbol: str, qty: int) -> str:
+    """A position's size as a trader says it: '100 sh' of a stock, '2 contracts' (or '1 contract') of an option."""
+    if multiplier(symbol) != 1:
+        return f"{qty} contract{'' if qty == 1 else 's'}"
+    return f"{qty} sh"
+
+
 def days_to_expiry(symbol: str, today: date) -> int:
     """Calendar days from `today` to the contract's expiry (0 on the expiry day, negative after it)."""
     return (parse_occ(symbol).expiry - today).days
@@ -300,5 +307,5 @@ def choose_contract(chain: Sequence[OptionQuote], bullish: bool, today: date, sp
         return Choice(None, None, 0, f"no {kind} in the delta band costs under ${rules.max_capital:,.0f} per contract")
     *_, quote, limit = min(affordable, key=lambda row: row[:4])
     qty = contracts_for(rules.max_capital, limit)
-    return Choice(quote, limit, qty, f"{quote.symbol} delta {quote.delta:+.2f}, {(quote.expiry - today).days} days, "
-                                     f"{qty} x {limit:.2f}")
+    # why this contract; its quantity and limit are the Choice's own fields, shown beside the fill
+    return Choice(quote, limit, qty, f"delta {quote.delta:+.2f}, {(quote.expiry - today).days} days to expiry")

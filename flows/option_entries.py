@@ -49,10 +49,32 @@ class Execution:
     qty: int = 0
     limit_price: float | None = None
     trade_id: int | None = None
+    fill_price: float | None = None  # the average fill of the contracts bought (filled only)
+
+    @property
+    def cost(self) -> float | None:
+        """Premium paid: fill x contracts x 100."""
+        return self.fill_price * self.qty * option_math.OPTION_MULTIPLIER if self.fill_price is not None else None
 
     def text(self) -> str:
-        what = f"{self.contract} x{self.qty} limit {self.limit_price:.2f}" if self.contract else self.underlying
-        return f"signal {self.signal_id} {self.underlying}: {self.status} - {what}; {self.reason}"
+        """What happened to the signal: a fill at its price (the limit only as the limit), else the order or why
+        nothing was sent."""
+        head = f"signal {self.signal_id} {self.underlying}: {self.status}"
+        if not self.contract:
+            return f"{head} - {self.underlying}; {self.reason}"
+        if self.fill_price is not None:
+            what = (f"{self.contract} x{self.qty} at {premium_text(self.fill_price)} (limit {self.limit_price:.2f}), "
+                    f"cost {render.money(self.cost)}")
+        else:
+            what = f"{self.contract} x{self.qty}, limit {self.limit_price:.2f}"
+            if self.status == "ordered":
+                what += ", not filled yet (reconciliation records the fill)"
+        return f"{head} {what}; {self.reason}"
+
+
+def premium_text(price: float) -> str:
+    """A premium as dollars per share: two decimals, more when a fill carries more (a sim fill with its costs)."""
+    return f"{price:.2f}" if abs(price - round(price, 2)) < 1e-9 else f"{price:.4f}".rstrip("0")
 
 
 def order_id_for(signal_id: int) -> str:
@@ -216,11 +238,14 @@ def _buy(rt: Runtime, signal: dict, choice: option_math.Choice, underlying_price
     settle_fills(rt)
     trade = journal.one("SELECT * FROM trades WHERE id = ?", [trade_id])
     status = "filled" if trade["status"] == "open" else ("ordered" if order is not None else "rejected")
-    if trade["status"] == "open":
-        cost = trade["entry_price"] * trade["qty"] * option_math.OPTION_MULTIPLIER
-        journal.event("info", "alert", f"BUY OPTION {quote.symbol} x{trade['qty']} at {trade['entry_price']:.2f} "
-                      f"({signal['symbol']} {signal['pattern']} {signal['direction']}; cost {render.money(cost)})",
-                      source="options",
-                      detail={"kind": "entry", "symbol": quote.symbol, "signal_id": signal["id"]})
-    return Execution(signal["id"], signal["symbol"], status, choice.reason, quote.symbol, choice.qty,
-                     choice.limit_price, trade_id)
+    if trade["status"] != "open":
+        return Execution(signal["id"], signal["symbol"], status, choice.reason, quote.symbol, choice.qty,
+                         choice.limit_price, trade_id)
+    # what was bought is the trade's: the contracts filled at their average fill price, under the limit sent
+    execution = Execution(signal["id"], signal["symbol"], status, choice.reason, quote.symbol, trade["qty"],
+                          choice.limit_price, trade_id, fill_price=trade["entry_price"])
+    journal.event("info", "alert", f"BUY OPTION {quote.symbol} x{trade['qty']} at {premium_text(trade['entry_price'])} "
+                  f"({signal['symbol']} {signal['pattern']} {signal['direction']}; cost "
+                  f"{render.money(execution.cost)})", source="options",
+                  detail={"kind": "entry", "symbol": quote.symbol, "signal_id": signal["id"]})
+    return execution

@@ -19,6 +19,7 @@ from common import render
 from common.errors import EXIT_UNREACHABLE, ConfigError, MomentumError
 from common.types import BUY, Panel, Snapshot
 from core import risk, systems
+from core.option_math import quantity_text
 from journal import reconcile, trade_book
 from journal.schema import HELD
 
@@ -209,7 +210,8 @@ def close_text(result: executor.CloseResult) -> str:
     """One line saying exactly what a close did, for the command line and the bot."""
     trade = result.trade
     if result.closed:
-        return (f"closed {trade['symbol']} {trade['qty']} sh at {render.money(trade['exit_price'])} "
+        return (f"closed {trade['symbol']} {quantity_text(trade['symbol'], trade['qty'])} at "
+                f"{render.money(trade['exit_price'])} "
                 f"(P&L {render.signed_money(trade['pnl'])}, {render.pct(trade['pnl_pct'])})")
     if result.sent:
         return (f"close of {trade['symbol']} sent; not filled yet (trade {trade['status']}); reconciliation records "

@@ -120,7 +120,11 @@ def test_offline_cycle_signal_contract_order_and_exit_on_days_to_expiry(env):
     assert (order["client_order_id"], order["purpose"], order["type"], order["time_in_force"], order["side"]) == (
         f"ma-o-{signal['id']}", "option", "limit", "day", "buy")
     assert trade["qty"] == int(300 // (order["limit_price"] * 100)) >= 1
-    assert trade["entry_price"] <= order["limit_price"]
+    assert trade["entry_price"] < order["limit_price"]
+    # the line names the fill the journal holds, and the limit as the limit
+    assert (f"filled {trade['symbol']} x{trade['qty']} at {option_entries.premium_text(trade['entry_price'])} "
+            f"(limit {order['limit_price']:.2f}), cost ${trade['entry_price'] * trade['qty'] * 100:,.2f}; delta +"
+            ) in out, out
     assert rows(env, "SELECT status FROM strat_signals")[0]["status"] == "ordered"
     broker = broker_at(env, "2016-06-09T10:00")
     cost = round(trade["entry_price"] * trade["qty"] * 100, 2)
@@ -318,3 +322,21 @@ def test_expired_day_limit_cancels_the_pending_option_trade(env):
     monitor_options("2016-06-10T10:00")  # reconciliation after the DAY order expired at the 06-09 close
     assert rows(env, "SELECT status FROM trades")[0]["status"] == "canceled"
     assert rows(env, "SELECT status FROM orders")[0]["status"] == "expired"
+
+
+def test_a_premium_shows_the_fill_to_its_last_digit():
+    assert [option_entries.premium_text(p) for p in (1.28, 1.2, 0.5132, 2.955)] == ["1.28", "1.20", "0.5132", "2.955"]
+
+
+def test_a_closed_option_is_counted_in_contracts_and_a_stock_in_shares():
+    from flows.scan_orders import close_text
+
+    option = {"symbol": "STR160624C00041000", "original_qty": 2, "qty": 2, "exit_price": 1.5, "status": "closed",
+              "exit_reason": "time_based_urgent", "pnl": 30.0, "pnl_pct": 11.1}
+    one = {**option, "symbol": "STR160624P00040000", "original_qty": 1, "qty": 1}
+    stock = {**option, "symbol": "STR", "original_qty": 100, "qty": 100}
+    text = monitor.report_text(monitor.MonitorReport(closed=[option, one, stock]))
+    assert "closed: STR160624C00041000 2 contracts at $1.50 (time based urgent), P&L +$30.00" in text
+    assert "closed: STR160624P00040000 1 contract at $1.50" in text and "closed: STR 100 sh at $1.50" in text
+    assert close_text(executor.CloseResult(option, True)).startswith("closed STR160624C00041000 2 contracts at $1.50")
+    assert close_text(executor.CloseResult(stock, True)).startswith("closed STR 100 sh at $1.50")

@@ -46,6 +46,7 @@ import jobs
 import monitor
 import scanner
 from common.clock import NY, UTC, Session, calendar, day_bounds_utc
+from common.created import CreatedFiles
 from common.errors import ConfigError, DataError, MomentumError
 from common.types import BAR_FIELDS, Panel, SessionBars
 from config import RUNTIME_SETTINGS, Config
@@ -392,11 +393,10 @@ def backtest_runtime(config, out_dir: Path, *, cut: date | None = None, cut_at: 
         raise ConfigError(f"--out {out_dir}: directory {out_dir.parent} does not exist")
     if (out_dir / "trades.db").exists() or (out_dir / "sim_broker.db").exists():
         raise ConfigError(f"--out {out_dir}: already holds a backtest journal; use a new directory")
-    out_dir.mkdir(exist_ok=True)
     values = sleeves_for({**config._values, "MOMENTUM_DB": str(out_dir / "trades.db"), "BROKER": "sim",
                           "SIM_BROKER_DB": "", "LOG_DIR": str(out_dir / "logs"), "MOMENTUM_ASOF": ""}, config, system)
     rt = Runtime(Config(values), "backtest")
-    market = rt.market
+    market = rt.market  # a missing or unreadable data file is refused here, before the folder is made
     if cut_at is not None:
         market = DataCut(market, cut_at.astimezone(NY).date(), cut_at)
     elif cut is not None:
@@ -404,6 +404,31 @@ def backtest_runtime(config, out_dir: Path, *, cut: date | None = None, cut_at: 
     if wrap_market is not None:
         market = wrap_market(market)
     rt.__dict__["market"] = market  # the broker is built later from this same port
+    out_dir.mkdir(exist_ok=True)
+    return rt
+
+
+def started_backtest(config, out_dir: Path, start: date, end: date, *, system: str = "momentum",
+                     cut: date | None = None, models_from: str | None = None) -> Runtime:
+    """The backtest's Runtime (backtest_runtime) with its window checked against the data and the universe, its run
+    started in the journal and the models of `models_from` imported: everything that can refuse the run (exit 2)
+    before it replays a step. A refusal leaves nothing in `out_dir` that was not there before (the folder itself,
+    if the run made it), so the corrected command runs into the same folder."""
+    created = CreatedFiles(out_dir)
+    rt = None
+    try:
+        rt = backtest_runtime(config, out_dir, system=system, cut=cut)
+        check_window(rt, start, end)  # before the journal exists
+        rt.journal.start_run("backtest")
+        if models_from:
+            from flows import learn
+
+            learn.import_models(rt, models_from)
+    except BaseException:
+        if rt is not None:
+            rt.close()
+        created.remove()
+        raise
     return rt
 
 
@@ -543,8 +568,18 @@ def check_lookahead(config, out_dir: Path, start: date, end: date, *, system: st
     out_dir = Path(out_dir)
     if not out_dir.parent.is_dir():
         raise ConfigError(f"--out {out_dir}: directory {out_dir.parent} does not exist")
+    created = CreatedFiles(out_dir)
     out_dir.mkdir(exist_ok=True)
-    full_rt = backtest_runtime(config, out_dir / "full", wrap_market=wrap_market, system=system)
+    try:  # refused before the first run replays a step: nothing left behind (see started_backtest)
+        full_rt = backtest_runtime(config, out_dir / "full", wrap_market=wrap_market, system=system)
+        try:
+            check_window(full_rt, start, end)
+        except BaseException:
+            full_rt.close()
+            raise
+    except BaseException:
+        created.remove()
+        raise
     try:
         full = run_backtest(full_rt, start, end, system=system, cap=cap, progress=progress, write_outputs=False)
         sessions = check_window(full_rt, full.start, full.end)

@@ -69,13 +69,10 @@ def backtest_command(ctx: click.Context, start: str, end: str, cap: str, system:
         if any(check.difference for check in checks):
             ctx.exit(1)
         return
-    rt = replay.backtest_runtime(config, Path(out_dir), system=system, cut=cut)
+    # refused (dates the data cannot carry, a missing --models-from) with nothing left in --out: the corrected
+    # command runs into the same folder
+    rt = replay.started_backtest(config, Path(out_dir), first, last, system=system, cut=cut, models_from=models_from)
     try:
-        rt.journal.start_run("backtest")
-        if models_from:
-            from flows import learn
-
-            learn.import_models(rt, models_from)
         result = replay.run_backtest(rt, first, last, system=system, cap=cap, progress=progress, settings=settings,
                                      data_through=cut)
         rt.journal.finish_run("done", 0)

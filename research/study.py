@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 from typing import Iterator
 
+from common.created import CreatedFiles
 from common.errors import MomentumError
 from research import engine, report
 from research.store import Store
@@ -26,13 +27,31 @@ class StudyStopped(MomentumError):
 
 @contextlib.contextmanager
 def opened(spec: StudySpec, out_dir: Path, kind: str, *, resume: bool) -> Iterator[Store]:
+    """research.db in `out_dir`, its study begun (or resumed). A new study that fails before its first trial (the
+    cluster does not answer, Ctrl-C while it starts) leaves nothing behind that was not there before, so the
+    corrected command runs into the same --out without --resume."""
+    created = CreatedFiles(out_dir)
+    new_study = not (out_dir / DB_NAME).exists()
     out_dir.mkdir(exist_ok=True)
     store = Store(out_dir / DB_NAME)
     try:
         store.begin(kind, spec.as_dict(), resume=resume)
         yield store
+    except BaseException:
+        untouched = new_study and not _has_trials(store)
+        store.close()
+        if untouched:
+            created.remove()
+        raise
     finally:
         store.close()
+
+
+def _has_trials(store: Store) -> bool:
+    try:
+        return bool(store.trials())
+    except Exception:  # noqa: BLE001 - the file cannot be read: keep it rather than guess
+        return True
 
 
 @contextlib.contextmanager

@@ -67,3 +67,41 @@ def test_a_bad_setting_is_one_line_and_exit_2_before_anything_runs(crafted_marke
     result = backtest(tmp_path / "bad", *extra)
     assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+# A refused run leaves nothing in --out: the corrected command runs into the same folder (instead of being told that
+# it "already holds a backtest journal").
+REFUSED = [
+    (["--start", "2016-04-01", "--end", "2016-06-06"], "leaves too little history"),
+    (["--start", "2016-06-02", "--end", "2016-06-08"], "--end 2016-06-08 is after the last date of the data"),
+    (["--start", "2016-06-04", "--end", "2016-06-05"], "no NYSE session between --start 2016-06-04"),
+    (["--start", "2016-06-02", "--end", "2016-06-06", "--data", "csv:/nonexistent/bars.csv"],
+     "/nonexistent/bars.csv: market data file not found"),
+    (["--start", "2016-06-02", "--end", "2016-06-06", "--models-from", "/nonexistent/models.db"],
+     "--models-from: no such file /nonexistent/models.db"),
+]
+
+
+@pytest.mark.parametrize("args, message", REFUSED)
+@pytest.mark.parametrize("existing", [False, True], ids=["new-out", "existing-out"])
+def test_a_refused_backtest_leaves_nothing_behind_and_the_corrected_one_runs_into_the_same_out(
+        crafted_market, tmp_path, args, message, existing):
+    out = tmp_path / "bt"
+    if existing:  # a folder of the user's: kept, with what it held
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+    runs = [["backtest", *args, "--out", str(out)]]
+    if "--models-from" not in args:  # the look-ahead check imports no models
+        runs.append(["backtest", *args, "--check-lookahead", "--out", str(out)])
+    for command in runs:
+        result = CliRunner().invoke(cli, command)
+        assert result.exit_code == 2, result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+        if existing:
+            assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+        else:
+            assert not out.exists(), sorted(str(p) for p in out.rglob("*"))
+    corrected = backtest(out)
+    assert corrected.exit_code == 0, corrected.output
+    assert (out / "trades.db").exists() and (out / "metrics.json").exists()
+    assert not existing or (out / "notes.txt").read_text() == "mine"

@@ -199,10 +199,13 @@ def working_stops(rt: Runtime, symbol: str) -> list[Order]:
     return [o for o in rt.broker.orders("open", [symbol]) if _protects(o)]
 
 
-def working_stops_by_symbol(rt: Runtime, symbols: list[str]) -> dict[str, list[Order]]:
-    """working_stops of several symbols from one broker call."""
+def working_stops_by_symbol(rt: Runtime, symbols: list[str], open_orders: list[Order] | None = None
+                            ) -> dict[str, list[Order]]:
+    """working_stops of several symbols from one broker call (or from `open_orders`, that call's answer)."""
     found: dict[str, list[Order]] = {symbol: [] for symbol in symbols}
-    for order in rt.broker.orders("open", list(found)) if found else []:
+    if open_orders is None:
+        open_orders = rt.broker.orders("open", list(found)) if found else []
+    for order in open_orders:
         if order.symbol in found and _protects(order):
             found[order.symbol].append(order)
     return found

@@ -162,8 +162,10 @@ def positions(rt: Runtime) -> list[dict[str, Any]]:
     position; a position with no working stop at the broker shows none."""
     trades = {row["symbol"]: row for row in rt.journal.held_trades("symbol, id, status")}
     held = rt.broker.positions()
-    stops = working_stops_by_symbol(rt, [pos.symbol for pos in held])
-    selling = {o.symbol for o in rt.broker.orders("open") if o.side == "sell" and o.type in ("market", "limit")}
+    symbols = [pos.symbol for pos in held]
+    working = rt.broker.orders("open", symbols) if symbols else []
+    stops = working_stops_by_symbol(rt, symbols, working)
+    selling = {o.symbol for o in working if o.side == "sell" and o.type in ("market", "limit")}
     rows = []
     for pos in held:
         trade = trades.get(pos.symbol, {})

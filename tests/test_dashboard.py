@@ -262,7 +262,7 @@ def test_a_backtest_tearsheet_shows_metrics_beside_spy_months_systems_and_trades
     assert "+4.87%" in html and "+3.00%" in html and "SPY price return: not in the data" in html
     assert "annualised from 20 sessions: too few to mean much" in html
     heat = html[html.index('id="monthly-returns"'):]
-    assert "<th>2016</th>" in heat and ">2.0</td>" in heat and ">-3.0</td>" in heat and ">5.0</td>" in heat
+    assert "<th>2016</th>" in heat and ">+2.0%</td>" in heat and ">-3.0%</td>" in heat and ">+5.0%</td>" in heat
     assert 'id="chart-equity"' in html and 'id="chart-drawdown"' in html and 'id="trades"' in html
     assert "&lt;script&gt;" in html and "<script" not in html
 

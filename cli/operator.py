@@ -143,7 +143,6 @@ def set_setting(ctx: click.Context, key: str, value: str) -> None:
 @click.pass_context
 def errors(ctx: click.Context, limit: int, as_json: bool) -> None:
     """The last distinct errors recorded in the journal: error and critical events and failed runs."""
-    from datetime import datetime
 
     from common import render
 
@@ -153,7 +152,7 @@ def errors(ctx: click.Context, limit: int, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"command": "errors", "errors": rows, "not_shown": hidden}, indent=2))
     else:
-        shown = [{**row, "last_seen": render.ny_time(datetime.fromisoformat(row["last_seen"]))} for row in rows]
+        shown = [{**row, "last_seen": render.ny_stamp(row["last_seen"])} for row in rows]
         click.echo(render.table(shown, ["last_seen", "level", "count", "source", "message"]) if rows
                    else "no errors recorded")
         if hidden > 0:

@@ -92,6 +92,11 @@ def ny_time(moment: datetime | None) -> str:
     return "-" if moment is None else moment.astimezone(NY).strftime("%Y-%m-%d %H:%M %Z")
 
 
+def ny_stamp(stamp: str | None) -> str:
+    """A time the journal stores (ISO, UTC) in New York time; "-" when there is none."""
+    return ny_time(datetime.fromisoformat(stamp)) if stamp else "-"
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "-"

@@ -94,11 +94,6 @@ def schedule_state(rt: Runtime) -> dict[str, Any]:
             "last_runs": tick.last_runs(rt), "overdue": [item.as_dict() for item in overdue], "overdue_lines": lines}
 
 
-def _ny(stamp: str | None) -> str:
-    """A stored UTC timestamp in New York time, as every time the product prints."""
-    return render.ny_time(datetime.fromisoformat(stamp)) if stamp else "-"
-
-
 def status_text(data: dict[str, Any]) -> str:
     market = data["market"]
     account = data["account"]
@@ -113,7 +108,7 @@ def status_text(data: dict[str, Any]) -> str:
     day_pct = day_pnl / account.last_equity * 100 if account.last_equity else None
     last_scan = data["last_scan"]
     scan_line = "none yet" if not last_scan else (
-        f"{last_scan['type']} {last_scan['cap']} at {_ny(last_scan['asof'])} ({last_scan['status']}"
+        f"{last_scan['type']} {last_scan['cap']} at {render.ny_stamp(last_scan['asof'])} ({last_scan['status']}"
         f"{', dry run' if last_scan['dry_run'] and last_scan['status'] != 'dry_run' else ''})")
     trades = data["open_trades"]
     checks = data["position_checks"]
@@ -136,7 +131,7 @@ def status_text(data: dict[str, Any]) -> str:
                        f"{data['settings']['autoclose_threshold']}"),
         ("skip-buy mode", data["settings"]["skip_buys"] + (" (no buys anyway: HALTED)" if data["halted"] else "")),
         ("last scan", scan_line),
-        ("position checks", f"{checks['n']} recorded, last {_ny(checks['last'])}"),
+        ("position checks", f"{checks['n']} recorded, last {render.ny_stamp(checks['last'])}"),
     ]
     schedule = data["schedule"]
     if schedule["kept_by_tick"]:
@@ -150,7 +145,7 @@ def status_text(data: dict[str, Any]) -> str:
     for run in schedule["last_runs"]:
         code = f" (exit {run['exit_code']})" if run["exit_code"] not in (0, None) else ""
         pairs.append((f"last {run['command'].split(' ', 1)[-1]} run",
-                      f"{render.ny_time(datetime.fromisoformat(run['started_at']))} {run['status']}{code}"))
+                      f"{render.ny_stamp(run['started_at'])} {run['status']}{code}"))
     return render.key_values(pairs)
 
 
@@ -221,7 +216,6 @@ def orders_text(rows: list[dict[str, Any]]) -> str:
     """The orders table, submission times in New York time."""
     shown = [{**{key: row[key] for key in ORDER_COLUMNS[:-3]}, "filled": row["filled_qty"],
               "avg price": row["filled_avg_price"],
-              "submitted": render.ny_time(datetime.fromisoformat(row["submitted_at"])) if row["submitted_at"]
-              else None} for row in rows]
+              "submitted": render.ny_stamp(row["submitted_at"])} for row in rows]
     return render.table(shown, list(shown[0])) if shown else "no orders"
 

@@ -11,7 +11,7 @@ import json
 import logging
 import math
 from collections import Counter
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -427,15 +427,11 @@ def weekly_text(data: dict[str, Any]) -> str:
                 for d in data["days"]]
         lines += ["", render.table(days, list(days[0]))]
     if data["closed"]:
-        closed = [{"symbol": t["symbol"], "closed (New York)": _ny_minute(t["exit_time"]), "exit": t["exit_reason"],
-                   "P&L": render.as_money(t["pnl"]), "return": render.as_pct(t["pnl_pct"])} for t in data["closed"]]
+        closed = [{"symbol": t["symbol"], "closed (New York)": render.ny_stamp(t["exit_time"]),
+                   "exit": t["exit_reason"], "P&L": render.as_money(t["pnl"]), "return": render.as_pct(t["pnl_pct"])}
+                  for t in data["closed"]]
         lines += ["", render.table(closed, list(closed[0]))]
     return "\n".join(lines)
-
-
-def _ny_minute(stamp: str | None) -> str:
-    """A journal time (ISO, UTC) as New York date and minute."""
-    return "-" if not stamp else render.ny_time(datetime.fromisoformat(stamp))
 
 
 def monthly_text(data: dict[str, Any]) -> str:

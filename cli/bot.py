@@ -128,12 +128,12 @@ def _positions(call: Call) -> str:
     if not rows:
         return "no open positions"
     # One line per position reads better on a phone than the terminal's wide table.
+    stops = {"selling": "none, a sell is working", "none": "NONE: UNPROTECTED"}
     return "\n".join(
         f"{r['symbol']} x{r['qty']} @ {render.money(r['entry'])} -> {render.money(r['price'])}  P&L "
         f"{render.signed_money(r['pnl'])} ({render.pct(r['pnl_pct'])})  stop "
-        + (f"{render.money(r['stop'])} ({render.pct((r['stop'] / r['price'] - 1) * 100)})" if r["stop"] and r["price"]
-           else "none, a sell is working" if r.get("selling") else "NONE: UNPROTECTED")
-        + f"  [{r['status']}]" for r in sorted(rows, key=lambda r: r["stop"] is not None or r.get("selling")))
+        + stops.get(operator.stop_state(r), f"{render.money(r['stop'])} ({render.pct(operator.distance_to_stop(r))})")
+        + f"  [{r['status']}]" for r in operator.unprotected_first(rows))
 
 
 def _close_symbol(call: Call) -> str:

@@ -185,19 +185,31 @@ POSITION_COLUMNS = ["symbol", "qty", "available", "entry", "price", "value", "pn
                     "stop"]
 
 
+def stop_state(row: dict[str, Any]) -> str:
+    """A position row's protection: "stop" (a working stop), "selling" (its stop gave way to a working sell that
+    closes it) or "none" (unprotected)."""
+    return "stop" if row["stop"] is not None else "selling" if row.get("selling") else "none"
+
+
+def unprotected_first(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda row: stop_state(row) != "none")
+
+
+def distance_to_stop(row: dict[str, Any]) -> float | None:
+    """How far the stop is from the price, in percent (negative: under it)."""
+    return (row["stop"] / row["price"] - 1) * 100 if row["stop"] and row["price"] else None
+
+
 def positions_text(rows: list[dict[str, Any]]) -> str:
     """The positions table: value and P&L in dollars, the return and the distance to the stop as signed percents
     (the stop under the price reads negative), the unprotected first with "NONE" for their stop ("SELLING" when
     a sell that closes it is working instead)."""
-    def stop(row: dict[str, Any]) -> Any:
-        return row["stop"] if row["stop"] is not None else "SELLING" if row.get("selling") else "NONE"
-
     shown = [{"symbol": row["symbol"], "qty": row["qty"], "available": row["available"], "entry": row["entry"],
               "price": row["price"], "value": render.as_money(row["value"]), "P&L": render.as_money(row["pnl"]),
-              "return": render.as_pct(row["pnl_pct"]), "stop": stop(row),
-              "to stop": render.as_pct((row["stop"] / row["price"] - 1) * 100) if row["stop"] and row["price"]
-              else None, "trade": row["trade"], "status": row["status"]}
-             for row in sorted(rows, key=lambda row: stop(row) != "NONE")]
+              "return": render.as_pct(row["pnl_pct"]),
+              "stop": row["stop"] if stop_state(row) == "stop" else stop_state(row).upper(),
+              "to stop": render.as_pct(distance_to_stop(row)), "trade": row["trade"], "status": row["status"]}
+             for row in unprotected_first(rows)]
     return render.table(shown, list(shown[0])) if shown else "no open positions"
 
 

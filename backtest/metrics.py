@@ -499,15 +499,8 @@ def text(data: dict[str, Any]) -> str:
 
 
 def _columns(headers: list[str], rows: list[list[str]], indent: str = "  ", gap: int = 3) -> list[str]:
-    """A header and rows of already formatted cells: the first column left-aligned, the others right-aligned, each
-    as wide as its widest cell (no dashes under the header)."""
-    widths = [max([len(h)] + [len(row[i]) for row in rows]) for i, h in enumerate(headers)]
-
-    def line(cells: list[str]) -> str:
-        return indent + cells[0].ljust(widths[0]) + "".join(
-            " " * gap + cell.rjust(width) for cell, width in zip(cells[1:], widths[1:]))
-
-    return [line(headers)] + [line(row) for row in rows]
+    """Formatted figures under their headers: the first column left-aligned, the others right-aligned."""
+    return render.aligned(headers, rows, [False] + [True] * (len(headers) - 1), indent=indent, gap=gap)
 
 
 def _comparison_lines(data: dict[str, Any]) -> list[str]:

@@ -111,19 +111,23 @@ def _cell(value: Any) -> str:
 
 def table(rows: Sequence[dict], columns: Sequence[str], headers: Sequence[str] | None = None) -> str:
     """A plain aligned text table; numbers right-aligned."""
-    headers = list(headers or columns)
     cells = [[_cell(row.get(col)) for col in columns] for row in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    numeric = [all(isinstance(row.get(col), (int, float)) or row.get(col) is None for row in rows) and rows
+    numeric = [bool(rows) and all(isinstance(row.get(col), (int, float)) or row.get(col) is None for row in rows)
                for col in columns]
+    return "\n".join(aligned(list(headers or columns), cells, numeric, rule=True))
+
+
+def aligned(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool], *, indent: str = "",
+            gap: int = 2, rule: bool = False) -> list[str]:
+    """Lines of already formatted cells under their headers, each column as wide as its widest cell and
+    right-aligned where `right` says; with `rule`, a line of dashes under the headers."""
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
 
     def line(values: Iterable[str]) -> str:
-        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
-        return "  ".join(parts).rstrip()
+        parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)]
+        return (indent + (" " * gap).join(parts)).rstrip()
 
-    out = [line(headers), line("-" * w for w in widths)]
-    out.extend(line(r) for r in cells)
-    return "\n".join(out)
+    return [line(headers)] + ([line("-" * w for w in widths)] if rule else []) + [line(r) for r in rows]
 
 
 def key_values(pairs: Sequence[tuple[str, Any]]) -> str:
